@@ -1,0 +1,1 @@
+"""Self-hosted, OpenAI-compatible inference service on a Redis job queue."""

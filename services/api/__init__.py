@@ -1,0 +1,1 @@
+"""The Falcon API: OpenAI-compatible routes in front of the Redis job queue."""

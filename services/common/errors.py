@@ -1,0 +1,115 @@
+"""Errors as classes: each knows its HTTP status and OpenAI error type; API handlers render them.
+
+The envelope is OpenAI's: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+
+class APIError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def envelope(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "service_unavailable"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(retry_after))
+
+
+class GatewayTimeout(APIError):
+    status = 504
+    type = "timeout"
+    code = "timeout"
+
+
+class InternalError(APIError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequest,
+    404: NotFound,
+    413: PayloadTooLarge,
+    429: RateLimited,
+    503: ServiceUnavailable,
+    504: GatewayTimeout,
+}
+
+
+def from_status(status: int, message: str, *, code: str | None = None, param: str | None = None) -> APIError:
+    """Rebuild an error a worker reported (status + message) as the matching class."""
+    cls = _BY_STATUS.get(status, InternalError)
+    return cls(message, code=code, param=param)

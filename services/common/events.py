@@ -1,0 +1,95 @@
+"""Events a worker appends to a request's Redis Stream, and their encoding as stream fields.
+
+One format for streaming and non-streaming: the API aggregates the same events for a JSON body.
+Timing points (dequeued, first token, done) travel in the events so the API can observe them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Started:
+    """The job left the queue: a worker slot took it."""
+
+    worker: str
+    dequeued_at: float
+    kind: Literal["started"] = "started"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text generated since the last delta, and how many tokens it took."""
+
+    text: str
+    tokens: int
+    kind: Literal["delta"] = "delta"
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    timings: dict[str, float] = field(default_factory=dict)
+    kind: Literal["done"] = "done"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request failed: `status` and `type` become the OpenAI error the client sees."""
+
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+    status: int = 500
+    kind: Literal["error"] = "error"
+
+
+Event = Started | Delta | Done | Failed
+
+
+def encode(event: Event) -> dict[str, str]:
+    """Stream fields for one event (`kind` plus a JSON body)."""
+    body = asdict(event)
+    kind = body.pop("kind")
+    return {"kind": kind, "data": json.dumps(body, separators=(",", ":"))}
+
+
+def decode(fields: dict[bytes | str, bytes | str]) -> Event:
+    """Inverse of `encode`; accepts the bytes redis-py returns."""
+    norm = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in fields.items()
+    }
+    data = json.loads(norm["data"])
+    kind = norm["kind"]
+    if kind == "delta":
+        return Delta(**data)
+    if kind == "done":
+        return Done(finish_reason=data["finish_reason"], usage=Usage(**data["usage"]), timings=data["timings"])
+    if kind == "error":
+        return Failed(**data)
+    if kind == "started":
+        return Started(**data)
+    raise ValueError(f"unknown event kind {kind!r}")

@@ -1,0 +1,40 @@
+"""Every Redis key name the service uses, in one place, so that nothing else spells them."""
+
+from __future__ import annotations
+
+PREFIX = "inference"
+
+
+def queue_name(model_id: str) -> str:
+    """RQ queue for one model: workers serving the model listen on it."""
+    return f"{PREFIX}.model.{model_id}"
+
+
+def stream(request_id: str) -> str:
+    """Redis Stream carrying one request's events from the worker to the API."""
+    return f"{PREFIX}:stream:{request_id}"
+
+
+def cancel(request_id: str) -> str:
+    """Flag set when the client went away or the request timed out."""
+    return f"{PREFIX}:cancel:{request_id}"
+
+
+def worker(worker_id: str) -> str:
+    """A worker's heartbeat record (JSON), expiring when it stops beating."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def workers_index() -> str:
+    """Sorted set of worker ids scored by heartbeat expiry, so readers need no SCAN."""
+    return f"{PREFIX}:workers"
+
+
+def control(worker_id: str) -> str:
+    """List of control commands (load/unload) for one worker."""
+    return f"{PREFIX}:control:{worker_id}"
+
+
+def inflight() -> str:
+    """Sorted set of admitted request ids scored by deadline, for MAX_CONCURRENT_REQUESTS."""
+    return f"{PREFIX}:inflight"

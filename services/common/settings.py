@@ -1,0 +1,87 @@
+"""Every setting of the service, read from the environment in one place.
+
+Names match the system we replace (HOST, PORT, WORKERS, ...) so existing `.env` files keep working.
+A bad value fails at start with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EngineName = Literal["auto", "mlx", "vllm", "llama_cpp", "llama_server"]
+DeviceType = Literal["auto", "cpu", "cuda", "rocm", "metal"]
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Service settings; every field is documented in `.env.example`."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # public surface
+    host: str = "0.0.0.0"
+    port: int = Field(8001, ge=1, le=65535, description="public port (nginx)")
+    workers: int = Field(2, ge=1, le=64, description="gunicorn processes per API replica")
+    api_threads: int = Field(32, ge=1, le=1024, description="threads per gunicorn process")
+    api_replicas: int = Field(2, ge=1, le=16)
+    api_base_port: int = Field(8101, ge=1, le=65535, description="first API replica's port")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_prompts: bool = False
+    log_dir: Path = ROOT / "run" / "logs"
+
+    # engines and models
+    inference_engine: EngineName = "auto"
+    device_type: DeviceType = "auto"
+    default_model: str = "gemma-3-270m"
+    max_concurrent_models: int = Field(2, ge=1, le=64)
+    models_file: Path = ROOT / "models" / "models.yaml"
+    models_dir: Path = ROOT / "models"
+    worker_slots: int = Field(1, ge=1, le=256)
+    worker_metrics_port: int = Field(9201, ge=0, le=65535, description="0 disables")
+    n_threads: int = Field(0, ge=0, le=256, description="llama.cpp threads; 0 = physical cores")
+    n_ctx: int = Field(4096, ge=256, le=1_048_576)
+    llama_server_url: str = ""
+    vllm_url: str = ""
+
+    # request handling
+    request_timeout: float = Field(300.0, gt=0, le=86_400)
+    max_concurrent_requests: int = Field(100, ge=1, le=100_000)
+    max_queue_depth: int = Field(256, ge=1, le=1_000_000)
+    default_max_tokens: int = Field(256, ge=1, le=1_048_576)
+    max_request_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    sse_keepalive: float = Field(5.0, gt=0, le=300)
+
+    # redis and lifetimes
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    stream_ttl: int = Field(600, ge=10, le=86_400)
+    heartbeat_interval: float = Field(2.0, gt=0, le=60)
+    heartbeat_ttl: int = Field(10, ge=2, le=600)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+def load_settings() -> Settings:
+    """Build settings from the environment, turning pydantic's report into one line per variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(err['loc'][0]).upper()}={os.environ.get(str(err['loc'][0]).upper(), '')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid setting: {problems}") from None

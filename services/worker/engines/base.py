@@ -1,0 +1,105 @@
+"""The one contract every engine keeps, in-process (llama.cpp, MLX) or over HTTP (vLLM, llama-server).
+
+A worker slot calls `generate()` from its own thread; an engine with `capacity() > 1` must accept
+that many concurrent calls (a pool of contexts, a batch loop, or concurrent HTTP streams).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from services.common.errors import APIError, InvalidRequest
+from services.common.jobs import ChatMessage, SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate: an already templated prompt plus sampling parameters."""
+
+    request_id: str
+    prompt: str
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """Text produced since the previous chunk and how many tokens it took."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The last item of every generation."""
+
+    reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationItem = TokenChunk | Finish
+CancelCheck = Callable[[], bool]
+
+
+class EngineError(APIError):
+    """The engine failed for a reason that is not the client's fault."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Load once, generate many times, report capacity; `name` labels metrics."""
+
+    name: str
+
+    def load(self) -> None:
+        """Load weights or connect to the sidecar; raise if the model cannot be served."""
+
+    def unload(self) -> None:
+        """Free what `load` took."""
+
+    def capacity(self) -> int:
+        """How many `generate` calls may run at once."""
+
+    def context_length(self) -> int:
+        """Prompt plus completion tokens one request may use."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` by the model's own tokenizer."""
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> str:
+        """The prompt the model expects for a chat, ending where the assistant's turn begins."""
+
+    def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
+        """Stream TokenChunks, then one Finish. Stop early (reason 'stop') once `cancelled()` is true."""
+
+
+def clamp_max_tokens(params: SamplingParams, prompt_tokens: int, context: int) -> int:
+    """Tokens this request may generate: an explicit max_tokens that overflows the context is a 400,
+    a defaulted one is cut to what fits."""
+    room = context - prompt_tokens
+    if room <= 0:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens; your prompt has {prompt_tokens}.",
+            param="messages",
+        )
+    if params.max_tokens > room:
+        if params.max_tokens_explicit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_tokens + params.max_tokens} tokens ({prompt_tokens} in the prompt, "
+                f"{params.max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+                param="max_tokens",
+            )
+        return room
+    return params.max_tokens
