@@ -21,6 +21,8 @@ class GenerationRequest:
     request_id: str
     prompt: str
     params: SamplingParams
+    messages: tuple[ChatMessage, ...] = ()
+    """The chat, for engines that template it themselves (an HTTP sidecar's chat endpoint)."""
 
 
 @dataclass(frozen=True)

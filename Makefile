@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine:  `make up`  and  `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= llama-cpp,model,test,bench
+APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
+
+.PHONY: up test venv system models lint format bench check-engine clean
+
+venv: $(BIN)/.installed-$(subst $(comma),_,$(EXTRAS))
+comma := ,
+$(BIN)/.installed-%: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	rm -f $(BIN)/.installed-* && touch $@
+
+system:
+	@services/stack/install_system.sh $(APT_BINARIES)
+
+models: venv
+	$(BIN)/python models/fetch.py
+
+up: venv system models
+	$(BIN)/python -m services.stack up
+
+test: venv system models
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: venv system models
+	$(BIN)/python -m services.bench $(BENCH_ARGS)
+
+check-engine: venv
+	$(BIN)/python -m services.worker --check
+
+clean:
+	rm -rf run bench-results .pytest_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Builds the engine a worker runs; imports lazily so a box needs only its own engine's packages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.catalog import Catalog
+from services.common.settings import Settings
+from services.worker.engines.base import Engine
+
+ENGINES = ("llama_cpp", "llama_server", "vllm", "mlx")
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve this model here; the message says why (for auto's fallback log)."""
+
+
+def model_path(catalog: Catalog, model_id: str, engine: str, models_dir: Path) -> Path:
+    path = catalog.path_for(model_id, engine, models_dir)
+    if path is None:
+        raise EngineUnavailable(f"models.yaml has no {engine} source for {model_id}")
+    if not path.exists():
+        raise EngineUnavailable(f"{path} is missing: fetch it once with `make models`")
+    return path
+
+
+def build_engine(
+    engine: str,
+    model_id: str,
+    *,
+    catalog: Catalog,
+    settings: Settings,
+    slots: int,
+    upstream_url: str | None = None,
+) -> Engine:
+    """An unloaded engine for `model_id`; call `load()` on it."""
+    spec = catalog.models[model_id]
+    if engine == "llama_cpp":
+        from services.worker.engines.llama_cpp import LlamaCppEngine
+
+        return LlamaCppEngine(
+            model_path(catalog, model_id, "llama_cpp", settings.models_dir),
+            chat_format=spec.chat_format,
+            slots=slots,
+            n_ctx=min(settings.n_ctx, spec.context_length),
+            n_threads=settings.n_threads,
+        )
+    if engine in ("llama_server", "vllm"):
+        from services.worker.engines.openai_http import OpenAIHTTPEngine
+
+        url = upstream_url or (settings.llama_server_url if engine == "llama_server" else settings.vllm_url)
+        if not url:
+            raise EngineUnavailable(f"no upstream URL for {engine}: set {engine.upper()}_URL or --upstream-url")
+        return OpenAIHTTPEngine(
+            url,
+            name=engine,
+            concurrency=slots,
+            context=min(settings.n_ctx, spec.context_length),
+            timeout=settings.request_timeout,
+        )
+    if engine == "mlx":
+        from services.worker.engines.mlx import MLXEngine
+
+        return MLXEngine(model_path(catalog, model_id, "mlx", settings.models_dir), slots=slots)
+    raise EngineUnavailable(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
