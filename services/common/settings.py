@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(2.0, gt=0, le=60)
     heartbeat_ttl: int = Field(10, ge=2, le=600)
 
+    # deployment (native stack and compose)
+    run_dir: Path = ROOT / "run"
+    redis_password: str = Field("", description="native stack: empty = generated once into RUN_DIR")
+    redis_bind: str = Field("127.0.0.1", description="native stack: addresses redis-server binds, space separated")
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    nginx_read_timeout: float = Field(360.0, gt=0, le=86_400, description="keep above REQUEST_TIMEOUT")
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
