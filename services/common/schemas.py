@@ -164,10 +164,8 @@ def _param(loc: tuple) -> str | None:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[ContentPart]", "list[str]", "function-after[_text_only(), ...]"):
-            continue
-        elif "[" in str(part) or "(" in str(part):
-            continue
+        elif part in ("str", "bool", "int", "float") or "[" in str(part) or "(" in str(part):
+            continue  # pydantic names union members in the location; OpenAI does not
         else:
             out += f".{part}" if out else str(part)
     return out or None

@@ -1,0 +1,60 @@
+"""create_app(): the Falcon application, every dependency passed in (no import-time globals)."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+import redis
+
+from services.api import errors
+from services.api.admission import Admission
+from services.api.completions import ChatCompletions, Completions
+from services.api.gateway import Gateway
+from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
+from services.api.models import ModelsResource
+from services.api.request_id import RequestIdFilter, RequestIdMiddleware
+from services.api.system import HealthResource, ModelCommandResource, StatusResource
+from services.common.catalog import Catalog
+from services.common.errors import ServiceUnavailable
+from services.common.registry import Registry
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def handle_redis_down(req: falcon.Request, resp: falcon.Response, ex: redis.RedisError, params: dict) -> None:
+    log.warning("redis error on %s %s: %s", req.method, req.path, ex)
+    errors.render(resp, ServiceUnavailable("The queue (Redis) is unavailable; retry shortly.", retry_after=2))
+
+
+def create_app(
+    settings: Settings,
+    client: redis.Redis,
+    catalog: Catalog,
+    metrics: ApiMetrics | None = None,
+    log_filter: RequestIdFilter | None = None,
+) -> falcon.App:
+    metrics = metrics or ApiMetrics()
+    registry = Registry(client, settings.heartbeat_ttl)
+    gateway = Gateway(client, registry, stream_ttl=settings.stream_ttl, keepalive=settings.sse_keepalive)
+    admission = Admission(
+        client, max_inflight=settings.max_concurrent_requests, max_queue_depth=settings.max_queue_depth
+    )
+
+    app = falcon.App(middleware=[RequestIdMiddleware(log_filter), MetricsMiddleware(metrics)], cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    app.add_error_handler(redis.RedisError, handle_redis_down)
+
+    models = ModelsResource(catalog, gateway)
+    app.add_route("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, admission, metrics))
+    app.add_route("/v1/completions", Completions(settings, catalog, gateway, admission, metrics))
+    app.add_route("/v1/models", models)
+    app.add_route("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway))
+    app.add_route("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway))
+    app.add_route("/v1/models/{model_id:path}", models, suffix="one")
+    app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission))
+    app.add_route("/health", HealthResource(client, gateway))
+    app.add_route("/metrics", MetricsResource(metrics))
+    return app

@@ -1,0 +1,140 @@
+"""POST /v1/chat/completions and /v1/completions: validate, admit, enqueue, then stream or aggregate.
+
+Both endpoints share one path; they differ only in schema, id prefix, prompt fields and chunk shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import falcon
+
+from services.api import shapes
+from services.api.admission import Admission
+from services.api.body import read_json_body
+from services.api.gateway import Gateway
+from services.api.metrics import ApiMetrics
+from services.api.sse import ChunkFormat, stream_events
+from services.common.catalog import Catalog
+from services.common.errors import RateLimited, from_status
+from services.common.events import Delta, Done, Failed, Usage
+from services.common.jobs import ChatMessage, Job, SamplingParams
+from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CompletionResource:
+    chat: bool = True
+
+    def __init__(
+        self, settings: Settings, catalog: Catalog, gateway: Gateway, admission: Admission, metrics: ApiMetrics
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.gateway = gateway
+        self.admission = admission
+        self.metrics = metrics
+
+    def _job(self, body: ChatCompletionRequest | CompletionRequest, model_id: str, rid: str) -> Job:
+        requested = body.requested_max_tokens()
+        params = SamplingParams(
+            max_tokens=requested or self.settings.default_max_tokens,
+            max_tokens_explicit=requested is not None,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop_sequences(),
+            seed=body.seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+        )
+        now = time.time()
+        common = {
+            "request_id": rid,
+            "model": model_id,
+            "params": params,
+            "accepted_at": now,
+            "deadline": now + self.settings.request_timeout,
+        }
+        if isinstance(body, ChatCompletionRequest):
+            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
+            return Job(kind="chat", messages=messages, **common)
+        return Job(kind="completion", prompt=body.prompt_text(), **common)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        schema = ChatCompletionRequest if self.chat else CompletionRequest
+        body = parse(schema, read_json_body(req, self.settings.max_request_bytes))
+        model_id = self.catalog.resolve(body.model)
+        self.gateway.require_worker(model_id)
+        rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        job = self._job(body, model_id, rid)
+        if self.settings.log_prompts:
+            log.info("request %s prompt: %s", rid, job.messages or job.prompt)
+        try:
+            self.admission.admit(rid, job.deadline, self.gateway.queued(model_id))
+        except RateLimited as exc:
+            self.metrics.rejected(exc.code or "rate_limited")
+            raise
+        try:
+            self.gateway.submit(job)
+        except Exception:
+            self.admission.release(rid)
+            raise
+        log.info(
+            "request %s (x-request-id %s) model=%s stream=%s",
+            rid,
+            req.get_header("X-Request-ID"),
+            model_id,
+            body.stream,
+        )
+        fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
+        if body.stream:
+            resp.content_type = "text/event-stream; charset=utf-8"
+            resp.set_header("Cache-Control", "no-cache")
+            resp.set_header("X-Accel-Buffering", "no")
+            resp.stream = stream_events(job, fmt, self.gateway, self.admission, self.metrics)
+            return
+        resp.media = self._collect(job, fmt)
+
+    def _collect(self, job: Job, fmt: ChunkFormat) -> dict:
+        parts: list[str] = []
+        finished = False
+        try:
+            for item in self.gateway.events(job):
+                if item is None:
+                    continue
+                event = item[1]
+                if isinstance(event, Delta):
+                    if not parts:
+                        self.metrics.first_token(job.model, time.time() - job.accepted_at)
+                    parts.append(event.text)
+                elif isinstance(event, Failed):
+                    finished = True
+                    raise from_status(event.status, event.message, code=event.code, param=event.param)
+                elif isinstance(event, Done):
+                    finished = True
+                    self.metrics.finished(
+                        job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at
+                    )
+                    return self._body(fmt, "".join(parts), event.finish_reason, event.usage)
+        finally:
+            if not finished:
+                self.gateway.cancel(job.request_id)
+            self.admission.release(job.request_id)
+            self.gateway.finish(job.request_id)
+        raise from_status(500, "The job ended without a result.")
+
+    def _body(self, fmt: ChunkFormat, text: str, finish: str, usage: Usage) -> dict:
+        build = shapes.chat_completion if self.chat else shapes.text_completion
+        return build(fmt.rid, fmt.created, fmt.model, text, finish, usage)
+
+
+class ChatCompletions(CompletionResource):
+    chat = True
+
+
+class Completions(CompletionResource):
+    chat = False

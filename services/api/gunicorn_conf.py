@@ -1,0 +1,39 @@
+"""Gunicorn settings from our Settings: gthread workers (streams hold a thread), multiprocess metrics.
+
+PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported in the workers, so it is
+set here, in the master, and emptied at start; dead workers' files are marked on exit.
+"""
+
+import os
+import shutil
+import tempfile
+
+from services.common.settings import load_settings
+
+_settings = load_settings()
+
+workers = _settings.workers
+worker_class = "gthread"
+threads = _settings.api_threads
+timeout = int(_settings.request_timeout) + 60
+graceful_timeout = 30
+keepalive = 75
+loglevel = _settings.log_level.lower()
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s'
+bind = [f"{_settings.host}:{_settings.api_base_port}"]
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="api-metrics-")
+
+
+def on_starting(server) -> None:
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

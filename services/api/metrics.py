@@ -1,0 +1,95 @@
+"""API metrics: requests by route and status, latency, time to first token, tokens, admission rejects.
+
+Under gunicorn each process writes its samples to PROMETHEUS_MULTIPROC_DIR and /metrics merges them
+(prometheus_client's multiprocess mode); without that variable the app's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("api_requests", "HTTP requests.", ("route", "method", "status"), registry=r)
+        self.latency = Histogram(
+            "api_request_duration_seconds",
+            "Time to the response headers.",
+            ("route", "method"),
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "api_time_to_first_token_seconds",
+            "Accepted to first token, seen by the API.",
+            ("model_name",),
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "api_e2e_request_latency_seconds",
+            "Accepted to last token, seen by the API.",
+            ("model_name",),
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter("api_generation_tokens", "Tokens generated for clients.", ("model_name",), registry=r)
+        self.finishes = Counter(
+            "api_request_finished", "Completions by finish reason.", ("model_name", "finished_reason"), registry=r
+        )
+        self.rejects = Counter("api_admission_rejects", "Requests refused before enqueue.", ("reason",), registry=r)
+
+    def first_token(self, model: str, seconds: float) -> None:
+        self.ttft.labels(model).observe(max(0.0, seconds))
+
+    def finished(self, model: str, tokens: int, reason: str, accepted_at: float | None = None) -> None:
+        self.tokens.labels(model).inc(tokens)
+        self.finishes.labels(model, reason).inc()
+        if accepted_at is not None:
+            self.e2e.labels(model).observe(max(0.0, time.time() - accepted_at))
+
+    def cancelled(self, model: str) -> None:
+        self.finishes.labels(model, "cancelled").inc()
+
+    def rejected(self, reason: str) -> None:
+        self.rejects.labels(reason).inc()
+
+
+class MetricsMiddleware:
+    """Counts every request under its route template (not the raw path, to bound label values)."""
+
+    def __init__(self, metrics: ApiMetrics) -> None:
+        self.metrics = metrics
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        route = req.uri_template or "unmatched"
+        status = str(resp.status_code if hasattr(resp, "status_code") else resp.status).split()[0]
+        self.metrics.requests.labels(route, req.method, status).inc()
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            self.metrics.latency.labels(route, req.method).observe(time.perf_counter() - started)
+
+
+class MetricsResource:
+    def __init__(self, metrics: ApiMetrics) -> None:
+        self.metrics = metrics
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.metrics.registry
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(registry)

@@ -1,0 +1,69 @@
+"""The worker registry: workers heartbeat what they serve to Redis with a TTL; the API reads it.
+
+A worker that dies simply stops beating: its record expires and its models drop out of /v1/models.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from services.common import keys
+
+
+class WorkerRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    id: str
+    host: str
+    pid: int
+    engine: str
+    device: str
+    models: tuple[str, ...]
+    slots: int
+    busy: int
+    started_at: float
+    metrics_port: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self.busy)
+
+
+class Registry:
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+
+    def beat(self, record: WorkerRecord) -> None:
+        expiry = time.time() + self.ttl
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(keys.worker(record.id), record.model_dump_json(), ex=self.ttl)
+        pipe.zadd(keys.workers_index(), {record.id: expiry})
+        pipe.execute()
+
+    def remove(self, worker_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.worker(worker_id))
+        pipe.zrem(keys.workers_index(), worker_id)
+        pipe.execute()
+
+    def live(self) -> list[WorkerRecord]:
+        """Workers whose heartbeat has not expired; stale index entries are pruned on the way."""
+        index = keys.workers_index()
+        self.redis.zremrangebyscore(index, "-inf", time.time())
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(index, 0, -1)]
+        if not ids:
+            return []
+        raw = self.redis.mget([keys.worker(i) for i in ids])
+        return [WorkerRecord.model_validate(json.loads(r)) for r in raw if r]
+
+    def serving(self) -> dict[str, list[WorkerRecord]]:
+        """model id -> live workers serving it."""
+        out: dict[str, list[WorkerRecord]] = {}
+        for rec in self.live():
+            for model in rec.models:
+                out.setdefault(model, []).append(rec)
+        return out

@@ -1,0 +1,25 @@
+"""The function RQ calls (by dotted path, see common/jobs.JOB_FUNCTION) inside a worker slot.
+
+RQ resolves jobs by name, not by object, so the slot thread binds its runner here before working;
+the binding is per thread, like RQ's own `get_current_job()`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from services.common.jobs import Job
+from services.worker.runner import JobRunner
+
+_slot = threading.local()
+
+
+def bind(runner: JobRunner | object) -> None:
+    _slot.runner = runner
+
+
+def run(payload: dict) -> None:
+    runner: JobRunner | None = getattr(_slot, "runner", None)
+    if runner is None:
+        raise RuntimeError("services.worker.job.run called outside a worker slot")
+    runner.run(Job.from_wire(payload))

@@ -1,0 +1,187 @@
+"""One worker process: loads its engine once per model, runs slot threads, heartbeats, obeys commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from prometheus_client import start_http_server
+
+from services.common import keys
+from services.common.catalog import Catalog
+from services.common.registry import Registry, WorkerRecord
+from services.common.settings import Settings
+from services.worker.engines.base import Engine
+from services.worker.engines.factory import EngineUnavailable, build_engine
+from services.worker.metrics import WorkerMetrics
+from services.worker.runner import JobRunner
+from services.worker.slots import Slots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    engine: Engine
+    slots: Slots
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        catalog: Catalog,
+        *,
+        engines: tuple[str, ...],
+        device: str,
+        slots: int,
+        worker_id: str | None = None,
+        upstream_url: str | None = None,
+        metrics_port: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.catalog = catalog
+        self.engine_order = engines
+        self.device = device
+        self.slot_count = slots
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.upstream_url = upstream_url
+        self.metrics_port = metrics_port
+        self.registry = Registry(client, settings.heartbeat_ttl)
+        self.engine_name = engines[0] if engines else "none"
+        self.metrics = WorkerMetrics(self.engine_name)
+        self.served: dict[str, Served] = {}
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- models ---------------------------------------------------------------------------------
+    def load(self, model_id: str) -> None:
+        """Load `model_id` with the first engine that can, logging why each earlier one could not."""
+        model_id = self.catalog.resolve(model_id)
+        with self._lock:
+            if model_id in self.served:
+                return
+            if len(self.served) >= self.settings.max_concurrent_models:
+                raise EngineUnavailable(f"MAX_CONCURRENT_MODELS={self.settings.max_concurrent_models} reached")
+            engine = self._load_engine(model_id)
+            runner = JobRunner(
+                engine, self.redis, worker_id=self.id, stream_ttl=self.settings.stream_ttl, metrics=self.metrics
+            )
+            slots = Slots(self.redis, model_id, runner, count=engine.capacity(), worker_id=self.id)
+            slots.start()
+            self.served[model_id] = Served(engine, slots)
+        self._beat()
+
+    def _load_engine(self, model_id: str) -> Engine:
+        problems = []
+        for name in self.engine_order:
+            try:
+                engine = build_engine(
+                    name,
+                    model_id,
+                    catalog=self.catalog,
+                    settings=self.settings,
+                    slots=self.slot_count,
+                    upstream_url=self.upstream_url,
+                )
+                started = time.monotonic()
+                engine.load()
+            except (EngineUnavailable, ImportError, OSError, ValueError, RuntimeError) as exc:
+                problems.append(f"{name}: {exc}")
+                log.warning("engine %s cannot serve %s (%s); trying the next one", name, model_id, exc)
+                continue
+            log.info(
+                "serving %s with %s (%d slots), loaded in %.1fs",
+                model_id,
+                name,
+                engine.capacity(),
+                time.monotonic() - started,
+            )
+            self.engine_name = self.metrics.engine = name
+            return engine
+        raise EngineUnavailable(f"no engine could load {model_id}: " + "; ".join(problems))
+
+    def unload(self, model_id: str) -> None:
+        model_id = self.catalog.resolve(model_id)
+        with self._lock:
+            served = self.served.pop(model_id, None)
+        if served is None:
+            return
+        self._beat()
+        served.slots.stop(self.settings.request_timeout)
+        served.engine.unload()
+        log.info("unloaded %s", model_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def record(self) -> WorkerRecord:
+        served = dict(self.served)
+        return WorkerRecord(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            engine=self.engine_name,
+            device=self.device,
+            models=tuple(served),
+            started_at=self.started_at,
+            slots=sum(s.engine.capacity() for s in served.values()),
+            busy=sum(s.slots.busy for s in served.values()),
+            metrics_port=self.metrics_port,
+        )
+
+    def _beat(self) -> None:
+        try:
+            self.registry.beat(self.record())
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            self._beat()
+
+    def _control_loop(self) -> None:
+        """Commands from /v1/models/load and /unload, one list per worker."""
+        key = keys.control(self.id)
+        while not self._stop.is_set():
+            try:
+                item = self.redis.blpop([key], timeout=1)
+            except redis.RedisError as exc:
+                log.warning("control channel: %s", exc)
+                self._stop.wait(1)
+                continue
+            if item is None:
+                continue
+            command = json.loads(item[1])
+            try:
+                getattr(self, command["op"])(command["model"]) if command.get("op") in ("load", "unload") else None
+            except Exception as exc:
+                log.error("command %s failed: %s", command, exc)
+
+    def start(self, models: list[str]) -> None:
+        if self.metrics_port:
+            start_http_server(self.metrics_port, registry=self.metrics.registry)
+        for model in models:
+            self.load(model)
+        for target in (self._heartbeat_loop, self._control_loop):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+
+    def stop(self) -> None:
+        """Graceful drain: leave the registry first (no new work routed here), finish jobs, then go."""
+        self._stop.set()
+        try:
+            self.registry.remove(self.id)
+        except redis.RedisError as exc:
+            log.warning("could not leave the registry: %s", exc)
+        for model_id in list(self.served):
+            self.unload(model_id)
+
+    def wait(self) -> None:
+        self._stop.wait()

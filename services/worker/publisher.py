@@ -1,0 +1,42 @@
+"""Writes one request's events to its Redis Stream and answers whether the request was cancelled."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from services.common import events, keys
+
+CANCEL_POLL_S = 0.05
+
+
+class StreamPublisher:
+    """Bound to one request: XADD events, EXPIRE the stream, poll the cancel flag at most every 50 ms."""
+
+    def __init__(self, client: redis.Redis, request_id: str, ttl: int, deadline: float) -> None:
+        self.redis = client
+        self.key = keys.stream(request_id)
+        self.cancel_key = keys.cancel(request_id)
+        self.ttl = ttl
+        self.deadline = deadline
+        self._checked_at = 0.0
+        self._cancelled = False
+
+    def publish(self, event: events.Event, *, refresh_ttl: bool = False) -> None:
+        if refresh_ttl:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self.key, events.encode(event))
+            pipe.expire(self.key, self.ttl)
+            pipe.execute()
+        else:
+            self.redis.xadd(self.key, events.encode(event))
+
+    def cancelled(self) -> bool:
+        if self._cancelled:
+            return True
+        now = time.monotonic()
+        if now - self._checked_at >= CANCEL_POLL_S:
+            self._checked_at = now
+            self._cancelled = time.time() > self.deadline or bool(self.redis.exists(self.cancel_key))
+        return self._cancelled

@@ -1,0 +1,71 @@
+"""Runs one job on an engine and turns what the engine yields into stream events.
+
+Every job ends with exactly one `done` or `error` event, whatever happens, so no client waits forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from services.common.errors import APIError
+from services.common.events import Delta, Done, Failed, Started, Usage
+from services.common.jobs import Job
+from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
+from services.worker.metrics import WorkerMetrics
+from services.worker.publisher import StreamPublisher
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    def __init__(
+        self, engine: Engine, client: redis.Redis, *, worker_id: str, stream_ttl: int, metrics: WorkerMetrics
+    ) -> None:
+        self.engine = engine
+        self.redis = client
+        self.worker_id = worker_id
+        self.stream_ttl = stream_ttl
+        self.metrics = metrics
+
+    def run(self, job: Job) -> None:
+        out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline)
+        dequeued = time.time()
+        if out.cancelled():
+            log.info("job %s skipped: cancelled or past its deadline before it started", job.request_id)
+            return
+        self.metrics.queue_time(job.model, dequeued - job.accepted_at)
+        out.publish(Started(self.worker_id, dequeued), refresh_ttl=True)
+        with self.metrics.running(job.model):
+            try:
+                self._generate(job, out, dequeued)
+            except APIError as exc:
+                out.publish(Failed(exc.message, exc.type, exc.code, exc.param, exc.status), refresh_ttl=True)
+            except Exception as exc:
+                log.exception("job %s failed", job.request_id)
+                out.publish(Failed(f"The engine failed: {type(exc).__name__}"), refresh_ttl=True)
+
+    def _generate(self, job: Job, out: StreamPublisher, dequeued: float) -> None:
+        prompt = self.engine.apply_chat_template(job.messages) if job.kind == "chat" else job.prompt
+        request = GenerationRequest(job.request_id, prompt, job.params, job.messages)
+        first = last = None
+        for item in self.engine.generate(request, out.cancelled):
+            if isinstance(item, TokenChunk):
+                now = time.time()
+                if first is None:
+                    first = now
+                    self.metrics.first_token(job.model, now - job.accepted_at)
+                elif item.tokens:
+                    self.metrics.inter_token(job.model, (now - last) / item.tokens)
+                last = now
+                out.publish(Delta(item.text, item.tokens))
+            elif isinstance(item, Finish):
+                done = time.time()
+                usage = Usage(item.prompt_tokens, item.completion_tokens)
+                self.metrics.finished(job.model, usage, done - job.accepted_at, item.reason)
+                timings = {"accepted": job.accepted_at, "dequeued": dequeued, "done": done}
+                if first is not None:
+                    timings["first_token"] = first
+                out.publish(Done(item.reason, usage, timings), refresh_ttl=True)
