@@ -1,0 +1,86 @@
+"""Request validation: OpenAI's accepted shapes pass, bad ones give a 400 naming the field."""
+
+import json
+
+import pytest
+
+from services.common.errors import InvalidRequest
+from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
+
+
+def chat(**extra) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+
+
+def test_chat_minimal_defaults():
+    body = parse(ChatCompletionRequest, chat())
+    assert body.temperature == 1.0 and body.stream is False and body.requested_max_tokens() is None
+
+
+def test_content_as_text_parts_is_joined():
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}).encode()
+    assert parse(ChatCompletionRequest, raw).messages[0].text() == "ab"
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert parse(ChatCompletionRequest, chat(max_tokens=5, max_completion_tokens=7)).requested_max_tokens() == 7
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "model"),
+        (json.dumps({"model": "m"}).encode(), "messages"),
+        (chat(temperature=3.0), "temperature"),
+        (chat(temperature=-0.1), "temperature"),
+        (chat(top_p=1.5), "top_p"),
+        (chat(max_tokens=0), "max_tokens"),
+        (chat(max_tokens="10"), "max_tokens"),
+        (chat(stream="yes"), "stream"),
+        (chat(n=2), "n"),
+        (chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (chat(presence_penalty=2.5), "presence_penalty"),
+        (json.dumps({"model": "m", "messages": []}).encode(), "messages"),
+        (json.dumps({"model": "m", "messages": [{"role": "bot", "content": "x"}]}).encode(), "messages[0].role"),
+        (json.dumps({"model": "m", "messages": [{"role": "user", "content": 5}]}).encode(), "messages[0].content"),
+        (json.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
+         "messages[0].content"),
+    ],
+)
+def test_bad_chat_bodies_name_the_param(raw, param):
+    with pytest.raises(InvalidRequest) as info:
+        parse(ChatCompletionRequest, raw)
+    assert info.value.param == param
+    assert info.value.status == 400
+    assert info.value.envelope()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe"])
+def test_invalid_json_is_400_without_param(raw):
+    with pytest.raises(InvalidRequest) as info:
+        parse(ChatCompletionRequest, raw)
+    assert info.value.param is None and "JSON" in info.value.message
+
+
+def test_non_object_json_is_400():
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        parse(ChatCompletionRequest, b"[1, 2]")
+
+
+def test_completion_prompt_string_or_single_list():
+    assert parse(CompletionRequest, b'{"model": "m", "prompt": "x"}').prompt_text() == "x"
+    assert parse(CompletionRequest, b'{"model": "m", "prompt": ["y"]}').prompt_text() == "y"
+    with pytest.raises(InvalidRequest) as info:
+        parse(CompletionRequest, b'{"model": "m", "prompt": ["a", "b"]}')
+    assert info.value.param == "prompt"
+
+
+def test_stop_as_string_or_list():
+    assert parse(ChatCompletionRequest, chat(stop="\n")).stop_sequences() == ("\n",)
+    assert parse(ChatCompletionRequest, chat(stop=["x", "y"])).stop_sequences() == ("x", "y")
+    assert parse(ChatCompletionRequest, chat()).stop_sequences() == ()
+
+
+def test_unknown_fields_are_ignored():
+    assert parse(ChatCompletionRequest, chat(logit_bias={}, tools=[], response_format={"type": "text"}))
