@@ -1,0 +1,59 @@
+"""Where the native stack keeps its state: one run directory, so tests can run private stacks side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one run directory (RUN_DIR); logs may live elsewhere (LOG_DIR)."""
+
+    run_dir: Path
+    log_dir: Path
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.run_dir / "nginx"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.nginx_dir / "nginx.conf"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.run_dir / "redis"
+
+    @property
+    def redis_conf(self) -> Path:
+        return self.redis_dir / "redis.conf"
+
+    @property
+    def redis_password_file(self) -> Path:
+        return self.run_dir / "redis.password"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.run_dir / "prometheus"
+
+    @property
+    def prometheus_conf(self) -> Path:
+        return self.prometheus_dir / "prometheus.yml"
+
+    @property
+    def pids_file(self) -> Path:
+        return self.run_dir / "stack.pids"
+
+    def metrics_dir(self, replica: int) -> Path:
+        """prometheus_client multiprocess files, one directory per API replica so counts never mix."""
+        return self.run_dir / "metrics" / f"api-{replica}"
+
+    def log(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def create(self) -> None:
+        """Make the directories; state that holds secrets is readable by its owner only."""
+        for path in (self.run_dir, self.log_dir, self.nginx_dir, self.prometheus_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,0 +1,126 @@
+"""The native stack as a list of processes: the same topology as docker-compose.yml, without Docker.
+
+`prepare()` writes every config under RUN_DIR and returns the processes; `make up` hands them to
+honcho (services/stack/supervise.py), and the e2e tests start the very same list one by one, so they
+can kill a single replica by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.settings import ROOT, Settings
+from services.stack import nginx_conf, prometheus_conf, redis_conf
+from services.stack.binaries import require
+from services.stack.layout import Layout
+
+GUNICORN_CONF = ROOT / "services" / "api" / "gunicorn_conf.py"
+API_APP = "services.api.wsgi:create()"
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One long-running process: what to exec, its whole environment, and a URL that answers once ready."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(repr=False)
+    ready_url: str | None = None
+    cwd: Path = ROOT
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What `prepare()` made: the processes in start order and the URLs clients use."""
+
+    procs: tuple[Proc, ...]
+    layout: Layout
+    redis_url: str = field(repr=False)
+    public_url: str
+    prometheus_url: str
+
+    def proc(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as an environment variable, so each child sees exactly the launcher's settings."""
+    return {name.upper(): str(value) for name, value in settings.model_dump().items()}
+
+
+def _waiting_for_redis(python: str, argv: list[str]) -> tuple[str, ...]:
+    return (python, "-m", "services.stack.wait", "--", *argv)
+
+
+def api_procs(settings: Settings, layout: Layout, env: Mapping[str, str], python: str) -> list[Proc]:
+    gunicorn = str(Path(python).parent / "gunicorn")
+    procs = []
+    for i in range(settings.api_replicas):
+        port = settings.api_base_port + i
+        metrics = layout.metrics_dir(i + 1)
+        shutil.rmtree(metrics, ignore_errors=True)  # stale multiprocess files would add old counts
+        metrics.mkdir(parents=True)
+        argv = [gunicorn, "-c", str(GUNICORN_CONF), API_APP, "--bind", f"127.0.0.1:{port}"]
+        procs.append(
+            Proc(
+                f"api-{i + 1}",
+                _waiting_for_redis(python, argv),
+                {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics), "API_REPLICA": f"api-{i + 1}"},
+                ready_url=f"http://127.0.0.1:{port}/health",
+            )
+        )
+    return procs
+
+
+def worker_proc(settings: Settings, env: Mapping[str, str], python: str) -> Proc:
+    argv = [
+        python, "-m", "services.worker",
+        "--engine", settings.inference_engine,
+        "--model", settings.default_model,
+        "--slots", str(settings.worker_slots),
+        "--metrics-port", str(settings.worker_metrics_port),
+    ]  # fmt: skip
+    ready = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None
+    return Proc("worker", _waiting_for_redis(python, argv), dict(env), ready_url=ready)
+
+
+def prepare(
+    settings: Settings,
+    *,
+    worker: bool = True,
+    scrape_interval: str = "15s",
+    python: str = sys.executable,
+    base_env: Mapping[str, str] | None = None,
+) -> Stack:
+    """Write configs under RUN_DIR and list the processes: redis, API replicas, worker, nginx, prometheus."""
+    layout = Layout(settings.run_dir, settings.log_dir)
+    layout.create()
+    env = {**(os.environ if base_env is None else base_env), **settings_env(settings)}
+    procs: list[Proc] = []
+    if redis_conf.is_local(settings):
+        secret = redis_conf.password(settings, layout)
+        redis_url = redis_conf.url_with_password(settings, secret)
+        env |= {"REDIS_URL": redis_url, "REDIS_PASSWORD": secret}
+        redis_conf.write_conf(settings, layout, secret)
+        procs.append(Proc("redis", (require("redis-server"), str(layout.redis_conf)), dict(env)))
+    else:  # a Redis elsewhere (another box's stack, a managed one): use it as given
+        redis_url = settings.redis_url
+    procs += api_procs(settings, layout, env, python)
+    if worker:
+        procs.append(worker_proc(settings, env, python))
+    nginx_conf.write_native(settings, layout)
+    listen_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    public_url = f"http://{listen_host}:{settings.port}"
+    procs.append(
+        Proc("nginx", tuple(nginx_conf.command(require("nginx"), layout)), dict(env), f"{public_url}/nginx/health")
+    )
+    prometheus_conf.write_native(settings, layout, scrape_interval=scrape_interval)
+    prometheus_url = f"http://127.0.0.1:{settings.prometheus_port}"
+    argv = prometheus_conf.command(require("prometheus"), settings, layout)
+    procs.append(Proc("prometheus", tuple(argv), dict(env), f"{prometheus_url}/-/ready"))
+    return Stack(tuple(procs), layout, redis_url, public_url, prometheus_url)
