@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -24,6 +25,9 @@ from services.worker.runner import JobRunner
 from services.worker.slots import Slots
 
 log = logging.getLogger(__name__)
+
+EngineFactory = Callable[..., Engine]
+"""(engine name, model id, *, catalog, settings, slots, upstream_url) -> unloaded Engine"""
 
 
 @dataclass
@@ -45,6 +49,7 @@ class WorkerProcess:
         worker_id: str | None = None,
         upstream_url: str | None = None,
         metrics_port: int = 0,
+        engine_factory: EngineFactory = build_engine,
     ) -> None:
         self.settings = settings
         self.redis = client
@@ -56,6 +61,7 @@ class WorkerProcess:
         self.upstream_url = upstream_url
         self.metrics_port = metrics_port
         self.registry = Registry(client, settings.heartbeat_ttl)
+        self.engine_factory = engine_factory
         self.engine_name = engines[0] if engines else "none"
         self.metrics = WorkerMetrics(self.engine_name)
         self.served: dict[str, Served] = {}
@@ -160,8 +166,12 @@ class WorkerProcess:
             if item is None:
                 continue
             command = json.loads(item[1])
+            op = {"load": self.load, "unload": self.unload}.get(command.get("op"))
+            if op is None:
+                log.error("unknown command %s", command)
+                continue
             try:
-                getattr(self, command["op"])(command["model"]) if command.get("op") in ("load", "unload") else None
+                op(command["model"])
             except Exception as exc:
                 log.error("command %s failed: %s", command, exc)
 
