@@ -66,6 +66,8 @@ def api_procs(settings: Settings, layout: Layout, env: Mapping[str, str], python
         shutil.rmtree(metrics, ignore_errors=True)  # stale multiprocess files would add old counts
         metrics.mkdir(parents=True)
         argv = [gunicorn, "-c", str(GUNICORN_CONF), API_APP, "--bind", f"127.0.0.1:{port}"]
+        # gunicorn's control socket defaults to one path per user: replicas must not share it
+        argv += ["--control-socket", str(layout.run_dir / f"api-{i + 1}.ctl")]
         procs.append(
             Proc(
                 f"api-{i + 1}",
