@@ -91,7 +91,7 @@ class WorkerProcess:
         problems = []
         for name in self.engine_order:
             try:
-                engine = build_engine(
+                engine = self.engine_factory(
                     name,
                     model_id,
                     catalog=self.catalog,
