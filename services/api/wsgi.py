@@ -29,5 +29,9 @@ def create() -> falcon.App:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
-    client = connect(settings.redis_url, max_connections=settings.api_threads * 2 + 8)
+    client = connect(
+        settings.redis_url,
+        max_connections=settings.api_threads * 2 + 8,
+        socket_timeout=settings.sse_keepalive + 10,
+    )
     return create_app(settings, client, catalog, log_filter=log_filter)

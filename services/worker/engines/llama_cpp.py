@@ -62,6 +62,7 @@ class LlamaCppEngine:
         self._pool: queue.Queue = queue.Queue()
         self._contexts: list = []
         self._formatter = None
+        self._bos_text = ""
 
     def load(self) -> None:
         from llama_cpp import Llama
@@ -78,6 +79,8 @@ class LlamaCppEngine:
             self._contexts.append(llm)
             self._pool.put(llm)
         self._formatter = self._make_formatter(self._contexts[0])
+        first = self._contexts[0]
+        self._bos_text = first.detokenize([first.token_bos()], special=True).decode(errors="ignore")
         log.info(
             "llama.cpp loaded %s: %d slot(s), n_ctx=%d, %d thread(s)",
             self.model_path.name,
@@ -133,7 +136,8 @@ class LlamaCppEngine:
         import llama_cpp
 
         params = request.params
-        prompt = llm.tokenize(request.prompt.encode(), add_bos=True, special=True)
+        add_bos = not (self._bos_text and request.prompt.startswith(self._bos_text))
+        prompt = llm.tokenize(request.prompt.encode(), add_bos=add_bos, special=True)
         limit = clamp_max_tokens(params, len(prompt), self.n_ctx)
         llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
         stops = StopMatcher(params.stop)
