@@ -8,8 +8,8 @@ APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 
 .PHONY: up test venv system models lint format bench check-engine clean
 
-venv: $(BIN)/.installed-$(subst $(comma),_,$(EXTRAS))
 comma := ,
+venv: $(BIN)/.installed-$(subst $(comma),_,$(EXTRAS))
 $(BIN)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
