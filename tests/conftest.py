@@ -45,8 +45,21 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     data = RUN_DIR / f"redis-{port}"
     data.mkdir(parents=True, exist_ok=True)
-    cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
-           "--save", "", "--appendonly", "no", "--dir", str(data)]
+    cmd = [
+        server,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--requirepass",
+        password,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
     with running(cmd, log=data / "redis.log") as proc:
         url = f"redis://:{password}@127.0.0.1:{port}/0"
         wait_until(lambda: redis.Redis.from_url(url).ping(), 20, "redis-server", proc)

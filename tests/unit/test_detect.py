@@ -35,8 +35,15 @@ def test_gpu_without_vllm_endpoint_skips_it():
 
 
 def test_llama_server_endpoint_is_preferred_on_cpu():
-    f = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=True,
-              llama_server_url="http://127.0.0.1:8080")
+    f = Facts(
+        "Linux",
+        "x86_64",
+        cuda=False,
+        rocm=False,
+        has_mlx=False,
+        has_llama_cpp=True,
+        llama_server_url="http://127.0.0.1:8080",
+    )
     assert choose("auto", "cpu", f).engines == ("llama_server", "llama_cpp")
 
 

@@ -18,8 +18,12 @@ def test_chat_minimal_defaults():
 
 
 def test_content_as_text_parts_is_joined():
-    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}).encode()
+    raw = json.dumps(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        }
+    ).encode()
     assert parse(ChatCompletionRequest, raw).messages[0].text() == "ab"
 
 
@@ -44,8 +48,10 @@ def test_max_completion_tokens_wins_over_max_tokens():
         (json.dumps({"model": "m", "messages": []}).encode(), "messages"),
         (json.dumps({"model": "m", "messages": [{"role": "bot", "content": "x"}]}).encode(), "messages[0].role"),
         (json.dumps({"model": "m", "messages": [{"role": "user", "content": 5}]}).encode(), "messages[0].content"),
-        (json.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
-         "messages[0].content"),
+        (
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
+            "messages[0].content",
+        ),
     ],
 )
 def test_bad_chat_bodies_name_the_param(raw, param):

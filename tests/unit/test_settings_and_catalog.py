@@ -20,8 +20,14 @@ def test_defaults_match_the_old_service(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PORT", "eighty"), ("PORT", "70000"), ("INFERENCE_ENGINE", "tpu"), ("REQUEST_TIMEOUT", "-1"),
-     ("REDIS_URL", "http://x"), ("LOG_LEVEL", "LOUD")],
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("INFERENCE_ENGINE", "tpu"),
+        ("REQUEST_TIMEOUT", "-1"),
+        ("REDIS_URL", "http://x"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
 )
 def test_bad_setting_names_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)

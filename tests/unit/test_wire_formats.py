@@ -6,8 +6,15 @@ from services.common.jobs import ChatMessage, Job, SamplingParams
 
 
 def test_job_round_trip_is_versioned_json():
-    job = Job(request_id="chatcmpl-1", model="m", kind="chat", messages=(ChatMessage(role="user", content="hi"),),
-              params=SamplingParams(max_tokens=4, stop=("\n",), seed=3), accepted_at=1.0, deadline=2.0)
+    job = Job(
+        request_id="chatcmpl-1",
+        model="m",
+        kind="chat",
+        messages=(ChatMessage(role="user", content="hi"),),
+        params=SamplingParams(max_tokens=4, stop=("\n",), seed=3),
+        accepted_at=1.0,
+        deadline=2.0,
+    )
     wire = job.to_wire()
     assert wire["v"] == 1 and wire["params"]["stop"] == ["\n"]
     assert Job.from_wire(wire) == job
@@ -31,8 +38,14 @@ def test_usage_total():
 def test_errors_map_to_status_and_envelope():
     err = from_status(400, "too long", code="context_length_exceeded", param="max_tokens")
     assert isinstance(err, InvalidRequest)
-    assert err.envelope() == {"error": {"message": "too long", "type": "invalid_request_error",
-                                        "param": "max_tokens", "code": "context_length_exceeded"}}
+    assert err.envelope() == {
+        "error": {
+            "message": "too long",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "context_length_exceeded",
+        }
+    }
     assert isinstance(from_status(504, "slow"), GatewayTimeout)
     assert isinstance(from_status(418, "odd"), InternalError)
     assert ServiceUnavailable("down").headers["Retry-After"] == "5"
