@@ -3,10 +3,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= llama-cpp,model,test,bench
+EXTRAS ?= llama-cpp,model,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 
-.PHONY: up test venv system models lint format bench check-engine clean
+.PHONY: up test venv system models models-mlx lint format bench check-engine clean
 
 comma := ,
 venv: $(BIN)/.installed-$(subst $(comma),_,$(EXTRAS))
@@ -22,10 +22,13 @@ system:
 models: venv
 	$(BIN)/python models/fetch.py
 
+models-mlx: models
+	$(BIN)/python models/fetch.py --mlx
+
 up: venv system models
 	$(BIN)/python -m services.stack up
 
-test: venv system models
+test: venv system models models-mlx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
