@@ -6,12 +6,15 @@ whose replica crashed falls out at its deadline, so the count never leaks.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import redis
 
 from services.common import keys
 from services.common.errors import RateLimited
+
+log = logging.getLogger(__name__)
 
 
 class Admission:
@@ -43,7 +46,11 @@ class Admission:
             )
 
     def release(self, request_id: str) -> None:
-        self.redis.zrem(keys.inflight(), request_id)
+        """Best effort: if Redis is down the entry still falls out at its deadline."""
+        try:
+            self.redis.zrem(keys.inflight(), request_id)
+        except redis.RedisError as exc:
+            log.warning("could not release %s: %s", request_id, exc)
 
     def inflight(self) -> int:
         return int(self.redis.zcount(keys.inflight(), time.time(), "+inf"))

@@ -65,7 +65,9 @@ class Gateway:
         return self.queue(model_id).count
 
     def submit(self, job: Job) -> None:
+        """Take the lease, then enqueue: a worker never sees a job nobody waits for."""
         ttl = max(1, int(job.deadline - time.time()))
+        self.redis.set(keys.lease(job.request_id), 1, ex=ttl + 5)
         self.queue(job.model).enqueue(
             JOB_FUNCTION,
             job.to_wire(),
@@ -111,9 +113,9 @@ class Gateway:
             )
 
     def cancel(self, request_id: str) -> None:
-        """Tell the worker to stop (between tokens), and drop the job if it is still queued."""
+        """Drop the lease (the worker stops between tokens) and the job if it is still queued."""
         try:
-            self.redis.set(keys.cancel(request_id), 1, ex=self.stream_ttl)
+            self.redis.delete(keys.lease(request_id))
             try:
                 rq_job = RQJob.fetch(request_id, connection=self.redis, serializer=JSONSerializer)
                 if rq_job.get_status(refresh=False) == "queued":
@@ -124,8 +126,8 @@ class Gateway:
             log.warning("could not cancel %s: %s", request_id, exc)
 
     def finish(self, request_id: str) -> None:
-        """The client has everything: the stream can go now rather than at its TTL."""
+        """The client has everything: the stream and lease can go now rather than at their TTL."""
         try:
-            self.redis.delete(keys.stream(request_id))
+            self.redis.delete(keys.stream(request_id), keys.lease(request_id))
         except redis.RedisError as exc:
             log.warning("could not delete stream of %s: %s", request_id, exc)

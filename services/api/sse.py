@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import redis
+
 from services.api import shapes
 from services.api.admission import Admission
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics
-from services.common.errors import APIError, InternalError
+from services.common.errors import APIError, InternalError, ServiceUnavailable
 from services.common.events import Delta, Done, Failed
 from services.common.jobs import Job
 
@@ -104,6 +106,9 @@ def stream_events(
                     )
         except APIError as exc:
             yield sse(exc.envelope())
+        except redis.RedisError as exc:
+            log.warning("stream %s lost Redis: %s", job.request_id, exc)
+            yield sse(ServiceUnavailable("The queue (Redis) became unavailable; please retry.").envelope())
         except Exception:
             log.exception("stream %s broke", job.request_id)
             yield sse(InternalError("The server had an error while streaming.").envelope())

@@ -15,9 +15,11 @@ def stream(request_id: str) -> str:
     return f"{PREFIX}:stream:{request_id}"
 
 
-def cancel(request_id: str) -> str:
-    """Flag set when the client went away or the request timed out."""
-    return f"{PREFIX}:cancel:{request_id}"
+def lease(request_id: str) -> str:
+    """Exists while someone waits for the answer: set before enqueue, expiring at the deadline, deleted
+    when the client goes away. Workers generate only while it exists, so a request whose client left,
+    or whose state a Redis restart wiped, stops by itself."""
+    return f"{PREFIX}:lease:{request_id}"
 
 
 def worker(worker_id: str) -> str:

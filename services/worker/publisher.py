@@ -1,4 +1,4 @@
-"""Writes one request's events to its Redis Stream and answers whether the request was cancelled."""
+"""Writes one request's events to its Redis Stream and answers whether anyone still waits for them."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ CANCEL_POLL_S = 0.05
 
 
 class StreamPublisher:
-    """Bound to one request: XADD events, EXPIRE the stream, poll the cancel flag at most every 50 ms."""
+    """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 50 ms."""
 
     def __init__(self, client: redis.Redis, request_id: str, ttl: int, deadline: float) -> None:
         self.redis = client
         self.key = keys.stream(request_id)
-        self.cancel_key = keys.cancel(request_id)
+        self.lease_key = keys.lease(request_id)
         self.ttl = ttl
         self.deadline = deadline
         self._checked_at = 0.0
@@ -38,5 +38,5 @@ class StreamPublisher:
         now = time.monotonic()
         if now - self._checked_at >= CANCEL_POLL_S:
             self._checked_at = now
-            self._cancelled = time.time() > self.deadline or bool(self.redis.exists(self.cancel_key))
+            self._cancelled = time.time() > self.deadline or not self.redis.exists(self.lease_key)
         return self._cancelled

@@ -98,6 +98,7 @@ def test_submit_puts_a_json_job_on_the_models_queue(redis_client):
     gw = gateway(redis_client)
     j = job("cmpl-q")
     gw.submit(j)
+    assert 0 < redis_client.ttl(keys.lease("cmpl-q")) <= 16, "the lease lives until the deadline"
     queue = Queue(keys.queue_name("m"), connection=redis_client, serializer=JSONSerializer)
     assert queue.count == 1 and gw.queued("m") == 1
     rq_job = queue.jobs[0]
@@ -105,7 +106,7 @@ def test_submit_puts_a_json_job_on_the_models_queue(redis_client):
     assert Job.from_wire(rq_job.args[0]) == j
     gw.cancel("cmpl-q")
     assert queue.count == 0, "a queued job is dropped when its client goes away"
-    assert redis_client.exists(keys.cancel("cmpl-q"))
+    assert not redis_client.exists(keys.lease("cmpl-q"))
 
 
 def test_events_flow_from_publisher_to_gateway(redis_client):
@@ -154,10 +155,13 @@ def test_a_request_on_a_dead_worker_fails_instead_of_hanging(redis_client):
     assert time.monotonic() - started < 5
 
 
-def test_publisher_sees_cancel_and_deadline(redis_client):
+def test_publisher_generates_only_while_the_lease_lives(redis_client):
+    redis_client.set(keys.lease("r1"), 1)
     out = StreamPublisher(redis_client, "r1", 60, time.time() + 30)
     assert not out.cancelled()
-    redis_client.set(keys.cancel("r1"), 1)
+    redis_client.delete(keys.lease("r1"))
     time.sleep(0.06)
     assert out.cancelled()
-    assert StreamPublisher(redis_client, "r2", 60, time.time() - 1).cancelled()
+    assert StreamPublisher(redis_client, "r2", 60, time.time() + 30).cancelled(), "no lease, nobody waits"
+    redis_client.set(keys.lease("r3"), 1)
+    assert StreamPublisher(redis_client, "r3", 60, time.time() - 1).cancelled(), "past the deadline"

@@ -1,0 +1,125 @@
+"""Nothing hangs: a worker killed mid-generation and a Redis restart end requests with clear errors,
+and the stack serves again once the parts are back. Private Redis, worker and API per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import ROOT, RUN_DIR
+from tests.e2e.api.conftest import base_env, start_api
+from tests.support.procs import free_port, running, wait_until, which
+
+pytestmark = pytest.mark.e2e
+MODEL = "gemma-3-270m"
+LONG = {"model": MODEL, "prompt": "A very long story:", "max_tokens": 1500, "stream": True}
+
+
+def start_redis(port: int, data: Path):
+    cmd = [
+        which("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
+    return running(cmd, log=data / "redis.log")
+
+
+def start_worker(env: dict[str, str], log: Path, wid: str):
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.worker",
+        "--engine",
+        "llama_cpp",
+        "--slots",
+        "1",
+        "--metrics-port",
+        "0",
+        "--worker-id",
+        wid,
+    ]
+    return running(cmd, log=log, env=env, cwd=ROOT)
+
+
+def serving(url: str) -> bool:
+    return MODEL in httpx.get(f"{url}/health", timeout=5).json().get("models", [])
+
+
+def data_lines(resp: httpx.Response):
+    return (ln for ln in resp.iter_lines() if ln.startswith("data: "))
+
+
+@pytest.fixture()
+def private(gemma_path, tmp_path):
+    port = free_port()
+    data = RUN_DIR / f"resilience-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    env = base_env(f"redis://127.0.0.1:{port}/0", data, WORKERS="1")
+    return port, data, env
+
+
+def test_killed_worker_ends_the_stream_with_503(private):
+    port, data, env = private
+    with start_redis(port, data), start_worker(env, data / "worker.log", "doomed") as worker:
+        api_ctx, url = start_api(env, data / "api.log")
+        with api_ctx as api_proc:
+            wait_until(lambda: serving(url), 60, "worker registered", api_proc)
+            started = time.monotonic()
+            with httpx.stream("POST", f"{url}/v1/completions", json=LONG, timeout=60) as resp:
+                lines = data_lines(resp)
+                assert next(lines)
+                os.kill(worker.pid, signal.SIGKILL)
+                tail = list(lines)
+            assert tail[-1] == "data: [DONE]"
+            assert any('"worker_lost"' in ln for ln in tail), tail[-3:]
+            assert time.monotonic() - started < 20, "the client learns within the heartbeat TTL, not the timeout"
+            r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_loaded"
+
+
+def test_redis_restart_fails_fast_then_recovers(private):
+    port, data, env = private
+    with start_worker(env, data / "worker.log", "survivor"):
+        redis_ctx = start_redis(port, data)
+        redis_proc = redis_ctx.__enter__()
+        api_ctx, url = start_api(env, data / "api.log")
+        with api_ctx as api_proc:
+            try:
+                wait_until(lambda: serving(url), 60, "worker registered", api_proc)
+                with httpx.stream("POST", f"{url}/v1/completions", json=LONG, timeout=60) as resp:
+                    lines = data_lines(resp)
+                    assert next(lines)
+                    redis_ctx.__exit__(None, None, None)
+                    tail = list(lines)
+                assert tail[-1] == "data: [DONE]" and any('"error"' in ln for ln in tail)
+                down = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=30)
+                assert down.status_code == 503 and down.headers["retry-after"]
+                assert httpx.get(f"{url}/health", timeout=10).status_code == 503
+            finally:
+                redis_ctx.__exit__(None, None, None)
+            assert redis_proc.poll() is not None
+            with start_redis(port, data):
+                wait_until(lambda: redis.Redis(port=port).ping(), 20, "redis back")
+                back = time.monotonic()
+                wait_until(lambda: serving(url), 60, "worker re-registered after the restart", api_proc)
+                r = httpx.post(
+                    f"{url}/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 3}, timeout=60
+                )
+                assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+                # the 1500-token generation orphaned by the restart lost its lease and let go of the slot
+                assert time.monotonic() - back < 20
