@@ -191,3 +191,18 @@ def test_timeout_is_504_and_redis_down_is_503(api, worker_env):
         assert health.status_code == 503 and "retry-after" in health.headers and error_of(health)
         r = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": HI}, timeout=30)
         assert r.status_code == 503 and error_of(r)["type"] == "service_unavailable"
+
+
+def test_metrics_from_api_and_worker(api, client, worker):
+    client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3)
+    httpx.get(f"{api.v1()}/nothing-here")
+    text = httpx.get(f"{api.url}/metrics").text
+    assert 'api_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    assert 'api_requests_total{method="GET",route="unmatched",status="404"}' in text
+    assert "api_time_to_first_token_seconds_bucket" in text and "api_generation_tokens_total" in text
+    wtext = httpx.get(f"http://127.0.0.1:{worker}/metrics").text
+    tokens = [ln for ln in wtext.splitlines() if ln.startswith("inference_generation_tokens_total{")]
+    assert tokens and float(tokens[0].rsplit(" ", 1)[1]) >= 3
+    assert 'engine="llama_cpp"' in tokens[0] and 'model_name="gemma-3-270m"' in tokens[0]
+    assert "inference_time_to_first_token_seconds_bucket" in wtext
+    assert "inference_request_queue_time_seconds_bucket" in wtext
