@@ -144,6 +144,8 @@ class WorkerProcess:
         )
 
     def _beat(self) -> None:
+        if self._stop.is_set():
+            return  # a stopping worker must not re-enter the registry it just left
         try:
             self.registry.beat(self.record())
         except redis.RedisError as exc:
@@ -186,12 +188,16 @@ class WorkerProcess:
     def stop(self) -> None:
         """Graceful drain: leave the registry first (no new work routed here), finish jobs, then go."""
         self._stop.set()
+        self._leave()
+        for model_id in list(self.served):
+            self.unload(model_id)
+        self._leave()  # a heartbeat already in flight during the drain may have re-added us
+
+    def _leave(self) -> None:
         try:
             self.registry.remove(self.id)
         except redis.RedisError as exc:
             log.warning("could not leave the registry: %s", exc)
-        for model_id in list(self.served):
-            self.unload(model_id)
 
     def wait(self) -> None:
         self._stop.wait()
