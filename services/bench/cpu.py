@@ -1,0 +1,46 @@
+"""CPU seconds spent by the stack's processes during a level, to put a CPU cost on each request.
+
+psutil reads each process tree (gunicorn and nginx masters with their workers); the bench's own
+process is measured too, since on a small box the load generator competes for the same cores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import psutil
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process and all its live descendants; 0 when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue  # exited between listing and reading: its time is lost, a rounding error here
+        total += times.user + times.system
+    return total
+
+
+class CpuMeter:
+    """Groups of PIDs by role (api, nginx, redis, worker); `bench` is this process."""
+
+    def __init__(self, groups: Mapping[str, list[int]]) -> None:
+        self.groups = dict(groups)
+
+    def snapshot(self) -> dict[str, float]:
+        spent = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+        own = os.times()  # this process alone: the stack it launched are its children, counted above
+        spent["bench"] = own.user + own.system
+        return spent
+
+    def since(self, before: Mapping[str, float]) -> dict[str, float]:
+        now = self.snapshot()
+        return {name: max(0.0, now[name] - before.get(name, 0.0)) for name in now}

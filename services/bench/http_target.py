@@ -1,0 +1,98 @@
+"""A target over HTTP: the stack's nginx, a running deployment, or llama-server itself.
+
+Raw httpx rather than the `openai` client: on a 2-core box the client's own parsing competes with
+the server for CPU, and this tool should spend as little as it can.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import urlsplit
+
+import httpx
+
+from services.bench.sample import Sample, failed
+from services.bench.workload import Workload
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class NotLoopback(ValueError):
+    """Load tests go to this machine only, never to someone else's server."""
+
+
+def require_loopback(url: str) -> str:
+    host = urlsplit(url).hostname
+    if host not in LOOPBACK:
+        raise NotLoopback(f"{url}: the benchmark only targets 127.0.0.1 / localhost / ::1, not {host!r}")
+    return url.rstrip("/")
+
+
+class HttpTarget:
+    """POSTs chat completions to `base_url` + `path`; one pooled client shared by all threads."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        timeout: float = 120.0,
+        max_connections: int = 64,
+        api_key: str = "bench",
+        path: str = "/v1/chat/completions",
+    ) -> None:
+        self.name = name
+        self.url = require_loopback(base_url) + path
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+
+    def send(self, workload: Workload, index: int) -> Sample:
+        started = time.perf_counter()
+        try:
+            if workload.stream:
+                return self._stream(workload.body(index), started)
+            return self._json(workload.body(index), started)
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+            return failed(time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+
+    def _json(self, body: dict, started: float) -> Sample:
+        resp = self.client.post(self.url, json=body)
+        elapsed = time.perf_counter() - started
+        if resp.status_code != 200:
+            return failed(elapsed, f"HTTP {resp.status_code}")
+        usage = resp.json().get("usage") or {}
+        if "completion_tokens" not in usage:
+            return failed(elapsed, "no usage in the response")
+        return Sample(True, elapsed, None, usage["completion_tokens"], usage.get("prompt_tokens", 0))
+
+    def _stream(self, body: dict, started: float) -> Sample:
+        ttft: float | None = None
+        usage: dict | None = None
+        with self.client.stream("POST", self.url, json=body) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                return failed(time.perf_counter() - started, f"HTTP {resp.status_code}")
+            for line in resp.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # SSE comments (keep-alives), ids, blank separators
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    return failed(time.perf_counter() - started, f"stream error: {chunk['error'].get('message')}")
+                if ttft is None and chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    ttft = time.perf_counter() - started
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+        elapsed = time.perf_counter() - started
+        if usage is None:
+            return failed(elapsed, "stream ended without usage")
+        return Sample(True, elapsed, ttft, usage["completion_tokens"], usage.get("prompt_tokens", 0))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,85 @@
+"""Drive a target at a fixed concurrency: N requests, at most C in flight, with a progress bar.
+
+Threads, not asyncio: the targets block (httpx, llama.cpp), and a thread per in-flight request is
+what a simple client does; the pool keeps exactly C requests outstanding until the last ones.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from services.bench.cpu import CpuMeter
+from services.bench.sample import Sample, failed
+from services.bench.summary import LevelSummary, summarize
+from services.bench.target import Target
+from services.bench.workload import Workload
+
+
+def run_level(
+    target: Target,
+    workload: Workload,
+    concurrency: int,
+    requests: int,
+    *,
+    first_index: int = 0,
+    time_limit_s: float = 600.0,
+    meter: CpuMeter | None = None,
+    label: str = "",
+) -> LevelSummary:
+    """Requests left unsent when `time_limit_s` runs out count as failures, so a stuck run ends."""
+    samples: list[Sample] = []
+    bar = tqdm(total=requests, desc=label or f"{target.name} c={concurrency}", unit="req", file=sys.stderr)
+    before = meter.snapshot() if meter else None
+    started = time.perf_counter()
+    with cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench") as pool:
+        futures = [pool.submit(target.send, workload, first_index + i) for i in range(requests)]
+        pending: set[cf.Future] = set(futures)
+        deadline = started + time_limit_s
+        while pending:
+            done, pending = cf.wait(
+                pending, timeout=max(0.0, deadline - time.perf_counter()), return_when="FIRST_COMPLETED"
+            )
+            for future in done:
+                samples.append(future.result())
+                bar.update(1)
+            if time.perf_counter() >= deadline and pending:
+                for future in pending:
+                    if future.cancel():
+                        samples.append(failed(time_limit_s, "not sent: level time limit reached"))
+                pending = {f for f in pending if not f.cancelled()}
+                deadline = float("inf")  # those already running end on the target's own timeout
+    wall = time.perf_counter() - started
+    bar.close()
+    summary = summarize(samples, concurrency, wall)
+    if meter and before is not None:
+        ok = max(1, summary.ok)
+        spent = meter.since(before)
+        summary = dataclasses.replace(summary, cpu_ms_per_request={k: v * 1000 / ok for k, v in spent.items()})
+    return summary
+
+
+def sweep(
+    target: Target,
+    workload: Workload,
+    levels: Sequence[int],
+    requests_for: dict[int, int],
+    *,
+    time_limit_s: float = 600.0,
+    meter: CpuMeter | None = None,
+) -> list[LevelSummary]:
+    """Each level in turn; prompts keep cycling across levels so no level replays the previous one."""
+    results = []
+    index = 0
+    for level in levels:
+        count = requests_for[level]
+        results.append(
+            run_level(target, workload, level, count, first_index=index, time_limit_s=time_limit_s, meter=meter)
+        )
+        index += count
+    return results
