@@ -1,0 +1,170 @@
+"""The native stack as `make up` runs it, through nginx, driven by the official `openai` client.
+
+Real redis-server, two gunicorn API replicas, one llama.cpp worker on Gemma 3 270M, nginx from our
+template and Prometheus, each on a free port in a private run directory. Tests that kill a replica
+start it again, so the order of tests does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import RUN_DIR
+from tests.support.native_stack import NativeStack, e2e_settings, native_stack
+from tests.support.procs import wait_until
+
+pytestmark = pytest.mark.e2e
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def stack(gemma_path: object) -> Iterator[NativeStack]:
+    settings = e2e_settings(RUN_DIR / f"stack-{time.strftime('%H%M%S')}-{id(object()) % 10_000}")
+    with native_stack(settings) as running:
+        yield running
+
+
+def client(base: str, **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="not-needed", max_retries=0, timeout=300, **kwargs)
+
+
+def access_log(stack: NativeStack) -> list[dict]:
+    return [json.loads(line) for line in stack.log("nginx-access").read_text().splitlines() if line.strip()]
+
+
+def test_chat_through_nginx(stack: NativeStack) -> None:
+    reply = client(stack.url).chat.completions.create(model="gemma-3-270m", messages=MESSAGES, max_tokens=8)
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
+
+
+def test_streamed_chat_through_nginx(stack: NativeStack) -> None:
+    stream = client(stack.url).chat.completions.create(
+        model="gemma-3-270m", messages=MESSAGES, max_tokens=8, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].choices[-1].finish_reason in ("length", "stop")
+
+
+def time_to_first_event(base: str) -> float:
+    """Seconds to the first SSE event of a streamed chat: the API sends its opening chunk on accepting."""
+    body = {"model": "gemma-3-270m", "messages": MESSAGES, "max_tokens": 1, "stream": True}
+    start = time.monotonic()
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=120) as resp:
+        lines = resp.iter_lines()
+        first = next(line for line in lines if line.startswith("data:"))
+        elapsed = time.monotonic() - start
+        assert first != "data: [DONE]"
+        for _ in lines:  # let the generation finish before the next measurement
+            pass
+    return elapsed
+
+
+def test_nginx_adds_little_to_time_to_first_byte_and_does_not_buffer(stack: NativeStack) -> None:
+    direct, proxied = [], []
+    for _ in range(5):  # alternate, so a busy moment on the machine hits both sides alike
+        direct.append(time_to_first_event(stack.replica_url(1)))
+        proxied.append(time_to_first_event(stack.url))
+    overhead = statistics.median(proxied) - statistics.median(direct)
+    assert overhead < 0.05, (direct, proxied)
+    # the tokens of a longer answer reach the client while the rest is being generated
+    body = {"model": "gemma-3-270m", "messages": MESSAGES, "max_tokens": 32, "stream": True}
+    start, arrivals = time.monotonic(), []
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body, timeout=300) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data:") and '"content":""' not in line and "[DONE]" not in line:
+                arrivals.append(time.monotonic() - start)
+    assert len(arrivals) > 8 and arrivals[0] < 0.5 * arrivals[-1], arrivals
+
+
+def test_fifty_concurrent_requests_use_both_replicas(stack: NativeStack) -> None:
+    api = client(stack.url)
+
+    def one(i: int) -> str:
+        reply = api.chat.completions.create(
+            model="gemma-3-270m", messages=MESSAGES, max_tokens=2, extra_headers={"X-Request-ID": f"conc-{i}"}
+        )
+        return reply.choices[0].finish_reason
+
+    with ThreadPoolExecutor(50) as pool:
+        reasons = list(pool.map(one, range(50)))
+    assert len(reasons) == 50 and set(reasons) <= {"length", "stop"}
+    ours = [e for e in access_log(stack) if e["request_id"].startswith("conc-")]
+    assert len(ours) == 50 and {e["status"] for e in ours} == {200}
+    per_replica = Counter(e["upstream"] for e in ours)
+    replicas = {f"127.0.0.1:{stack.settings.api_base_port + i}" for i in range(2)}
+    assert set(per_replica) == replicas and min(per_replica.values()) >= 10, per_replica
+    # each replica's own log saw the ids nginx sent it
+    for n in (1, 2):
+        address = f"127.0.0.1:{stack.settings.api_base_port + n - 1}"
+        sent = {e["request_id"] for e in ours if e["upstream"] == address}
+        logged = set(re.findall(r"rid=(\S+)$", stack.log(f"api-{n}").read_text(), flags=re.M))
+        assert sent <= logged, sent - logged
+
+
+def test_nginx_errors_are_openai_envelopes(stack: NativeStack) -> None:
+    too_big = httpx.post(f"{stack.url}/v1/chat/completions", content=b"x" * (stack.settings.max_request_bytes + 1))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    missing = httpx.get(f"{stack.url}/v1/no-such-route")
+    assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    assert missing.headers["server"] == "nginx"  # the API's answer, passed through nginx
+
+
+def test_prometheus_scrapes_every_target(stack: NativeStack) -> None:
+    def all_up() -> bool:
+        targets = httpx.get(f"{stack.stack.prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
+        jobs = Counter(t["labels"]["job"] for t in targets)
+        return jobs == {"api": 2, "worker": 1, "prometheus": 1} and all(t["health"] == "up" for t in targets)
+
+    wait_until(all_up, 30, "prometheus targets all up")
+
+
+def ask(api: openai.OpenAI) -> str:
+    try:
+        api.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, max_tokens=2)
+    except openai.APIStatusError as exc:
+        return f"{exc.status_code} {exc.body}"
+    return "ok"
+
+
+def test_requests_keep_succeeding_when_a_replica_dies(stack: NativeStack) -> None:
+    api = client(stack.url)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            in_flight = [pool.submit(ask, api) for _ in range(4)]  # some of them on api-1
+            time.sleep(0.5)
+            stack.kill("api-1")
+            during = [f.result() for f in in_flight]
+        after = [ask(api) for _ in range(6)]
+        assert after == ["ok"] * 6, after
+        # a request the dead replica had already taken ends in a clean 502 envelope, never a hang,
+        # and is not sent to another replica behind the client's back
+        assert all(r == "ok" or r.startswith("502") for r in during), during
+    finally:
+        stack.start("api-1")
+
+
+def test_all_replicas_down_is_a_json_502(stack: NativeStack) -> None:
+    try:
+        stack.kill("api-1")
+        stack.kill("api-2")
+        resp = httpx.post(f"{stack.url}/v1/chat/completions", json={"model": "gemma-3-270m", "messages": MESSAGES})
+        assert resp.status_code == 502 and resp.json()["error"]["code"] == "bad_gateway"
+        assert resp.headers["x-request-id"]
+    finally:
+        for name in ("api-1", "api-2"):
+            if name not in stack.procs:
+                stack.start(name)
+    # back in service once the replicas are up again (nginx retries them after fail_timeout)
+    wait_until(lambda: httpx.get(f"{stack.url}/v1/models").status_code == 200, 30, "replicas back behind nginx")
