@@ -104,10 +104,12 @@ class Gateway:
 
     def _check_alive(self, job: Job, worker: str | None) -> None:
         """A request must not hang on a worker that died: fail it once nobody can answer."""
+        if worker is not None:
+            if all(w.id != worker for w in self.registry.live()):
+                raise ServiceUnavailable("The worker serving this request stopped; please retry.", code="worker_lost")
+            return
         serving = self.serving(fresh=True).get(job.model, [])
-        if worker is not None and all(w.id != worker for w in serving):
-            raise ServiceUnavailable("The worker serving this request stopped; please retry.", code="worker_lost")
-        if worker is None and not serving:
+        if not serving:
             raise ServiceUnavailable(
                 f"No worker is serving the model '{job.model}' any more; please retry.", code="model_not_loaded"
             )

@@ -26,6 +26,8 @@ class WorkerRecord(BaseModel):
     busy: int
     started_at: float
     metrics_port: int = 0
+    draining: bool = False
+    """Finishing its jobs before it stops: alive, but no new work is routed to it."""
 
     @property
     def free_slots(self) -> int:
@@ -61,9 +63,11 @@ class Registry:
         return [WorkerRecord.model_validate(json.loads(r)) for r in raw if r]
 
     def serving(self) -> dict[str, list[WorkerRecord]]:
-        """model id -> live workers serving it."""
+        """model id -> live workers taking new requests for it (draining ones excluded)."""
         out: dict[str, list[WorkerRecord]] = {}
         for rec in self.live():
+            if rec.draining:
+                continue
             for model in rec.models:
                 out.setdefault(model, []).append(rec)
         return out

@@ -66,7 +66,9 @@ class WorkerProcess:
         self.metrics = WorkerMetrics(self.engine_name)
         self.served: dict[str, Served] = {}
         self.started_at = time.time()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # asked to stop (signal): the main thread starts the drain
+        self._halt = threading.Event()  # drain over: heartbeat and control loops end
+        self._draining = False
         self._lock = threading.Lock()
 
     # -- models ---------------------------------------------------------------------------------
@@ -144,26 +146,26 @@ class WorkerProcess:
         )
 
     def _beat(self) -> None:
-        if self._stop.is_set():
-            return  # a stopping worker must not re-enter the registry it just left
+        if self._halt.is_set():
+            return  # a stopped worker must not re-enter the registry it just left
         try:
             self.registry.beat(self.record())
         except redis.RedisError as exc:
             log.warning("heartbeat failed: %s", exc)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval):
+        while not self._halt.wait(self.settings.heartbeat_interval):
             self._beat()
 
     def _control_loop(self) -> None:
         """Commands from /v1/models/load and /unload, one list per worker."""
         key = keys.control(self.id)
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._halt.is_set():
             try:
                 item = self.redis.blpop([key], timeout=1)
             except redis.RedisError as exc:
                 log.warning("control channel: %s", exc)
-                self._stop.wait(1)
+                self._halt.wait(1)
                 continue
             if item is None:
                 continue
@@ -186,12 +188,15 @@ class WorkerProcess:
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def stop(self) -> None:
-        """Graceful drain: leave the registry first (no new work routed here), finish jobs, then go."""
+        """Graceful drain: stay in the registry marked draining (no new work is routed here, jobs in
+        flight still count as alive), finish those jobs, then leave."""
         self._stop.set()
-        self._leave()
+        self._draining = True
+        self._beat()
         for model_id in list(self.served):
             self.unload(model_id)
-        self._leave()  # a heartbeat already in flight during the drain may have re-added us
+        self._halt.set()
+        self._leave()
 
     def _leave(self) -> None:
         try:

@@ -20,6 +20,8 @@ from services.worker import job as job_entry
 from services.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
+DEQUEUE_TIMEOUT = 5
+"""Seconds a slot blocks waiting for a job (RQ derives it as worker_ttl - 15); bounds shutdown time."""
 
 
 class SlotWorker(SimpleWorker):
@@ -27,6 +29,14 @@ class SlotWorker(SimpleWorker):
 
     def _install_signal_handlers(self) -> None:
         """The main thread owns SIGINT/SIGTERM and asks each slot to stop."""
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
+        """RQ's loop only looks at the stop flag between jobs; an idle slot re-checks it every timeout."""
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
+            if result is not None:
+                return result
+        return None
 
 
 class Slots:
@@ -57,7 +67,9 @@ class Slots:
     def _new_worker(self, index: int) -> SlotWorker:
         queue = Queue(keys.queue_name(self.model_id), connection=self._client, serializer=JSONSerializer)
         name = f"{self._worker_id}.{self.model_id}.{index}.{time.monotonic_ns() % 10**9}"
-        return SlotWorker([queue], connection=self._client, serializer=JSONSerializer, name=name, worker_ttl=35)
+        return SlotWorker(
+            [queue], connection=self._client, serializer=JSONSerializer, name=name, worker_ttl=DEQUEUE_TIMEOUT + 15
+        )
 
     def _work(self, index: int) -> None:
         """Keep the slot alive: RQ's loop quits on some Redis errors (a Redis restart), so start anew."""
@@ -73,18 +85,23 @@ class Slots:
                 self._stopping.wait(1.0)
 
     def stop(self, drain_timeout: float) -> None:
-        """Stop taking jobs; wait up to `drain_timeout` for jobs in flight, then let RQ mark us dead."""
+        """Stop taking jobs and let every RQ loop end by itself: a job it dequeues meanwhile still runs.
+
+        Exiting while a slot blocks in BLMOVE could strand a just-dequeued job in RQ's intermediate
+        queue, where it would be failed without a word to its client; so we wait for the loops.
+        """
         self._stopping.set()
         for worker in list(self.workers.values()):
             worker._stop_requested = True
         deadline = time.monotonic() + drain_timeout
         while self.busy and time.monotonic() < deadline:
             time.sleep(0.1)
-        for worker in list(self.workers.values()):
-            try:
-                worker.register_death()
-            except redis.RedisError as exc:
-                log.warning("could not deregister slot %s: %s", worker.name, exc)
+        deadline = time.monotonic() + DEQUEUE_TIMEOUT + 2  # idle loops end after their current BLMOVE
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        if stuck:
+            log.warning("slots still busy after the drain timeout: %s", ", ".join(stuck))
 
 
 class _CountingRunner:

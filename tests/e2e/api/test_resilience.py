@@ -3,6 +3,7 @@ and the stack serves again once the parts are back. Private Redis, worker and AP
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -123,3 +124,29 @@ def test_redis_restart_fails_fast_then_recovers(private):
                 assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
                 # the 1500-token generation orphaned by the restart lost its lease and let go of the slot
                 assert time.monotonic() - back < 20
+
+
+def test_sigterm_drains_the_request_in_flight(private):
+    port, data, env = private
+    with start_redis(port, data), start_worker(env, data / "worker.log", "draining") as worker:
+        api_ctx, url = start_api(env, data / "api.log")
+        with api_ctx as api_proc:
+            wait_until(lambda: serving(url), 60, "worker registered", api_proc)
+            body = {
+                "model": MODEL,
+                "prompt": "Once upon a time",
+                "max_tokens": 60,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as resp:
+                lines = data_lines(resp)
+                assert next(lines)
+                os.kill(worker.pid, signal.SIGTERM)
+                wait_until(lambda: not serving(url), 5, "worker left the registry before draining")
+                tail = list(lines)
+            assert "usage" in tail[-2], tail[-3:]
+            usage = json.loads(tail[-2][6:])["usage"]
+            assert tail[-1] == "data: [DONE]" and usage["completion_tokens"] == 60, "the job in flight finished"
+            worker.wait(20)
+            assert worker.returncode == 0
