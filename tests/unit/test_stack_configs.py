@@ -1,0 +1,84 @@
+"""The native stack's generated configs: Redis secrets, Prometheus targets, nginx values, the process list."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import Settings
+from services.stack import nginx_conf, prometheus_conf, redis_conf
+from services.stack.layout import Layout
+from services.stack.procfile import prepare, settings_env
+
+
+def layout_in(tmp_path: Path) -> Layout:
+    layout = Layout(tmp_path / "run", tmp_path / "run" / "logs")
+    layout.create()
+    return layout
+
+
+def test_redis_password_precedence_and_generation(tmp_path: Path) -> None:
+    layout = layout_in(tmp_path)
+    assert redis_conf.password(Settings(redis_password="set"), layout) == "set"
+    in_url = Settings(redis_password="", redis_url="redis://:in%40url@127.0.0.1:6379/0")
+    assert redis_conf.password(in_url, layout) == "in@url"
+    neither = Settings(redis_password="", redis_url="redis://127.0.0.1:6379/0")
+    generated = redis_conf.password(neither, layout)
+    assert len(generated) >= 32 and redis_conf.password(neither, layout) == generated  # kept, not remade
+    assert stat.S_IMODE(layout.redis_password_file.stat().st_mode) == 0o600
+
+
+def test_redis_url_and_config(tmp_path: Path) -> None:
+    layout = layout_in(tmp_path)
+    settings = Settings(redis_url="redis://127.0.0.1:7000/2", redis_bind="127.0.0.1 10.231.0.1")
+    assert redis_conf.url_with_password(settings, "p@ss/word") == "redis://:p%40ss%2Fword@127.0.0.1:7000/2"
+    assert redis_conf.url_with_password(settings, "x", host="10.231.0.1") == "redis://:x@10.231.0.1:7000/2"
+    text = redis_conf.config(settings, layout, 'quote" and \\ slash')
+    assert 'requirepass "quote\\" and \\\\ slash"' in text
+    assert "port 7000" in text and "bind 127.0.0.1 10.231.0.1" in text and "protected-mode yes" in text
+    redis_conf.write_conf(settings, layout, "secret")
+    assert stat.S_IMODE(layout.redis_conf.stat().st_mode) == 0o600
+    assert redis_conf.is_local(settings) and not redis_conf.is_local(Settings(redis_url="redis://10.0.0.5:6379/0"))
+
+
+def test_prometheus_targets_every_replica_and_the_worker() -> None:
+    cfg = prometheus_conf.native(Settings(api_replicas=3, api_base_port=8200, worker_metrics_port=9300))
+    jobs = {job["job_name"]: job["static_configs"] for job in cfg["scrape_configs"]}
+    assert [c["targets"][0] for c in jobs["api"]] == ["127.0.0.1:8200", "127.0.0.1:8201", "127.0.0.1:8202"]
+    assert jobs["worker"][0]["targets"] == ["127.0.0.1:9300"]
+    no_worker = prometheus_conf.native(Settings(worker_metrics_port=0))
+    assert "worker" not in {job["job_name"] for job in no_worker["scrape_configs"]}
+
+
+def test_nginx_values_come_from_settings(tmp_path: Path) -> None:
+    layout = layout_in(tmp_path)
+    settings = Settings(host="127.0.0.1", port=8123, api_replicas=2, api_base_port=8300, max_request_bytes=2048)
+    text = nginx_conf.render(nginx_conf.TEMPLATE.read_text(), nginx_conf.native_values(settings, layout))
+    assert "listen 127.0.0.1:8123 " in text and "client_max_body_size 2048;" in text
+    assert "server 127.0.0.1:8300 max_fails=1" in text and "server 127.0.0.1:8301 max_fails=1" in text
+    assert "proxy_read_timeout 360s;" in text and "${" not in text
+    with pytest.raises(nginx_conf.NginxConfigError, match="NGINX_LISTEN"):
+        nginx_conf.render("listen ${NGINX_LISTEN};", {})
+    with pytest.raises(nginx_conf.NginxConfigError):
+        nginx_conf.upstream_servers([])
+
+
+def test_settings_pass_to_children_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(port=8555, api_replicas=3, log_prompts=True, request_timeout=12.5, redis_bind="127.0.0.1 ::1")
+    for name, value in settings_env(original).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
+
+
+def test_process_list(tmp_path: Path) -> None:
+    settings = Settings(run_dir=tmp_path / "run", log_dir=tmp_path / "logs", api_replicas=2, redis_password="pw")
+    stack = prepare(settings, base_env={"PATH": "/usr/bin:/bin"})
+    assert [p.name for p in stack.procs] == ["redis", "api-1", "api-2", "worker", "nginx", "prometheus"]
+    api1, api2 = stack.proc("api-1"), stack.proc("api-2")
+    assert api1.env["PROMETHEUS_MULTIPROC_DIR"] != api2.env["PROMETHEUS_MULTIPROC_DIR"]
+    assert api1.env["REDIS_URL"] == "redis://:pw@127.0.0.1:6379/0" == stack.proc("worker").env["REDIS_URL"]
+    assert "pw" not in " ".join(stack.proc("redis").argv)  # the password stays in the 0600 config file
+    assert stack.layout.nginx_conf.exists() and stack.layout.prometheus_conf.exists()
+    assert [p.name for p in prepare(settings, worker=False).procs].count("worker") == 0
