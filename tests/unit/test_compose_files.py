@@ -49,7 +49,7 @@ def compose_command() -> tuple[str, ...]:
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "REDIS_URL"}
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "REMOTE_REDIS_URL"}
     return subprocess.run(
         [*compose_command(), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True, text=True, check=False, cwd=ROOT, env={**clean, **(env or {})},
