@@ -1,0 +1,164 @@
+"""`--engines`: aggregate tokens/s at a few concurrencies for every engine this machine can run,
+through the whole stack, beside the same engine called directly in the same run.
+
+Direct means: llama-cpp-python in this process (one Llama behind a lock) for llama_cpp, and HTTP
+straight to llama-server for llama_server. The c=max/c=1 ratio shows whether an engine batches
+(llama-server, MLX) or serves one request at a time; stack/direct shows what the gateway costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from services.bench.direct_target import DirectTarget
+from services.bench.http_target import HttpTarget
+from services.bench.launcher import Launcher
+from services.bench.session import ModeResult, Session
+from services.bench.stack import free_port, private_stack
+from services.bench.summary import LevelSummary
+from services.bench.target import Target
+from services.common.catalog import Catalog
+from services.common.settings import ROOT
+
+ENGINE_TARGETS = ("llama_cpp", "llama_server", "mlx")
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    engine: str
+    path: str  # "stack" or "direct"
+    levels: list[LevelSummary]
+
+    def at(self, concurrency: int) -> LevelSummary | None:
+        return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+
+
+@contextlib.contextmanager
+def llama_server(model_path, *, slots: int, slot_context: int, chat_format: str | None, alias: str) -> Iterator[str]:
+    """A llama-server sidecar on a free port for this run; yields its base URL."""
+    from services.worker.engines.llama_server_process import LlamaServerCommand
+
+    cmd = LlamaServerCommand(
+        model_path, free_port(), slots=slots, slot_context=slot_context, chat_template=chat_format, alias=alias
+    )
+    launcher = Launcher(ROOT / "run" / f"bench-llama-server-{cmd.port}")
+    try:
+        launcher.start("llama-server", cmd.argv(), os.environ, ROOT)
+        launcher.wait_ready("llama-server", lambda: httpx.get(f"{cmd.url}/health", timeout=2).status_code == 200, 180)
+        yield cmd.url
+    finally:
+        launcher.stop_all()
+
+
+def availability() -> dict[str, str | None]:
+    """Engine -> None when it can run here, else why not (printed, so a skipped engine is never silent)."""
+    from services.worker.engines.llama_server_process import LlamaServerMissing, find_binary
+
+    reasons: dict[str, str | None] = {
+        "llama_cpp": None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python is not installed",
+        "mlx": None if importlib.util.find_spec("mlx") else "mlx is not installed",
+    }
+    try:
+        find_binary()
+        reasons["llama_server"] = None
+    except LlamaServerMissing as exc:
+        reasons["llama_server"] = str(exc)
+    return reasons
+
+
+def run_engines(session: Session) -> None:
+    """Fills session.modes with engine-<name>-<path> entries and session.extra_figures['engines']."""
+    options, settings, model = session.options, session.settings, session.model
+    catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
+    slots = options.engine_slots
+    levels = options.engine_levels
+    rows: list[EngineRow] = []
+
+    def measure(engine: str, path: str, target: Target, described: str) -> None:
+        try:
+            result = session.levels(target, levels)
+        finally:
+            target.close()
+        rows.append(EngineRow(engine, path, result))
+        session.modes[f"engine-{engine}-{path}"] = ModeResult(described, result, {"slots": slots})
+
+    def through_stack(engine: str, worker_argv: list[str], described: str) -> None:
+        with private_stack(worker_argv, label=f"engine-{engine}", model=model.id) as stack:
+            target = HttpTarget(engine, stack.url, timeout=options.timeout, max_connections=max(levels) + 4)
+            measure(engine, "stack", target, f"{described} via nginx")
+
+    worker = ["-m", "services.worker", "--model", model.id, "--slots", str(slots), "--engine"]
+    for engine, reason in availability().items():
+        if reason:
+            session.notes.append(f"engines: {engine} skipped: {reason}")
+            continue
+        if engine == "llama_cpp" and model.path is not None and model.path.exists():
+            through_stack(engine, [*worker, "llama_cpp"], f"llama_cpp worker, {slots} slots")
+            direct = DirectTarget(model.path, n_ctx=model.n_ctx, chat_format=model.chat_format)
+            measure(engine, "direct", direct, "llama-cpp-python in-process, one Llama behind a lock")
+        elif engine == "llama_server" and model.path is not None and model.path.exists():
+            with llama_server(
+                model.path, slots=slots, slot_context=model.n_ctx, chat_format=model.chat_format, alias=model.id
+            ) as url:
+                through_stack(
+                    engine,
+                    [*worker, "llama_server", "--upstream-url", url],
+                    f"llama_server worker over llama-server --parallel {slots}",
+                )
+                target = HttpTarget("llama-server", url, timeout=options.timeout, max_connections=max(levels) + 4)
+                measure(engine, "direct", target, f"llama-server --parallel {slots} over HTTP, no gateway")
+        elif engine == "mlx":
+            mlx_path = catalog.path_for(model.id, "mlx", settings.models_dir)
+            if mlx_path is None or not mlx_path.exists():
+                session.notes.append(f"engines: mlx skipped: no MLX weights for {model.id} (make models-mlx)")
+                continue
+            through_stack(engine, [*worker, "mlx"], f"mlx worker, {slots} slots (continuous batching)")
+    session.extra_figures["engines"] = figures(rows, levels)
+    session.notes.extend(text(rows, levels))
+
+
+def figures(rows: list[EngineRow], levels) -> dict:
+    low, high = min(levels), max(levels)
+    out: dict = {}
+    for row in rows:
+        a, b = row.at(low), row.at(high)
+        entry = out.setdefault(row.engine, {})
+        entry[row.path] = {lv.concurrency: lv.tokens_per_s for lv in row.levels}
+        if a and b and a.tokens_per_s:
+            entry[f"{row.path}_scaling_c{high}_over_c{low}"] = b.tokens_per_s / a.tokens_per_s
+    for entry in out.values():
+        if "stack" in entry and "direct" in entry:
+            entry["stack_over_direct"] = {
+                c: entry["stack"][c] / entry["direct"][c] for c in entry["stack"] if entry["direct"].get(c)
+            }
+    return out
+
+
+def text(rows: list[EngineRow], levels) -> list[str]:
+    """A Markdown table: tokens/s per level, scaling, and stack/direct at each level."""
+    low, high = min(levels), max(levels)
+    head = ["engine", "path", *[f"tok/s c={c}" for c in levels], f"c={high}/c={low}", "stack/direct"]
+    lines = ["", "engines (aggregate generated tokens/s):", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by = {(r.engine, r.path): r for r in rows}
+    for row in rows:
+        cells = [row.engine, row.path]
+        cells += [f"{lv.tokens_per_s:.1f}" if (lv := row.at(c)) else "-" for c in levels]
+        a, b = row.at(low), row.at(high)
+        cells.append(f"{b.tokens_per_s / a.tokens_per_s:.2f}x" if a and b and a.tokens_per_s else "-")
+        direct = by.get((row.engine, "direct"))
+        if row.path == "stack" and direct:
+            ratios = []
+            for c in levels:
+                s, d = row.at(c), direct.at(c)
+                ratios.append(f"{s.tokens_per_s / d.tokens_per_s:.2f}" if s and d and d.tokens_per_s else "-")
+            cells.append(" / ".join(ratios) + f" (c={','.join(map(str, levels))})")
+        else:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

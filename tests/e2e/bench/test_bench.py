@@ -1,0 +1,85 @@
+"""`python -m services.bench` end to end in a tiny configuration, so the tool cannot rot unnoticed.
+
+Direct and stack modes on the real Gemma model (one level, two requests, four tokens), then the
+gateway mode with the instant engine; the JSON must have the fields and sane values.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+LEVEL_FIELDS = {
+    "concurrency",
+    "requests",
+    "ok",
+    "success_rate",
+    "requests_per_s",
+    "latency_p50_s",
+    "latency_p95_s",
+    "ttft_p50_s",
+    "ttft_p95_s",
+    "completion_tokens",
+    "tokens_per_s",
+    "errors",
+}
+
+
+def bench(out: Path, *args: str) -> dict:
+    """Run the CLI as `make bench` does and return the one JSON file it wrote."""
+    cmd = [sys.executable, "-m", "services.bench", "--out", str(out), *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = out.glob("bench-*.json")
+    return json.loads(path.read_text()) | {"_stdout": done.stdout}
+
+
+def check_level(level: dict, *, requests: int, max_tokens: int) -> None:
+    assert set(level) >= LEVEL_FIELDS, LEVEL_FIELDS - set(level)
+    assert level["requests"] == requests and level["ok"] == requests
+    assert level["success_rate"] == 1.0 and level["errors"] == {}
+    assert 1 <= level["completion_tokens"] <= requests * max_tokens
+    assert level["tokens_per_s"] > 0 and level["requests_per_s"] > 0
+    assert 0 < level["ttft_p50_s"] <= level["latency_p50_s"] <= level["latency_p95_s"]
+
+
+def test_direct_and_stack(tmp_path, gemma_path):
+    result = bench(tmp_path, "--mode", "direct,stack", "--concurrency", "1", "--requests", "2", "--max-tokens", "4")
+    assert set(result["modes"]) == {"direct", "stack"}
+    for mode in ("direct", "stack"):
+        (level,) = result["modes"][mode]["levels"]
+        check_level(level, requests=2, max_tokens=4)
+    # same prompts, greedy: the in-process call and the stack generate the same number of tokens
+    assert (
+        result["modes"]["direct"]["levels"][0]["completion_tokens"]
+        == result["modes"]["stack"]["levels"][0]["completion_tokens"]
+    )
+    figures = result["figures"]["stack_vs_direct"]
+    assert {"added_ttft_p50_ms_c1", "tokens_per_s_ratio_c1", "tokens_per_s_ratio_best"} <= set(figures)
+    assert 0 < figures["tokens_per_s_ratio_c1"] < 5
+    assert result["meta"]["machine"]["logical_cpus"] >= 1
+    assert "| conc |" in result["_stdout"] and "time to first token added" in result["_stdout"]
+    assert list(tmp_path.glob("bench-*.png")), "the plot was written"
+
+
+def test_gateway_with_the_instant_engine(tmp_path):
+    args = ["--gateway", "--gateway-concurrency", "1,4", "--gateway-requests", "20", "--no-plot"]
+    result = bench(tmp_path, *args)
+    assert set(result["modes"]) == {"gateway-json", "gateway-stream"}
+    for variant in ("json", "stream"):
+        levels = result["modes"][f"gateway-{variant}"]["levels"]
+        assert [lv["concurrency"] for lv in levels] == [1, 4]
+        for level in levels:
+            assert level["success_rate"] == 1.0 and level["completion_tokens"] == 20 * 16
+            assert {"api", "nginx", "redis", "worker", "bench"} <= set(level["cpu_ms_per_request"])
+            assert level["cpu_ms_per_request"]["api"] > 0
+        figures = result["figures"]["gateway"][variant]
+        assert figures["peak_requests_per_s"] > 1 and figures["api_cpu_ms_per_request"] > 0
+    assert "LiteLLM" in result["_stdout"]
