@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import platform
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -56,14 +58,24 @@ def llama_server(model_path, *, slots: int, slot_context: int, chat_format: str 
         launcher.stop_all()
 
 
-def availability() -> dict[str, str | None]:
-    """Engine -> None when it can run here, else why not (printed, so a skipped engine is never silent)."""
+def apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def availability(mlx_cpu: bool = False) -> dict[str, str | None]:
+    """Engine -> None when it can run here, else why not (printed, so a skipped engine is never silent).
+
+    MLX off Apple Silicon is mlx[cpu]: the real code path, but ~10x slower than llama.cpp on the same
+    CPU, so its figures say nothing about MLX and would stretch the run by many minutes; opt in.
+    """
     from services.worker.engines.llama_server_process import LlamaServerMissing, find_binary
 
     reasons: dict[str, str | None] = {
         "llama_cpp": None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python is not installed",
         "mlx": None if importlib.util.find_spec("mlx") else "mlx is not installed",
     }
+    if reasons["mlx"] is None and not (apple_silicon() or mlx_cpu):
+        reasons["mlx"] = "not Apple Silicon (mlx[cpu] is a correctness path here; --mlx-cpu measures it anyway)"
     try:
         find_binary()
         reasons["llama_server"] = None
@@ -94,7 +106,7 @@ def run_engines(session: Session) -> None:
             measure(engine, "stack", target, f"{described} via nginx")
 
     worker = ["-m", "services.worker", "--model", model.id, "--slots", str(slots), "--engine"]
-    for engine, reason in availability().items():
+    for engine, reason in availability(options.mlx_cpu).items():
         if reason:
             session.notes.append(f"engines: {engine} skipped: {reason}")
             continue

@@ -45,6 +45,7 @@ class Options:
     gateway_slots: int
     engine_levels: tuple[int, ...]
     engine_slots: int
+    mlx_cpu: bool
     timeout: float
     level_time_limit: float
     api_key: str
@@ -81,6 +82,7 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--gateway-slots", type=int, default=16, help="instant worker slots")
     p.add_argument("--engines-concurrency", type=int_list, default=(1, 4, 8))
     p.add_argument("--engine-slots", type=int, default=8, help="slots (parallel sequences) per engine")
+    p.add_argument("--mlx-cpu", action="store_true", help="--engines: include MLX off Apple Silicon (slow)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--level-time-limit", type=float, default=600.0, help="seconds per level before giving up")
     p.add_argument("--api-key", default="bench", help="sent as a Bearer token")
@@ -107,6 +109,7 @@ def parse(argv: list[str] | None) -> Options:
         gateway_slots=a.gateway_slots,
         engine_levels=a.engines_concurrency,
         engine_slots=a.engine_slots,
+        mlx_cpu=a.mlx_cpu,
         timeout=a.timeout,
         level_time_limit=a.level_time_limit,
         api_key=a.api_key,

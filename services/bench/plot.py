@@ -27,11 +27,12 @@ def plot_modes(series: Mapping[str, Sequence[LevelSummary]], path: Path, title: 
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, (field, label, scale) in zip(axes.flat, PANELS, strict=True):
-        for name, levels in series.items():
+        for color, (name, levels) in enumerate(series.items()):
             points = [(lv.concurrency, getattr(lv, field)) for lv in levels if getattr(lv, field) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, [y * scale for y in ys], marker="o", label=name)
+                ax.plot(xs, [y * scale for y in ys], marker="o", label=name, color=f"C{color}")  # same color per mode
+        ax.set_xticks(sorted({lv.concurrency for levels in series.values() for lv in levels}))
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
