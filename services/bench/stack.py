@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import sys
 import time
@@ -129,5 +130,9 @@ def private_stack(
         )
         time.sleep(settings.heartbeat_interval)  # let every replica's registry cache see the worker
         yield RunningStack(stack.public_url, api_urls, launcher, settings)
-    finally:
+    except BaseException:
         launcher.stop_all()
+        print(f"bench: the private stack's logs are in {settings.log_dir}", file=sys.stderr)
+        raise
+    launcher.stop_all()
+    shutil.rmtree(run_dir, ignore_errors=True)  # a clean run leaves nothing behind; a failed one keeps its logs
