@@ -25,6 +25,10 @@ from services.common.jobs import Job
 
 log = logging.getLogger(__name__)
 DONE_LINE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n"
+"""A comment line with no blank line after it: it keeps proxies' read timeouts alive and dispatches
+nothing. With a blank line, clients that remember the last `id:` (the openai package) would dispatch an
+empty event and fail to parse it."""
 
 
 def sse(data: dict, event_id: str | None = None) -> bytes:
@@ -76,7 +80,7 @@ def stream_events(
         try:
             for item in gateway.events(job):
                 if item is None:
-                    yield b": keep-alive\n\n"
+                    yield KEEPALIVE
                     continue
                 event_id, event = item
                 if isinstance(event, Delta):

@@ -73,7 +73,7 @@ def test_stop_sequence_cuts_before_it(engine):
 
 
 def test_cancel_stops_between_tokens(engine):
-    _, finish, chunks = run(engine, max_tokens=64, cancel_after=2)
+    _, finish, _ = run(engine, max_tokens=64, cancel_after=2)
     assert finish.reason == "stop"
     assert finish.completion_tokens < 64
 
@@ -84,7 +84,7 @@ def test_chat_template_carries_the_turns(engine):
     )
     if prompt:  # HTTP engines may template upstream
         assert "Say hi" in prompt and "Be brief." in prompt
-    text, finish, _ = run(engine, prompt or "Say hi", max_tokens=8)
+    _, finish, _ = run(engine, prompt or "Say hi", max_tokens=8)
     assert finish.completion_tokens >= 1
 
 

@@ -206,3 +206,20 @@ def test_metrics_from_api_and_worker(api, client, worker):
     assert 'engine="llama_cpp"' in tokens[0] and 'model_name="gemma-3-270m"' in tokens[0]
     assert "inference_time_to_first_token_seconds_bucket" in wtext
     assert "inference_request_queue_time_seconds_bucket" in wtext
+
+
+def test_streaming_client_survives_keepalives_while_queued(api, client):
+    """Both slots busy: the third stream waits in the queue past SSE_KEEPALIVE, receiving keep-alives."""
+    body = {"model": MODEL, "prompt": "A long story:", "max_tokens": 120, "stream": True}
+    with cf.ThreadPoolExecutor(2) as pool:
+        blockers = [
+            pool.submit(lambda: httpx.post(f"{api.v1()}/completions", json=body, timeout=120)) for _ in range(2)
+        ]
+        time.sleep(0.5)
+        started = time.monotonic()
+        stream = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, stream=True)
+        chunks = list(stream)
+        waited = time.monotonic() - started
+        assert all(b.result().status_code == 200 for b in blockers)
+    assert waited > 1.5, "the request really waited through keep-alives (SSE_KEEPALIVE=1)"
+    assert chunks[-1].choices[0].finish_reason == "length"

@@ -130,9 +130,10 @@ def test_prometheus_scrapes_every_target(stack: NativeStack) -> None:
     wait_until(all_up, 30, "prometheus targets all up")
 
 
-def ask(api: openai.OpenAI) -> str:
+def ask(api: openai.OpenAI, rid: str = "") -> str:
+    headers = {"X-Request-ID": rid} if rid else None
     try:
-        api.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, max_tokens=2)
+        api.chat.completions.create(model="gemma-3-270m", messages=MESSAGES, max_tokens=2, extra_headers=headers)
     except openai.APIStatusError as exc:
         return f"{exc.status_code} {exc.body}"
     return "ok"
@@ -142,15 +143,19 @@ def test_requests_keep_succeeding_when_a_replica_dies(stack: NativeStack) -> Non
     api = client(stack.url)
     try:
         with ThreadPoolExecutor(4) as pool:
-            in_flight = [pool.submit(ask, api) for _ in range(4)]  # some of them on api-1
+            rids = [f"kill-{i}-{time.monotonic_ns()}" for i in range(4)]
+            in_flight = [pool.submit(ask, api, rid) for rid in rids]  # some of them on api-1
             time.sleep(0.5)
             stack.kill("api-1")
             during = [f.result() for f in in_flight]
         after = [ask(api) for _ in range(6)]
         assert after == ["ok"] * 6, after
         # a request the dead replica had already taken ends in a clean 502 envelope, never a hang,
-        # and is not sent to another replica behind the client's back
+        # and is not sent to another replica behind the client's back (a generation never runs twice)
         assert all(r == "ok" or r.startswith("502") for r in during), during
+        failed = {rid for rid, r in zip(rids, during, strict=True) if r != "ok"}
+        survivor_log = stack.log("api-2").read_text()
+        assert not {rid for rid in failed if f"rid={rid}" in survivor_log}
     finally:
         stack.start("api-1")
 
