@@ -82,7 +82,7 @@ class MLXEngine:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     def apply_chat_template(self, messages: Sequence[ChatMessage]) -> str:
-        if getattr(self._tokenizer, "chat_template", None):
+        if self._tokenizer.has_chat_template:
             turns = [{"role": m.role, "content": m.content} for m in messages]
             return self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
         return gemma_prompt(messages)
