@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= llama-cpp,model,test,bench,mlx,mlx-convert
+EXTRAS ?= llama-cpp,llama-server,model,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 
 .PHONY: up test venv system models models-mlx lint format bench check-engine clean
