@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, RUN_DIR
-from tests.support.procs import free_port, running, wait_until
+from tests.support.procs import free_port, running, wait_until, which
 
 MAX_BODY = 65536
+MODEL = "gemma-3-270m"
 
 
 @dataclass
@@ -91,3 +92,50 @@ def api(worker, worker_env) -> Iterator[Api]:
     with ctx as proc:
         wait_until(lambda: "gemma-3-270m" in httpx.get(f"{url}/health").json()["models"], 60, "api", proc)
         yield Api(url, worker_env, logs)
+
+
+def start_redis(port: int, data: Path):
+    cmd = [
+        which("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+    ]
+    return running(cmd, log=data / "redis.log")
+
+
+def start_worker(env: dict[str, str], log: Path, wid: str):
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.worker",
+        "--engine",
+        "llama_cpp",
+        "--slots",
+        "1",
+        "--metrics-port",
+        "0",
+        "--worker-id",
+        wid,
+    ]
+    return running(cmd, log=log, env=env, cwd=ROOT)
+
+
+def serving(url: str, model: str = MODEL) -> bool:
+    return model in httpx.get(f"{url}/health", timeout=5).json().get("models", [])
+
+
+@pytest.fixture()
+def private(gemma_path, tmp_path):
+    port = free_port()
+    data = RUN_DIR / f"resilience-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    env = base_env(f"redis://127.0.0.1:{port}/0", data, WORKERS="1")
+    return port, data, env

@@ -6,72 +6,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import ROOT, RUN_DIR
-from tests.e2e.api.conftest import base_env, start_api
-from tests.support.procs import free_port, running, wait_until, which
+from tests.e2e.api.conftest import serving, start_api, start_redis, start_worker
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-3-270m"
 LONG = {"model": MODEL, "prompt": "A very long story:", "max_tokens": 1500, "stream": True}
 
 
-def start_redis(port: int, data: Path):
-    cmd = [
-        which("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data),
-    ]
-    return running(cmd, log=data / "redis.log")
-
-
-def start_worker(env: dict[str, str], log: Path, wid: str):
-    cmd = [
-        sys.executable,
-        "-m",
-        "services.worker",
-        "--engine",
-        "llama_cpp",
-        "--slots",
-        "1",
-        "--metrics-port",
-        "0",
-        "--worker-id",
-        wid,
-    ]
-    return running(cmd, log=log, env=env, cwd=ROOT)
-
-
-def serving(url: str) -> bool:
-    return MODEL in httpx.get(f"{url}/health", timeout=5).json().get("models", [])
-
-
 def data_lines(resp: httpx.Response):
     return (ln for ln in resp.iter_lines() if ln.startswith("data: "))
-
-
-@pytest.fixture()
-def private(gemma_path, tmp_path):
-    port = free_port()
-    data = RUN_DIR / f"resilience-{port}"
-    data.mkdir(parents=True, exist_ok=True)
-    env = base_env(f"redis://127.0.0.1:{port}/0", data, WORKERS="1")
-    return port, data, env
 
 
 def test_killed_worker_ends_the_stream_with_503(private):
