@@ -154,21 +154,35 @@ def test_cancel_mid_stream_frees_the_sidecar_slot(engine: OpenAIHTTPEngine, serv
     assert time.monotonic() - started < 15
 
 
-def test_eight_concurrent_generations_all_complete(engine: OpenAIHTTPEngine) -> None:
-    results: list[Finish | BaseException | None] = [None] * 8
+def many_at_once(engine: OpenAIHTTPEngine, n: int, max_tokens: int) -> list[Finish | BaseException | None]:
+    results: list[Finish | BaseException | None] = [None] * n
 
     def one(i: int) -> None:
         try:
-            results[i] = run(engine, f"{STORY} {i}", max_tokens=12, temperature=0.8, seed=i)[1]
-        except BaseException as exc:  # reported by the assertion below, with the others
+            results[i] = run(engine, f"{STORY} {i}", max_tokens=max_tokens, temperature=0.8, seed=i)[1]
+        except BaseException as exc:  # reported by the caller's assertion, with the others
             results[i] = exc
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
+        t.join(180)
+    return results
+
+
+def test_eight_concurrent_generations_all_complete(engine: OpenAIHTTPEngine) -> None:
+    results = many_at_once(engine, 8, 12)
     assert all(isinstance(r, Finish) and 1 <= r.completion_tokens <= 12 for r in results), results
+
+
+def test_thirty_two_streams_share_one_client(server: LlamaServerCommand) -> None:
+    """More streams than sidecar slots: the pool holds them all open while llama-server queues them."""
+    wide = engine_for(server, concurrency=32)
+    wide.load()
+    results = many_at_once(wide, 32, 2)
+    wide.unload()
+    assert all(isinstance(r, Finish) and 1 <= r.completion_tokens <= 2 for r in results), results
 
 
 def test_upstream_400_becomes_invalid_request(engine: OpenAIHTTPEngine) -> None:
