@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -12,8 +13,14 @@ from services.bench.plot import plot_modes
 from services.bench.session import ModeResult, Session
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (timeout, a CI runner) unwinds like Ctrl-C, so the private stack is stopped, not orphaned."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
+    stop_on_sigterm()
     session = Session(options)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
@@ -41,6 +48,10 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
     for name, mode in session.modes.items():
         print(f"\n### {name}: {mode.target}\n")
         print(report.level_table(mode.levels, cpu=name.startswith("gateway")))
+        warning = report.noise_warning(mode.levels)
+        if warning:
+            print(warning)
+            session.notes.append(f"{name}: {warning}")
     lines = comparison.stack_vs_direct_text(session.figures())
     gateway = {
         v: comparison.gateway_figures(session.modes[f"gateway-{v}"].levels)

@@ -29,18 +29,34 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-class CpuMeter:
-    """Groups of PIDs by role (api, nginx, redis, worker); `bench` is this process."""
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idle and iowait, since boot."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
-    def __init__(self, groups: Mapping[str, list[int]]) -> None:
-        self.groups = dict(groups)
+
+class CpuMeter:
+    """Groups of PIDs by role (api, nginx, redis, worker); `bench` is this process.
+
+    `since` also reports `others`: what the rest of the machine burnt meanwhile. On a shared box a
+    busy neighbour slows llama.cpp far more than its share (its threads spin at barriers), so a run
+    that had one must say so.
+    """
+
+    def __init__(self, groups: Mapping[str, list[int]] | None = None) -> None:
+        self.groups = dict(groups or {})
 
     def snapshot(self) -> dict[str, float]:
         spent = {name: sum(tree_cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
         own = os.times()  # this process alone: the stack it launched are its children, counted above
         spent["bench"] = own.user + own.system
+        spent["machine"] = machine_busy_seconds()
         return spent
 
     def since(self, before: Mapping[str, float]) -> dict[str, float]:
+        """CPU seconds per role since `before`, with `others` = machine - all roles (never negative)."""
         now = self.snapshot()
-        return {name: max(0.0, now[name] - before.get(name, 0.0)) for name in now}
+        spent = {name: max(0.0, now[name] - before.get(name, 0.0)) for name in now}
+        machine = spent.pop("machine")
+        spent["others"] = max(0.0, machine - sum(spent.values()))
+        return spent

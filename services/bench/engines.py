@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget
 from services.bench.launcher import Launcher
@@ -92,9 +93,9 @@ def run_engines(session: Session) -> None:
     levels = options.engine_levels
     rows: list[EngineRow] = []
 
-    def measure(engine: str, path: str, target: Target, described: str) -> None:
+    def measure(engine: str, path: str, target: Target, described: str, meter: CpuMeter | None = None) -> None:
         try:
-            result = session.levels(target, levels)
+            result = session.levels(target, levels, meter)
         finally:
             target.close()
         rows.append(EngineRow(engine, path, result))
@@ -103,7 +104,7 @@ def run_engines(session: Session) -> None:
     def through_stack(engine: str, worker_argv: list[str], described: str) -> None:
         with private_stack(worker_argv, label=f"engine-{engine}", model=model.id) as stack:
             target = HttpTarget(engine, stack.url, timeout=options.timeout, max_connections=max(levels) + 4)
-            measure(engine, "stack", target, f"{described} via nginx")
+            measure(engine, "stack", target, f"{described} via nginx", stack.meter())
 
     worker = ["-m", "services.worker", "--model", model.id, "--slots", str(slots), "--engine"]
     for engine, reason in availability(options.mlx_cpu).items():

@@ -32,36 +32,46 @@ def run_level(
     meter: CpuMeter | None = None,
     label: str = "",
 ) -> LevelSummary:
-    """Requests left unsent when `time_limit_s` runs out count as failures, so a stuck run ends."""
+    """Requests left unsent when `time_limit_s` runs out count as failures, so a stuck run ends.
+
+    `meter` splits CPU by process role; without one only this process is known, so everything else
+    on the machine counts as noise.
+    """
+    meter = meter or CpuMeter()
     samples: list[Sample] = []
     bar = tqdm(total=requests, desc=label or f"{target.name} c={concurrency}", unit="req", file=sys.stderr)
-    before = meter.snapshot() if meter else None
+    before = meter.snapshot()
     started = time.perf_counter()
-    with cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench") as pool:
+    pool = cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench")
+    try:
         futures = [pool.submit(target.send, workload, first_index + i) for i in range(requests)]
         pending: set[cf.Future] = set(futures)
-        deadline = started + time_limit_s
+        deadline: float | None = started + time_limit_s
         while pending:
-            done, pending = cf.wait(
-                pending, timeout=max(0.0, deadline - time.perf_counter()), return_when="FIRST_COMPLETED"
-            )
+            timeout = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            done, pending = cf.wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
             for future in done:
                 samples.append(future.result())
                 bar.update(1)
-            if time.perf_counter() >= deadline and pending:
+            if deadline is not None and time.perf_counter() >= deadline and pending:
                 for future in pending:
                     if future.cancel():
                         samples.append(failed(time_limit_s, "not sent: level time limit reached"))
                 pending = {f for f in pending if not f.cancelled()}
-                deadline = float("inf")  # those already running end on the target's own timeout
+                deadline = None  # those already running end on the target's own timeout
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C/SIGTERM: send nothing more, unwind now
     wall = time.perf_counter() - started
     bar.close()
     summary = summarize(samples, concurrency, wall)
-    if meter and before is not None:
-        ok = max(1, summary.ok)
-        spent = meter.since(before)
-        summary = dataclasses.replace(summary, cpu_ms_per_request={k: v * 1000 / ok for k, v in spent.items()})
-    return summary
+    spent = meter.since(before)
+    others = spent.pop("others")
+    ok = max(1, summary.ok)
+    return dataclasses.replace(
+        summary,
+        cpu_ms_per_request={k: v * 1000 / ok for k, v in spent.items()},
+        other_cpu_cores=others / max(wall, 1e-9),
+    )
 
 
 def sweep(

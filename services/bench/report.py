@@ -24,6 +24,7 @@ def level_table(levels: Sequence[LevelSummary], *, cpu: bool = False) -> str:
     """One row per concurrency; `cpu` adds milliseconds of CPU per request for each process role."""
     roles = sorted({r for lv in levels for r in lv.cpu_ms_per_request}) if cpu else []
     head = ["conc", "requests", "success", "req/s", "p50 latency", "p95 latency", "p50 TTFT", "p95 TTFT", "tokens/s"]
+    head.append("others' CPU")
     head += [f"CPU ms/req {r}" for r in roles]
     rows = []
     for lv in levels:
@@ -37,6 +38,7 @@ def level_table(levels: Sequence[LevelSummary], *, cpu: bool = False) -> str:
             _ms(lv.ttft_p50_s),
             _ms(lv.ttft_p95_s),
             f"{lv.tokens_per_s:.1f}",
+            "-" if lv.other_cpu_cores is None else f"{lv.other_cpu_cores:.2f} cores",
         ]
         row += [f"{lv.cpu_ms_per_request.get(r, 0.0):.2f}" for r in roles]
         rows.append(row)
@@ -50,6 +52,22 @@ def level_table(levels: Sequence[LevelSummary], *, cpu: bool = False) -> str:
     if errors:
         lines.append("errors: " + "; ".join(f"{n}x {e}" for e, n in errors.items()))
     return "\n".join(lines)
+
+
+NOISY_CORES = 0.25
+
+
+def noise_warning(levels: Sequence[LevelSummary]) -> str | None:
+    """A loud line when other processes kept the CPU busy: llama.cpp's spinning threads then slow down
+    far more than the stolen share (measured: 20-50x on 2 cores with one busy process beside them)."""
+    noisy = [lv for lv in levels if (lv.other_cpu_cores or 0.0) > NOISY_CORES]
+    if not noisy:
+        return None
+    worst = max(noisy, key=lambda lv: lv.other_cpu_cores or 0.0)
+    return (
+        f"WARNING: other processes kept {worst.other_cpu_cores:.2f} cores busy (c={worst.concurrency});"
+        f" {len(noisy)} level(s) above {NOISY_CORES} cores: these figures are disturbed, run again on a quiet machine"
+    )
 
 
 def machine() -> dict:

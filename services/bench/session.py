@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.bench import comparison
+from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget, require_loopback
 from services.bench.load import run_level, sweep
@@ -87,12 +88,12 @@ class Session:
 
         return Workload(model=self.model.id, max_tokens=self.options.max_tokens, **changes)
 
-    def levels(self, target: Target, levels=None) -> list[LevelSummary]:
+    def levels(self, target: Target, levels=None, meter: CpuMeter | None = None) -> list[LevelSummary]:
         levels = levels or self.options.levels
         workload = self.workload()
         warm(target, workload)
         counts = {level: self.options.requests_at(level) for level in levels}
-        return sweep(target, workload, levels, counts, time_limit_s=self.options.level_time_limit)
+        return sweep(target, workload, levels, counts, time_limit_s=self.options.level_time_limit, meter=meter)
 
     # -- modes --------------------------------------------------------------------------------------
     def direct(self) -> None:
@@ -111,7 +112,7 @@ class Session:
         )
 
     @contextlib.contextmanager
-    def stack_target(self) -> Iterator[tuple[HttpTarget, str]]:
+    def stack_target(self) -> Iterator[tuple[HttpTarget, str, CpuMeter | None]]:
         """The running deployment at --url, else a private stack on free ports for this run."""
         connections = max(max(self.options.levels), 1) + 4
         if self.options.url:
@@ -120,7 +121,7 @@ class Session:
                 "stack", url, timeout=self.options.timeout, max_connections=connections, api_key=self.options.api_key
             )
             try:
-                yield target, f"{url} (running deployment)"
+                yield target, f"{url} (running deployment; its CPU counts as others')", None
             finally:
                 target.close()
             return
@@ -137,21 +138,28 @@ class Session:
                     target,
                     f"private stack via nginx ({self.settings.api_replicas} API replicas,"
                     f" llama_cpp worker with {self.slots} slot(s))",
+                    stack.meter(),
                 )
             finally:
                 target.close()
 
     def stack(self, stress: bool) -> None:
-        with self.stack_target() as (target, described):
+        with self.stack_target() as (target, described, meter):
             if "stack" in self.options.modes:
-                levels = self.levels(target)
+                levels = self.levels(target, meter=meter)
                 self.modes["stack"] = ModeResult(described, levels, {"slots": self.slots})
             if stress:
                 if "stack" not in self.options.modes:
                     warm(target, self.workload())
                 count = self.options.stress_requests
                 level = run_level(
-                    target, self.workload(), 1, count, time_limit_s=self.options.level_time_limit, label="stress serial"
+                    target,
+                    self.workload(),
+                    1,
+                    count,
+                    time_limit_s=self.options.level_time_limit,
+                    meter=meter,
+                    label="stress serial",
                 )
                 self.modes["stress"] = ModeResult(described, [level], {"serial_requests": count})
 

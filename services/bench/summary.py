@@ -38,6 +38,8 @@ class LevelSummary:
     tokens_per_s: float
     errors: dict[str, int] = field(default_factory=dict)
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    other_cpu_cores: float | None = None
+    """Cores other processes on the machine kept busy on average during the level (noise)."""
 
     def to_json(self) -> dict:
         return asdict(self)
