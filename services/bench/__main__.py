@@ -7,7 +7,7 @@ import sys
 import time
 
 from services.bench import comparison, report
-from services.bench.gateway import run_gateway
+from services.bench.gateway import VARIANTS, run_gateway
 from services.bench.options import Options, parse
 from services.bench.plot import plot_modes
 from services.bench.session import ModeResult, Session
@@ -24,22 +24,31 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(options)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     started = time.monotonic()
+    try:
+        run_modes(session, options)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        session.notes.append(f"INTERRUPTED ({type(exc).__name__}): only the levels above finished")
+        finish(session, options, stamp, time.monotonic() - started)
+        return 130
+    return finish(session, options, stamp, time.monotonic() - started)
+
+
+def run_modes(session: Session, options: Options) -> None:
     if "direct" in options.modes:
         session.direct()
     if "stack" in options.modes or "stress" in options.modes:
         session.stack(stress="stress" in options.modes)
     if options.gateway:
-        for variant, levels in run_gateway(options, session.model.id).items():
-            session.modes[f"gateway-{variant}"] = ModeResult(
-                f"instant engine behind the private stack ({variant} responses, {options.gateway_tokens} tokens)",
-                levels,
-                {"worker_slots": options.gateway_slots},
+        for variant in VARIANTS:
+            described = (
+                f"instant engine behind the private stack ({variant} responses, {options.gateway_tokens} tokens)"
             )
+            session.modes[f"gateway-{variant}"] = ModeResult(described, [], {"worker_slots": options.gateway_slots})
+        run_gateway(options, session.model.id, {v: session.modes[f"gateway-{v}"].levels for v in VARIANTS})
     if options.engines:
         from services.bench.engines import run_engines
 
         run_engines(session)
-    return finish(session, options, stamp, time.monotonic() - started)
 
 
 def finish(session: Session, options: Options, stamp: str, elapsed: float) -> int:
@@ -83,7 +92,7 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
     if options.plot:
         for png in plots(session, options, stamp):
             print(f"plot: {png}")
-    return 0 if all(lv.ok for mode in session.modes.values() for lv in mode.levels) else 1
+    return 0 if all(lv.success_rate == 1.0 for mode in session.modes.values() for lv in mode.levels) else 1
 
 
 def plots(session: Session, options: Options, stamp: str) -> list:

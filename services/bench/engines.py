@@ -22,7 +22,7 @@ from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget
 from services.bench.launcher import Launcher
-from services.bench.session import ModeResult, Session
+from services.bench.session import Session
 from services.bench.stack import free_port, private_stack
 from services.bench.summary import LevelSummary
 from services.bench.target import Target
@@ -95,11 +95,10 @@ def run_engines(session: Session) -> None:
 
     def measure(engine: str, path: str, target: Target, described: str, meter: CpuMeter | None = None) -> None:
         try:
-            result = session.levels(target, levels, meter)
+            result = session.measure(f"engine-{engine}-{path}", target, described, levels, meter, slots=slots)
         finally:
             target.close()
-        rows.append(EngineRow(engine, path, result))
-        session.modes[f"engine-{engine}-{path}"] = ModeResult(described, result, {"slots": slots})
+        rows.append(EngineRow(engine, path, result.levels))
 
     def through_stack(engine: str, worker_argv: list[str], described: str) -> None:
         with private_stack(worker_argv, label=f"engine-{engine}", model=model.id) as stack:

@@ -21,9 +21,8 @@ def instant_worker(model: str, slots: int) -> list[str]:
     return ["-m", "services.bench.instant_worker", "--model", model, "--slots", str(slots)]
 
 
-def run_gateway(options: Options, model: str) -> dict[str, list[LevelSummary]]:
-    """Levels per variant, each with CPU milliseconds per request by process role."""
-    results: dict[str, list[LevelSummary]] = {}
+def run_gateway(options: Options, model: str, into: dict[str, list[LevelSummary]]) -> None:
+    """Appends levels per variant to `into` as they finish, each with CPU ms per request by process role."""
     with private_stack(instant_worker(model, options.gateway_slots), label="gateway", model=model) as stack:
         meter = stack.meter()
         target = HttpTarget(
@@ -38,18 +37,17 @@ def run_gateway(options: Options, model: str) -> dict[str, list[LevelSummary]]:
                 workload = Workload(model=model, max_tokens=options.gateway_tokens, stream=stream)
                 for i in range(20):  # warm every connection path and gunicorn worker a little
                     target.send(workload, i)
-                results[variant] = [
-                    run_level(
-                        target,
-                        workload,
-                        level,
-                        max(options.gateway_requests, level),
-                        meter=meter,
-                        time_limit_s=options.level_time_limit,
-                        label=f"gateway {variant} c={level}",
+                for level in options.gateway_levels:
+                    into[variant].append(
+                        run_level(
+                            target,
+                            workload,
+                            level,
+                            max(options.gateway_requests, level),
+                            meter=meter,
+                            time_limit_s=options.level_time_limit,
+                            label=f"gateway {variant} c={level}",
+                        )
                     )
-                    for level in options.gateway_levels
-                ]
         finally:
             target.close()
-    return results

@@ -82,9 +82,11 @@ def sweep(
     *,
     time_limit_s: float = 600.0,
     meter: CpuMeter | None = None,
+    into: list[LevelSummary] | None = None,
 ) -> list[LevelSummary]:
-    """Each level in turn; prompts keep cycling across levels so no level replays the previous one."""
-    results = []
+    """Each level in turn, appended to `into` as it completes (an interrupted run keeps what it has);
+    prompts keep cycling across levels so no level replays the previous one."""
+    results = [] if into is None else into
     index = 0
     for level in levels:
         count = requests_for[level]

@@ -88,12 +88,24 @@ class Session:
 
         return Workload(model=self.model.id, max_tokens=self.options.max_tokens, **changes)
 
-    def levels(self, target: Target, levels=None, meter: CpuMeter | None = None) -> list[LevelSummary]:
+    def measure(self, name: str, target: Target, described: str, levels=None, meter: CpuMeter | None = None, **extra):
+        """Warm up, then sweep the levels into a ModeResult registered first, so that a run cut short
+        (Ctrl-C, SIGTERM, a level's time limit) still reports the levels it finished."""
         levels = levels or self.options.levels
+        result = self.modes[name] = ModeResult(described, [], extra)
         workload = self.workload()
         warm(target, workload)
         counts = {level: self.options.requests_at(level) for level in levels}
-        return sweep(target, workload, levels, counts, time_limit_s=self.options.level_time_limit, meter=meter)
+        sweep(
+            target,
+            workload,
+            levels,
+            counts,
+            time_limit_s=self.options.level_time_limit,
+            meter=meter,
+            into=result.levels,
+        )
+        return result
 
     # -- modes --------------------------------------------------------------------------------------
     def direct(self) -> None:
@@ -104,12 +116,9 @@ class Session:
         target = DirectTarget(self.model.path, n_ctx=self.model.n_ctx, chat_format=self.model.chat_format)
         load_s = time.monotonic() - started
         try:
-            levels = self.levels(target)
+            self.measure("direct", target, "llama-cpp-python in this process, one Llama behind a lock", load_s=load_s)
         finally:
             target.close()
-        self.modes["direct"] = ModeResult(
-            "llama-cpp-python in this process, one Llama behind a lock", levels, {"load_s": load_s}
-        )
 
     @contextlib.contextmanager
     def stack_target(self) -> Iterator[tuple[HttpTarget, str, CpuMeter | None]]:
@@ -146,8 +155,7 @@ class Session:
     def stack(self, stress: bool) -> None:
         with self.stack_target() as (target, described, meter):
             if "stack" in self.options.modes:
-                levels = self.levels(target, meter=meter)
-                self.modes["stack"] = ModeResult(described, levels, {"slots": self.slots})
+                self.measure("stack", target, described, meter=meter, slots=self.slots)
             if stress:
                 if "stack" not in self.options.modes:
                     warm(target, self.workload())
