@@ -34,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_modes(session: Session, options: Options) -> None:
-    if "direct" in options.modes:
-        session.direct()
-    if "stack" in options.modes or "stress" in options.modes:
-        session.stack(stress="stress" in options.modes)
+    session.run(direct="direct" in options.modes, stack="stack" in options.modes, stress="stress" in options.modes)
     if options.gateway:
         for variant in VARIANTS:
             described = (

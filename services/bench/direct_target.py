@@ -1,7 +1,7 @@
 """The same model called in-process with llama-cpp-python: the baseline the stack is measured against.
 
-One `Llama` handles one request at a time, so calls are serialized with a lock, as any program that
-embeds llama-cpp-python must do. Threads, context and batch size match the stack's llama.cpp engine.
+One `Llama` handles one request at a time, so calls are serialized with a (FIFO) lock, as any program
+that embeds llama-cpp-python must do. Threads, context and batch size match the stack's llama.cpp engine.
 It does what `create_chat_completion` does (the model's chat format from llama-cpp-python, then
 `create_completion` with the format's stop string), calling the two steps itself because only
 `create_completion` takes the stopping criterion that counts tokens.
@@ -40,6 +40,27 @@ class SampledTokens:
         return max(0, self.calls - 1 - (1 if finish_reason == "stop" else 0))
 
 
+class FifoLock:
+    """First come, first served: `threading.Lock` wakes waiters in no set order, and at 15 clients some
+    waited twice as long as others, which would inflate the baseline's P95 against the stack's FIFO queue."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._issued = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._turn:
+            ticket = self._issued
+            self._issued += 1
+            self._turn.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._turn:
+            self._serving += 1
+            self._turn.notify_all()
+
+
 class DirectTarget:
     name = "direct"
 
@@ -56,7 +77,7 @@ class DirectTarget:
             chat_format=chat_format,
             verbose=False,
         )
-        self.lock = threading.Lock()
+        self.lock = FifoLock()
         self.chat_format = getattr(llama_chat_format, f"format_{chat_format}")
 
     def send(self, workload: Workload, index: int) -> Sample:

@@ -22,10 +22,9 @@ from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget
 from services.bench.launcher import Launcher
-from services.bench.session import Session
+from services.bench.session import Contender, Session
 from services.bench.stack import free_port, private_stack
 from services.bench.summary import LevelSummary
-from services.bench.target import Target
 from services.common.catalog import Catalog
 from services.common.settings import ROOT
 
@@ -43,8 +42,10 @@ class EngineRow:
 
 
 @contextlib.contextmanager
-def llama_server(model_path, *, slots: int, slot_context: int, chat_format: str | None, alias: str) -> Iterator[str]:
-    """A llama-server sidecar on a free port for this run; yields its base URL."""
+def llama_server(
+    model_path, *, slots: int, slot_context: int, chat_format: str | None, alias: str
+) -> Iterator[tuple[str, int]]:
+    """A llama-server sidecar on a free port for this run; yields its base URL and PID (for CPU)."""
     from services.worker.engines.llama_server_process import LlamaServerCommand
 
     cmd = LlamaServerCommand(
@@ -52,9 +53,9 @@ def llama_server(model_path, *, slots: int, slot_context: int, chat_format: str 
     )
     launcher = Launcher(ROOT / "run" / f"bench-llama-server-{cmd.port}")
     try:
-        launcher.start("llama-server", cmd.argv(), os.environ, ROOT)
+        proc = launcher.start("llama-server", cmd.argv(), os.environ, ROOT)
         launcher.wait_ready("llama-server", lambda: httpx.get(f"{cmd.url}/health", timeout=2).status_code == 200, 180)
-        yield cmd.url
+        yield cmd.url, proc.pid
     finally:
         launcher.stop_all()
 
@@ -93,17 +94,29 @@ def run_engines(session: Session) -> None:
     levels = options.engine_levels
     rows: list[EngineRow] = []
 
-    def measure(engine: str, path: str, target: Target, described: str, meter: CpuMeter | None = None) -> None:
-        try:
-            result = session.measure(f"engine-{engine}-{path}", target, described, levels, meter, slots=slots)
-        finally:
-            target.close()
-        rows.append(EngineRow(engine, path, result.levels))
-
-    def through_stack(engine: str, worker_argv: list[str], described: str) -> None:
-        with private_stack(worker_argv, label=f"engine-{engine}", model=model.id) as stack:
-            target = HttpTarget(engine, stack.url, timeout=options.timeout, max_connections=max(levels) + 4)
-            measure(engine, "stack", target, f"{described} via nginx", stack.meter())
+    def side_by_side(
+        engine: str,
+        worker_argv: list[str],
+        described: str,
+        direct: Contender | None = None,
+        sidecar: dict[str, list[int]] | None = None,
+    ) -> None:
+        """The engine through a private stack, and (when given) the same engine called directly, both
+        alive at once and measured level by level in turn."""
+        with contextlib.ExitStack() as alive:
+            stack = alive.enter_context(private_stack(worker_argv, label=f"engine-{engine}", model=model.id))
+            http = HttpTarget(engine, stack.url, timeout=options.timeout, max_connections=max(levels) + 4)
+            alive.callback(http.close)
+            meter = CpuMeter({**stack.meter().groups, **(sidecar or {})})
+            contenders = [Contender(f"engine-{engine}-stack", http, f"{described} via nginx", meter)]
+            if direct is not None:
+                alive.callback(direct.target.close)
+                contenders.append(direct)
+            for contender in contenders:
+                contender.extra["slots"] = slots
+            session.measure(contenders, levels)
+        for contender in contenders:
+            rows.append(EngineRow(engine, contender.name.rsplit("-", 1)[1], session.modes[contender.name].levels))
 
     worker = ["-m", "services.worker", "--model", model.id, "--slots", str(slots), "--engine"]
     for engine, reason in availability(options.mlx_cpu).items():
@@ -111,26 +124,37 @@ def run_engines(session: Session) -> None:
             session.notes.append(f"engines: {engine} skipped: {reason}")
             continue
         if engine == "llama_cpp" and model.path is not None and model.path.exists():
-            through_stack(engine, [*worker, "llama_cpp"], f"llama_cpp worker, {slots} slots")
             direct = DirectTarget(model.path, n_ctx=model.n_ctx, chat_format=model.chat_format)
-            measure(engine, "direct", direct, "llama-cpp-python in-process, one Llama behind a lock")
+            side_by_side(
+                engine,
+                [*worker, "llama_cpp"],
+                f"llama_cpp worker, {slots} slots",
+                Contender("engine-llama_cpp-direct", direct, "llama-cpp-python in-process, one Llama, FIFO lock"),
+            )
         elif engine == "llama_server" and model.path is not None and model.path.exists():
             with llama_server(
                 model.path, slots=slots, slot_context=model.n_ctx, chat_format=model.chat_format, alias=model.id
-            ) as url:
-                through_stack(
+            ) as (url, pid):
+                raw = HttpTarget("llama-server", url, timeout=options.timeout, max_connections=max(levels) + 4)
+                sidecar = {"llama-server": [pid]}
+                side_by_side(
                     engine,
                     [*worker, "llama_server", "--upstream-url", url],
                     f"llama_server worker over llama-server --parallel {slots}",
+                    Contender(
+                        "engine-llama_server-direct",
+                        raw,
+                        f"llama-server --parallel {slots} over HTTP",
+                        CpuMeter(sidecar),
+                    ),
+                    sidecar,
                 )
-                target = HttpTarget("llama-server", url, timeout=options.timeout, max_connections=max(levels) + 4)
-                measure(engine, "direct", target, f"llama-server --parallel {slots} over HTTP, no gateway")
         elif engine == "mlx":
             mlx_path = catalog.path_for(model.id, "mlx", settings.models_dir)
             if mlx_path is None or not mlx_path.exists():
                 session.notes.append(f"engines: mlx skipped: no MLX weights for {model.id} (make models-mlx)")
                 continue
-            through_stack(engine, [*worker, "mlx"], f"mlx worker, {slots} slots (continuous batching)")
+            side_by_side(engine, [*worker, "mlx"], f"mlx worker, {slots} slots (continuous batching)")
     session.extra_figures["engines"] = figures(rows, levels)
     session.notes.extend(text(rows, levels))
 

@@ -10,7 +10,6 @@ import concurrent.futures as cf
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -72,26 +71,3 @@ def run_level(
         cpu_ms_per_request={k: v * 1000 / ok for k, v in spent.items()},
         other_cpu_cores=others / max(wall, 1e-9),
     )
-
-
-def sweep(
-    target: Target,
-    workload: Workload,
-    levels: Sequence[int],
-    requests_for: dict[int, int],
-    *,
-    time_limit_s: float = 600.0,
-    meter: CpuMeter | None = None,
-    into: list[LevelSummary] | None = None,
-) -> list[LevelSummary]:
-    """Each level in turn, appended to `into` as it completes (an interrupted run keeps what it has);
-    prompts keep cycling across levels so no level replays the previous one."""
-    results = [] if into is None else into
-    index = 0
-    for level in levels:
-        count = requests_for[level]
-        results.append(
-            run_level(target, workload, level, count, first_index=index, time_limit_s=time_limit_s, meter=meter)
-        )
-        index += count
-    return results

@@ -7,8 +7,7 @@ then sweeps the concurrency levels.
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from services.bench import comparison
 from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget, require_loopback
-from services.bench.load import run_level, sweep
+from services.bench.load import run_level
 from services.bench.options import Options
 from services.bench.stack import private_stack
 from services.bench.summary import LevelSummary
@@ -72,6 +71,17 @@ class ModeResult:
 
 
 @dataclass
+class Contender:
+    """One side of a comparison: a target, how the report names it, and the CPU meter of its processes."""
+
+    name: str
+    target: Target
+    described: str
+    meter: CpuMeter | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
 class Session:
     options: Options
     settings: Settings = field(default_factory=load_settings)
@@ -88,37 +98,39 @@ class Session:
 
         return Workload(model=self.model.id, max_tokens=self.options.max_tokens, **changes)
 
-    def measure(self, name: str, target: Target, described: str, levels=None, meter: CpuMeter | None = None, **extra):
-        """Warm up, then sweep the levels into a ModeResult registered first, so that a run cut short
-        (Ctrl-C, SIGTERM, a level's time limit) still reports the levels it finished."""
+    def measure(self, contenders: list[Contender], levels: Sequence[int] | None = None) -> None:
+        """Levels interleaved across the contenders (direct c=1, stack c=1, direct c=2, ...): this kind
+        of VM drifts by 10-20 % over minutes, and interleaving lets the drift hit every side alike.
+        Each ModeResult is registered before the first level, so a run cut short keeps what finished."""
         levels = levels or self.options.levels
-        result = self.modes[name] = ModeResult(described, [], extra)
         workload = self.workload()
-        warm(target, workload)
-        counts = {level: self.options.requests_at(level) for level in levels}
-        sweep(
-            target,
-            workload,
-            levels,
-            counts,
-            time_limit_s=self.options.level_time_limit,
-            meter=meter,
-            into=result.levels,
-        )
-        return result
+        for contender in contenders:
+            warm(contender.target, workload)
+            self.modes[contender.name] = ModeResult(contender.described, [], contender.extra)
+        index = 0
+        for level in levels:
+            count = self.options.requests_at(level)
+            for contender in contenders:
+                self.modes[contender.name].levels.append(
+                    run_level(
+                        contender.target,
+                        workload,
+                        level,
+                        count,
+                        first_index=index,
+                        time_limit_s=self.options.level_time_limit,
+                        meter=contender.meter,
+                        label=f"{contender.name} c={level}",
+                    )
+                )
+            index += count
 
     # -- modes --------------------------------------------------------------------------------------
-    def direct(self) -> None:
+    def direct_target(self) -> DirectTarget | None:
         if self.model.path is None or not self.model.path.exists():
             self.notes.append(f"direct skipped: no llama.cpp weights for {self.model.id} (run `make models`)")
-            return
-        started = time.monotonic()
-        target = DirectTarget(self.model.path, n_ctx=self.model.n_ctx, chat_format=self.model.chat_format)
-        load_s = time.monotonic() - started
-        try:
-            self.measure("direct", target, "llama-cpp-python in this process, one Llama behind a lock", load_s=load_s)
-        finally:
-            target.close()
+            return None
+        return DirectTarget(self.model.path, n_ctx=self.model.n_ctx, chat_format=self.model.chat_format)
 
     @contextlib.contextmanager
     def stack_target(self) -> Iterator[tuple[HttpTarget, str, CpuMeter | None]]:
@@ -152,16 +164,27 @@ class Session:
             finally:
                 target.close()
 
-    def stack(self, stress: bool) -> None:
-        with self.stack_target() as (target, described, meter):
-            if "stack" in self.options.modes:
-                self.measure("stack", target, described, meter=meter, slots=self.slots)
+    def run(self, *, direct: bool, stack: bool, stress: bool) -> None:
+        """direct and stack measured side by side (both loaded at once, levels interleaved), then stress."""
+        with contextlib.ExitStack() as alive:
+            contenders = []
+            if direct and (target := self.direct_target()) is not None:
+                alive.callback(target.close)
+                contenders.append(
+                    Contender("direct", target, "llama-cpp-python in this process, one Llama behind a FIFO lock")
+                )
+            if stack or stress:
+                http, described, meter = alive.enter_context(self.stack_target())
+                if stack:
+                    contenders.append(Contender("stack", http, described, meter, {"slots": self.slots}))
+            if contenders:
+                self.measure(contenders)
             if stress:
-                if "stack" not in self.options.modes:
-                    warm(target, self.workload())
+                if not stack:
+                    warm(http, self.workload())
                 count = self.options.stress_requests
                 level = run_level(
-                    target,
+                    http,
                     self.workload(),
                     1,
                     count,
