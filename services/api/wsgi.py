@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import falcon
 
@@ -11,16 +10,12 @@ from services.api.app import create_app
 from services.api.request_id import RequestIdFilter
 from services.common.catalog import Catalog
 from services.common.redis_client import connect
-from services.common.settings import SettingsError, load_settings
+from services.common.settings import settings_or_exit
 
 
 def create() -> falcon.App:
     """Build the app from the environment; a bad setting stops the process with its name."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
+    settings = settings_or_exit()
     log_filter = RequestIdFilter()
     handler = logging.StreamHandler()
     handler.addFilter(log_filter)

@@ -14,7 +14,7 @@ import sys
 from services.bench.instant_engine import InstantEngine
 from services.common.catalog import Catalog
 from services.common.redis_client import connect
-from services.common.settings import SettingsError, load_settings
+from services.common.settings import settings_or_exit
 from services.worker.engines.base import Engine
 from services.worker.process import WorkerProcess
 
@@ -30,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=0)
     parser.add_argument("--worker-id")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
     worker = WorkerProcess(

@@ -7,6 +7,7 @@ A bad value fails at start with a message that names the variable.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -92,3 +93,12 @@ def load_settings() -> Settings:
             for err in exc.errors()
         )
         raise SettingsError(f"invalid setting: {problems}") from None
+
+
+def settings_or_exit() -> Settings:
+    """For entry points: the settings, or the one-line reason on stderr and exit status 2."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from services.common.settings import SettingsError, load_settings
+from services.common.settings import settings_or_exit
 from services.stack import nginx_conf, prometheus_conf, supervise
 from services.stack.binaries import MissingBinary
 from services.stack.procfile import prepare
@@ -21,11 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "config", "check"))
     parser.add_argument("--no-worker", action="store_true", help="no engine worker here (it runs on another box)")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     if args.command == "check":
         problems = nginx_conf.check(settings) + prometheus_conf.check()
         print("\n".join(problems) or "stack config OK", file=sys.stderr if problems else sys.stdout)

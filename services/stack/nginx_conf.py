@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from services.common.settings import ROOT, Settings, SettingsError, load_settings
+from services.common.settings import ROOT, Settings, settings_or_exit
 from services.stack.binaries import which
 from services.stack.layout import Layout
 
@@ -118,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.stack.nginx_conf", description=__doc__)
     parser.add_argument("--check", action="store_true", help="render with current settings and run nginx -t")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     if args.check:
         problems = check(settings)
         print("\n".join(problems) or "nginx config OK", file=sys.stderr if problems else sys.stdout)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from services.common.settings import ROOT, Settings, SettingsError, load_settings
+from services.common.settings import ROOT, Settings, settings_or_exit
 from services.stack.binaries import which
 from services.stack.layout import Layout
 
@@ -119,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = check()
         print("\n".join(problems) or "prometheus config OK", file=sys.stderr if problems else sys.stdout)
         return 1 if problems else 0
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     print(dump(native(settings)), end="")
     return 0
 

@@ -9,7 +9,7 @@ import sys
 
 from services.common.catalog import Catalog
 from services.common.redis_client import connect
-from services.common.settings import SettingsError, load_settings
+from services.common.settings import settings_or_exit
 from services.worker.detect import Facts, choose
 from services.worker.engines.factory import ENGINES, EngineUnavailable
 from services.worker.process import WorkerProcess
@@ -29,11 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     facts = Facts.probe(
         vllm_url=args.upstream_url or settings.vllm_url, llama_server_url=args.upstream_url or settings.llama_server_url
