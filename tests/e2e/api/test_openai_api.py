@@ -165,14 +165,13 @@ def test_client_disconnect_frees_the_slot(api, client):
         assert next(ln for ln in lines if ln.startswith("data: "))
         streams.append(ctx)
     busy = lambda: httpx.get(f"{api.v1()}/system/status").json()["models"][MODEL]["busy"]  # noqa: E731
-    wait_until(lambda: busy() == 2, 10, "both slots busy")
+    wait_until(lambda: busy() == 2, 30, "both slots busy")
     for ctx in streams:
         ctx.__exit__(None, None, None)
-    started = time.monotonic()
-    wait_until(lambda: busy() == 0, 15, "slots freed after disconnect")
+    # 1500 tokens take a minute or more here: freed well within that means the generations were cancelled
+    wait_until(lambda: busy() == 0, 30, "slots freed after disconnect")
     r = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3)
     assert r.usage.completion_tokens == 3
-    assert time.monotonic() - started < 15
 
 
 def test_timeout_is_504_and_redis_down_is_503(api, worker_env):
