@@ -16,6 +16,8 @@ from tests.support.procs import free_port, running, wait_until, which
 
 MAX_BODY = 65536
 MODEL = "gemma-3-270m"
+COUNTING = {"prompt": "1, 2, 3, 4, 5,", "temperature": 0}
+"""Greedy counting: Gemma 270M keeps counting without end-of-sequence, so a long request really is long."""
 
 
 @dataclass

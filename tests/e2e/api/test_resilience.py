@@ -12,12 +12,12 @@ import httpx
 import pytest
 import redis
 
-from tests.e2e.api.conftest import serving, start_api, start_redis, start_worker
+from tests.e2e.api.conftest import COUNTING, serving, start_api, start_redis, start_worker
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-3-270m"
-LONG = {"model": MODEL, "prompt": "A very long story:", "max_tokens": 1500, "stream": True}
+LONG = {"model": MODEL, **COUNTING, "max_tokens": 1500, "stream": True}
 
 
 def data_lines(resp: httpx.Response):
@@ -68,9 +68,7 @@ def test_redis_restart_fails_fast_then_recovers(private):
                 wait_until(lambda: redis.Redis(port=port).ping(), 20, "redis back")
                 back = time.monotonic()
                 wait_until(lambda: serving(url), 60, "worker re-registered after the restart", api_proc)
-                r = httpx.post(
-                    f"{url}/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 3}, timeout=60
-                )
+                r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, **COUNTING, "max_tokens": 3}, timeout=60)
                 assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
                 # the 1500-token generation orphaned by the restart lost its lease and let go of the slot
                 assert time.monotonic() - back < 20
@@ -84,7 +82,7 @@ def test_sigterm_drains_the_request_in_flight(private):
             wait_until(lambda: serving(url), 60, "worker registered", api_proc)
             body = {
                 "model": MODEL,
-                "prompt": "Once upon a time",
+                **COUNTING,
                 "max_tokens": 60,
                 "stream": True,
                 "stream_options": {"include_usage": True},
