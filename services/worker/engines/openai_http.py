@@ -205,6 +205,7 @@ class OpenAIHTTPEngine:
             body["prompt"] = request.prompt
         if self.name == "llama_server":
             body["timings_per_token"] = True  # cumulative predicted_n on every chunk: exact tokens per chunk
+            body |= {"top_k": 0, "min_p": 0.0}  # its defaults (40, 0.05) are not OpenAI's; vLLM's already are
         elif self.name == "vllm":
             body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
         return body
