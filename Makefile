@@ -13,7 +13,7 @@ venv: $(BIN)/.installed-$(subst $(comma),_,$(EXTRAS))
 $(BIN)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	LLAMA_CPP_BUILD_JOBS=$$(nproc) CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	rm -f $(BIN)/.installed-* && touch $@
 
 system:
