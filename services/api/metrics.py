@@ -12,7 +12,7 @@ import time
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+from services.common import buckets
 
 
 class ApiMetrics:
@@ -24,21 +24,21 @@ class ApiMetrics:
             "api_request_duration_seconds",
             "Time to the response headers.",
             ("route", "method"),
-            buckets=BUCKETS,
+            buckets=buckets.LATENCY,
             registry=r,
         )
         self.ttft = Histogram(
             "api_time_to_first_token_seconds",
             "Accepted to first token, seen by the API.",
             ("model_name",),
-            buckets=BUCKETS,
+            buckets=buckets.LATENCY,
             registry=r,
         )
         self.e2e = Histogram(
             "api_e2e_request_latency_seconds",
             "Accepted to last token, seen by the API.",
             ("model_name",),
-            buckets=BUCKETS,
+            buckets=buckets.LATENCY,
             registry=r,
         )
         self.tokens = Counter("api_generation_tokens", "Tokens generated for clients.", ("model_name",), registry=r)

@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common import buckets
 from services.common.events import Usage
-
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
-TOKEN_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class WorkerMetrics:
@@ -25,21 +23,25 @@ class WorkerMetrics:
             "inference_time_to_first_token_seconds",
             "Accepted to first token.",
             labels,
-            buckets=LATENCY_BUCKETS,
+            buckets=buckets.LATENCY,
             registry=r,
         )
         self._itl = Histogram(
-            "inference_inter_token_latency_seconds", "Time between tokens.", labels, buckets=TOKEN_BUCKETS, registry=r
+            "inference_inter_token_latency_seconds",
+            "Time between tokens.",
+            labels,
+            buckets=buckets.INTER_TOKEN,
+            registry=r,
         )
         self._e2e = Histogram(
             "inference_e2e_request_latency_seconds",
             "Accepted to last token.",
             labels,
-            buckets=LATENCY_BUCKETS,
+            buckets=buckets.LATENCY,
             registry=r,
         )
         self._queue = Histogram(
-            "inference_request_queue_time_seconds", "Accepted to dequeued.", labels, buckets=LATENCY_BUCKETS, registry=r
+            "inference_request_queue_time_seconds", "Accepted to dequeued.", labels, buckets=buckets.LATENCY, registry=r
         )
         self._running = Gauge("inference_num_requests_running", "Requests generating now.", labels, registry=r)
         self._prompt = Counter("inference_prompt_tokens", "Prompt tokens processed.", labels, registry=r)

@@ -143,6 +143,7 @@ class WorkerProcess:
             slots=sum(s.engine.capacity() for s in served.values()),
             busy=sum(s.slots.busy for s in served.values()),
             metrics_port=self.metrics_port,
+            draining=self._draining,
         )
 
     def _beat(self) -> None:
@@ -188,13 +189,21 @@ class WorkerProcess:
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     def stop(self) -> None:
-        """Graceful drain: stay in the registry marked draining (no new work is routed here, jobs in
-        flight still count as alive), finish those jobs, then leave."""
+        """Graceful drain: stay in the registry marked draining, with the models and busy slots it still
+        has (no new work is routed here; jobs in flight still count as alive), finish those jobs in
+        every model at once, then unload and leave."""
         self._stop.set()
         self._draining = True
         self._beat()
-        for model_id in list(self.served):
-            self.unload(model_id)
+        served = list(self.served.values())
+        for s in served:
+            s.slots.close()
+        for s in served:
+            s.slots.wait(self.settings.request_timeout)
+        with self._lock:
+            self.served.clear()
+        for s in served:
+            s.engine.unload()
         self._halt.set()
         self._leave()
 

@@ -85,14 +85,21 @@ class Slots:
                 self._stopping.wait(1.0)
 
     def stop(self, drain_timeout: float) -> None:
-        """Stop taking jobs and let every RQ loop end by itself: a job it dequeues meanwhile still runs.
+        self.close()
+        self.wait(drain_timeout)
+
+    def close(self) -> None:
+        """Stop taking jobs; a job a slot dequeues meanwhile still runs."""
+        self._stopping.set()
+        for worker in list(self.workers.values()):
+            worker._stop_requested = True
+
+    def wait(self, drain_timeout: float) -> None:
+        """Let the jobs in flight finish and every RQ loop end by itself.
 
         Exiting while a slot blocks in BLMOVE could strand a just-dequeued job in RQ's intermediate
         queue, where it would be failed without a word to its client; so we wait for the loops.
         """
-        self._stopping.set()
-        for worker in list(self.workers.values()):
-            worker._stop_requested = True
         deadline = time.monotonic() + drain_timeout
         while self.busy and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -69,20 +69,7 @@ def worker(worker_env) -> Iterator[int]:
     """One llama.cpp worker with two slots; yields its metrics port."""
     port = free_port()
     logs = RUN_DIR / f"e2e-{os.getpid()}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "services.worker",
-        "--engine",
-        "llama_cpp",
-        "--slots",
-        "2",
-        "--metrics-port",
-        str(port),
-        "--worker-id",
-        f"e2e-{os.getpid()}",
-    ]
-    with running(cmd, log=logs / "worker.log", env=worker_env, cwd=ROOT) as proc:
+    with start_worker(worker_env, logs / "worker.log", f"e2e-{os.getpid()}", slots=2, metrics_port=port) as proc:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200, 120, "worker", proc)
         yield port
 
@@ -113,20 +100,10 @@ def start_redis(port: int, data: Path):
     return running(cmd, log=data / "redis.log")
 
 
-def start_worker(env: dict[str, str], log: Path, wid: str):
-    cmd = [
-        sys.executable,
-        "-m",
-        "services.worker",
-        "--engine",
-        "llama_cpp",
-        "--slots",
-        "1",
-        "--metrics-port",
-        "0",
-        "--worker-id",
-        wid,
-    ]
+def start_worker(env: dict[str, str], log: Path, wid: str, *, slots: int = 1, metrics_port: int = 0):
+    """A llama.cpp worker process; the caller waits for what it needs (metrics, registration)."""
+    cmd = [sys.executable, "-m", "services.worker", "--engine", "llama_cpp", "--slots", str(slots)]
+    cmd += ["--metrics-port", str(metrics_port), "--worker-id", wid]
     return running(cmd, log=log, env=env, cwd=ROOT)
 
 
