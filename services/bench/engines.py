@@ -1,8 +1,9 @@
 """`--engines`: aggregate tokens/s at a few concurrencies for every engine this machine can run,
 through the whole stack, beside the same engine called directly in the same run.
 
-Direct means: llama-cpp-python in this process (one Llama behind a lock) for llama_cpp, and HTTP
-straight to llama-server for llama_server. The c=max/c=1 ratio shows whether an engine batches
+Direct means: llama-cpp-python in this process (one Llama behind a lock) for llama_cpp, HTTP straight
+to llama-server for llama_server, and HTTP straight to mlx-lm's own server (`mlx_lm.server`, same
+weights, same slots, same prompt format) for mlx. The c=max/c=1 ratio shows whether an engine batches
 (llama-server, MLX) or serves one request at a time; stack/direct shows what the gateway costs.
 """
 
@@ -22,13 +23,13 @@ from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget
 from services.bench.launcher import Launcher
+from services.bench.mlx_direct import GEMMA_TEMPLATE, mlx_server
+from services.bench.options import ENGINES
 from services.bench.session import Contender, Session
 from services.bench.stack import free_port, private_stack
 from services.bench.summary import LevelSummary
 from services.common.catalog import Catalog
 from services.common.settings import ROOT
-
-ENGINE_TARGETS = ("llama_cpp", "llama_server", "mlx")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def apple_silicon() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
-def availability(mlx_cpu: bool = False) -> dict[str, str | None]:
+def availability(mlx_cpu: bool = False, wanted: tuple[str, ...] = ENGINES) -> dict[str, str | None]:
     """Engine -> None when it can run here, else why not (printed, so a skipped engine is never silent).
 
     MLX off Apple Silicon is mlx[cpu]: the real code path, but ~10x slower than llama.cpp on the same
@@ -83,7 +84,7 @@ def availability(mlx_cpu: bool = False) -> dict[str, str | None]:
         reasons["llama_server"] = None
     except LlamaServerMissing as exc:
         reasons["llama_server"] = str(exc)
-    return reasons
+    return {engine: reasons[engine] for engine in ENGINES if engine in wanted}
 
 
 def run_engines(session: Session) -> None:
@@ -119,7 +120,7 @@ def run_engines(session: Session) -> None:
             rows.append(EngineRow(engine, contender.name.rsplit("-", 1)[1], session.modes[contender.name].levels))
 
     worker = ["-m", "services.worker", "--model", model.id, "--slots", str(slots), "--engine"]
-    for engine, reason in availability(options.mlx_cpu).items():
+    for engine, reason in availability(options.mlx_cpu, options.engine_list).items():
         if reason:
             session.notes.append(f"engines: {engine} skipped: {reason}")
             continue
@@ -154,7 +155,23 @@ def run_engines(session: Session) -> None:
             if mlx_path is None or not mlx_path.exists():
                 session.notes.append(f"engines: mlx skipped: no MLX weights for {model.id} (make models-mlx)")
                 continue
-            side_by_side(engine, [*worker, "mlx"], f"mlx worker, {slots} slots (continuous batching)")
+            template = GEMMA_TEMPLATE if model.chat_format == "gemma" else None
+            log = ROOT / "run" / "bench-mlx-server.log"
+            with mlx_server(mlx_path, slots, log, chat_template=template) as (url, pid):
+                raw = HttpTarget(
+                    "mlx_lm.server",
+                    url,
+                    timeout=options.timeout,
+                    max_connections=max(levels) + 4,
+                    body_overrides={"model": "default_model"},
+                )
+                sidecar = {"mlx_lm.server": [pid]}
+                side_by_side(
+                    engine,
+                    [*worker, "mlx"],
+                    f"mlx worker, {slots} slots (continuous batching)",
+                    Contender("engine-mlx-direct", raw, f"mlx_lm.server, {slots} decode slots", CpuMeter(sidecar)),
+                )
     session.extra_figures["engines"] = figures(rows, levels)
     session.notes.extend(text(rows, levels))
 

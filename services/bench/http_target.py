@@ -41,9 +41,12 @@ class HttpTarget:
         max_connections: int = 64,
         api_key: str = "bench",
         path: str = "/v1/chat/completions",
+        body_overrides: dict | None = None,
     ) -> None:
+        """`body_overrides` adapts the shared workload to a server that names models its own way."""
         self.name = name
         self.url = require_loopback(base_url) + path
+        self.overrides = body_overrides or {}
         self.client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -53,9 +56,10 @@ class HttpTarget:
     def send(self, workload: Workload, index: int) -> Sample:
         started = time.perf_counter()
         try:
+            body = {**workload.body(index), **self.overrides}
             if workload.stream:
-                return self._stream(workload.body(index), started)
-            return self._json(workload.body(index), started)
+                return self._stream(body, started)
+            return self._json(body, started)
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             return failed(time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
 

@@ -31,14 +31,25 @@ PROMPT = "Story {i}. Write a long story about a lighthouse keeper who finds a me
 """The number comes first so no two prompts share a prefix: mlx_lm.server's prompt cache would
 otherwise skip most of the prefill, and this compares batched decoding."""
 MODEL = ROOT / "models" / "mlx" / "gemma-3-270m"
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
+)
+"""What MLXEngine writes for a tokenizer without a chat template (the converted GGUF has none), given to
+mlx_lm.server too so both sides see the same prompt tokens."""
 
 
 @contextlib.contextmanager
-def mlx_server(model: Path, slots: int, log: Path) -> Iterator[str]:
-    """mlx_lm.server on a free loopback port until the block ends; stopped by its PID."""
+def mlx_server(model: Path, slots: int, log: Path, *, chat_template: str | None = None) -> Iterator[tuple[str, int]]:
+    """mlx_lm.server on a free loopback port until the block ends; yields its URL and PID, stopped by PID.
+
+    Requests must name the model "default_model" (or leave it out): any other name makes the server try
+    to load that name from the Hub."""
     port = free_port()
     argv = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model), "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--decode-concurrency", str(slots), "--prompt-concurrency", str(slots)]
+    if chat_template:
+        argv += ["--chat-template", chat_template]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -52,7 +63,7 @@ def mlx_server(model: Path, slots: int, log: Path) -> Iterator[str]:
             time.sleep(0.5)
         else:
             raise RuntimeError(f"mlx_lm.server did not start; see {log}")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     slots = max(levels)
 
     engine = MLXEngine(args.model, slots=slots)
-    with mlx_server(args.model, slots, args.out.with_suffix(".server.log")) as url:
+    with mlx_server(args.model, slots, args.out.with_suffix(".server.log")) as (url, _pid):
         engine.load()
         targets = {
             "engine": lambda i: via_engine(engine, i, args.tokens),

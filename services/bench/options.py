@@ -10,6 +10,7 @@ from services.common.settings import ROOT
 
 DEFAULT_LEVELS = (1, 2, 5, 8, 10, 15, 20)
 MODES = ("direct", "stack", "stress")
+ENGINES = ("llama_cpp", "llama_server", "mlx")
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -19,12 +20,20 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def mode_list(text: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in values if v not in MODES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown mode {', '.join(unknown)}; choose from {', '.join(MODES)}")
-    return values
+def choice_list(choices: tuple[str, ...], what: str):
+    """An argparse type for a comma-separated subset of `choices`."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        unknown = [v for v in values if v not in choices]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)}")
+        return values
+
+    return parse
+
+
+mode_list = choice_list(MODES, "mode")
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Options:
     gateway_slots: int
     engine_levels: tuple[int, ...]
     engine_slots: int
+    engine_list: tuple[str, ...]
     mlx_cpu: bool
     timeout: float
     level_time_limit: float
@@ -82,6 +92,12 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--gateway-slots", type=int, default=16, help="instant worker slots")
     p.add_argument("--engines-concurrency", type=int_list, default=(1, 4, 8))
     p.add_argument("--engine-slots", type=int, default=8, help="slots (parallel sequences) per engine")
+    p.add_argument(
+        "--engine-list",
+        type=choice_list(ENGINES, "engine"),
+        default=ENGINES,
+        help="--engines: which engines, e.g. llama_cpp,llama_server (default: all this machine can run)",
+    )
     p.add_argument("--mlx-cpu", action="store_true", help="--engines: include MLX off Apple Silicon (slow)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--level-time-limit", type=float, default=600.0, help="seconds per level before giving up")
@@ -109,6 +125,7 @@ def parse(argv: list[str] | None) -> Options:
         gateway_slots=a.gateway_slots,
         engine_levels=a.engines_concurrency,
         engine_slots=a.engine_slots,
+        engine_list=a.engine_list,
         mlx_cpu=a.mlx_cpu,
         timeout=a.timeout,
         level_time_limit=a.level_time_limit,

@@ -32,10 +32,10 @@ LEVEL_FIELDS = {
 }
 
 
-def bench(out: Path, *args: str) -> dict:
+def bench(out: Path, *args: str, timeout: float = 180) -> dict:
     """Run the CLI as `make bench` does and return the one JSON file it wrote."""
     cmd = [sys.executable, "-m", "services.bench", "--out", str(out), *args]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = out.glob("bench-*.json")
     return json.loads(path.read_text()) | {"_stdout": done.stdout}
@@ -83,3 +83,27 @@ def test_gateway_with_the_instant_engine(tmp_path):
         figures = result["figures"]["gateway"][variant]
         assert figures["peak_requests_per_s"] > 1 and figures["api_cpu_ms_per_request"] > 0
     assert "LiteLLM" in result["_stdout"]
+
+
+def test_engines_side_by_side(tmp_path, gemma_path):
+    """Every engine through a private stack beside its own server called directly (llama-server,
+    mlx_lm.server) or in-process llama.cpp: the table issue #5 asks for, in a tiny size."""
+    assert (ROOT / "models" / "mlx" / "gemma-3-270m" / "config.json").exists(), "run `make models-mlx`"
+    args = ["--engines", "--mlx-cpu", "--engines-concurrency", "1,2", "--requests", "2", "--max-tokens", "4"]
+    result = bench(tmp_path, *args, "--engine-slots", "2", "--no-plot", timeout=400)
+    engines = ("llama_cpp", "llama_server", "mlx")
+    assert set(result["modes"]) == {f"engine-{e}-{path}" for e in engines for path in ("stack", "direct")}
+    for engine in engines:
+        tokens = {}
+        for path in ("stack", "direct"):
+            levels = result["modes"][f"engine-{engine}-{path}"]["levels"]
+            assert [lv["concurrency"] for lv in levels] == [1, 2]
+            for level in levels:
+                check_level(level, requests=2, max_tokens=4)
+            tokens[path] = [lv["completion_tokens"] for lv in levels]
+        # the same greedy prompts in the same format: both sides generate the same number of tokens
+        assert tokens["stack"] == tokens["direct"], (engine, tokens)
+        figures = result["figures"]["engines"][engine]
+        assert set(figures["stack_over_direct"]) == {"1", "2"}  # JSON keys
+        assert figures["stack_scaling_c2_over_c1"] > 0 and figures["direct_scaling_c2_over_c1"] > 0
+    assert "engines (aggregate generated tokens/s)" in result["_stdout"]
