@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.catalog import Catalog
 from services.common.settings import ROOT, Settings
-from services.stack import nginx_conf, prometheus_conf, redis_conf
+from services.stack import nginx_conf, prometheus_conf, redis_conf, sidecar
 from services.stack.binaries import require
 from services.stack.layout import Layout
+from services.worker.detect import Facts
+from services.worker.engines.llama_server_process import LlamaServerMissing, find_binary
 
 GUNICORN_CONF = ROOT / "services" / "api" / "gunicorn_conf.py"
 API_APP = "services.api.wsgi:create()"
@@ -79,16 +82,47 @@ def api_procs(settings: Settings, layout: Layout, env: Mapping[str, str], python
     return procs
 
 
-def worker_proc(settings: Settings, env: Mapping[str, str], python: str) -> Proc:
+def worker_proc(
+    settings: Settings,
+    env: Mapping[str, str],
+    python: str,
+    *,
+    engine: str | None = None,
+    upstream_url: str | None = None,
+    slots: int | None = None,
+) -> Proc:
     argv = [
         python, "-m", "services.worker",
-        "--engine", settings.inference_engine,
+        "--engine", engine or settings.inference_engine,
         "--model", settings.default_model,
-        "--slots", str(settings.worker_slots),
+        "--slots", str(slots or settings.worker_slots),
         "--metrics-port", str(settings.worker_metrics_port),
     ]  # fmt: skip
+    if upstream_url:
+        argv += ["--upstream-url", upstream_url]
     ready = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None
     return Proc("worker", _waiting_for_redis(python, argv), dict(env), ready_url=ready)
+
+
+def llama_server_binary() -> Path | None:
+    try:
+        return find_binary()
+    except LlamaServerMissing:
+        return None
+
+
+def engine_procs(
+    settings: Settings, env: Mapping[str, str], python: str, facts: Facts, binary: Path | None
+) -> list[Proc]:
+    """The worker, preceded by a llama-server sidecar where that is the engine to run (sidecar.wanted)."""
+    if not sidecar.wanted(settings, facts, binary=binary):
+        return [worker_proc(settings, env, python)]
+    cmd = sidecar.command(settings, Catalog.from_yaml(settings.models_file, settings.default_model))
+    server = Proc("llama-server", tuple(cmd.argv(binary or find_binary())), dict(env), f"{cmd.url}/health")
+    worker = worker_proc(
+        settings, env, python, engine="llama_server", upstream_url=cmd.url, slots=settings.llama_server_parallel
+    )
+    return [server, worker]
 
 
 def prepare(
@@ -98,8 +132,12 @@ def prepare(
     scrape_interval: str = "15s",
     python: str = sys.executable,
     base_env: Mapping[str, str] | None = None,
+    facts: Facts | None = None,
+    find_llama_server: Callable[[], Path | None] = llama_server_binary,
 ) -> Stack:
-    """Write configs under RUN_DIR and list the processes: redis, API replicas, worker, nginx, prometheus."""
+    """Write configs under RUN_DIR and list the processes: redis, API replicas, llama-server (where it is
+    the engine), worker, nginx, prometheus. `facts` describe the machine (probed when not given);
+    `find_llama_server` says where llama-server is, or None."""
     layout = Layout(settings.run_dir, settings.log_dir)
     layout.create()
     env = {**(os.environ if base_env is None else base_env), **settings_env(settings)}
@@ -114,14 +152,16 @@ def prepare(
         redis_url = settings.redis_url
     procs += api_procs(settings, layout, env, python)
     if worker:
-        procs.append(worker_proc(settings, env, python))
+        facts = facts or Facts.probe(vllm_url=settings.vllm_url, llama_server_url=settings.llama_server_url)
+        procs += engine_procs(settings, env, python, facts, find_llama_server())
     nginx_conf.write_native(settings, layout)
     listen_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     public_url = f"http://{listen_host}:{settings.port}"
     procs.append(
         Proc("nginx", tuple(nginx_conf.command(require("nginx"), layout)), dict(env), f"{public_url}/nginx/health")
     )
-    prometheus_conf.write_native(settings, layout, scrape_interval=scrape_interval)
+    sidecar_runs = any(p.name == "llama-server" for p in procs)
+    prometheus_conf.write_native(settings, layout, scrape_interval=scrape_interval, llama_server=sidecar_runs)
     prometheus_url = f"http://127.0.0.1:{settings.prometheus_port}"
     argv = prometheus_conf.command(require("prometheus"), settings, layout)
     procs.append(Proc("prometheus", tuple(argv), dict(env), f"{prometheus_url}/-/ready"))

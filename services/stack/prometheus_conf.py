@@ -39,8 +39,9 @@ def _dns_job(name: str, hosts: list[str], port: int) -> dict[str, Any]:
     return {"job_name": name, "dns_sd_configs": [{"names": hosts, "type": "A", "port": port}]}
 
 
-def native(settings: Settings, *, scrape_interval: str = "15s") -> dict[str, Any]:
-    """Every API replica and the worker by loopback port; Prometheus scrapes itself too."""
+def native(settings: Settings, *, scrape_interval: str = "15s", llama_server: bool = False) -> dict[str, Any]:
+    """Every API replica, the worker and the stack's llama-server (when it runs one) by loopback port;
+    Prometheus scrapes itself too."""
     cfg = _base(scrape_interval)
     replicas = [
         {"targets": [f"127.0.0.1:{settings.api_base_port + i}"], "labels": {"replica": f"api-{i + 1}"}}
@@ -51,6 +52,9 @@ def native(settings: Settings, *, scrape_interval: str = "15s") -> dict[str, Any
         jobs.append(
             {"job_name": "worker", "static_configs": [{"targets": [f"127.0.0.1:{settings.worker_metrics_port}"]}]}
         )
+    if llama_server:
+        target = f"127.0.0.1:{settings.llama_server_port}"
+        jobs.append({"job_name": "llama-server", "static_configs": [{"targets": [target]}]})
     jobs.append({"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{settings.prometheus_port}"]}]})
     cfg["scrape_configs"] = jobs
     return cfg
@@ -72,9 +76,12 @@ def dump(cfg: dict[str, Any]) -> str:
     return HEADER + yaml.safe_dump(cfg, sort_keys=False)
 
 
-def write_native(settings: Settings, layout: Layout, *, scrape_interval: str = "15s") -> Path:
+def write_native(
+    settings: Settings, layout: Layout, *, scrape_interval: str = "15s", llama_server: bool = False
+) -> Path:
     layout.prometheus_dir.mkdir(parents=True, exist_ok=True)
-    layout.prometheus_conf.write_text(dump(native(settings, scrape_interval=scrape_interval)))
+    cfg = native(settings, scrape_interval=scrape_interval, llama_server=llama_server)
+    layout.prometheus_conf.write_text(dump(cfg))
     return layout.prometheus_conf
 
 

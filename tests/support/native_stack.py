@@ -25,7 +25,8 @@ E2E_SETTINGS: dict[str, object] = {
     "api_replicas": 2,
     "workers": 2,
     "api_threads": 16,
-    "inference_engine": "llama_cpp",
+    "inference_engine": "auto",  # as `make up`: llama-server beside the worker where it is built
+    "llama_server_parallel": 4,
     "default_model": "gemma-3-270m",
     "worker_slots": 1,
     "n_ctx": 2048,
@@ -56,6 +57,7 @@ def e2e_settings(run_dir: Path, **overrides: object) -> Settings:
         "port": free_port(),
         "api_base_port": free_port_pair(),
         "worker_metrics_port": free_port(),
+        "llama_server_port": free_port(),
         "prometheus_port": free_port(),
         "redis_url": f"redis://127.0.0.1:{free_port()}/0",
         "redis_password": "e2e-" + os.urandom(8).hex(),

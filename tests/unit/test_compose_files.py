@@ -28,7 +28,7 @@ from tests.support.procs import which
 
 SECRETS = {"REDIS_PASSWORD": "compose-test-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-test-secret"}
 MAC = ROOT / "compose" / "docker-compose.mac.yml"
-ALL_PROFILES = ("--profile", "gpu", "--profile", "llama-server")
+ALL_PROFILES = ("--profile", "gpu", "--profile", "llama-cpp")
 
 
 @cache
@@ -111,7 +111,8 @@ def test_topology(full: dict) -> None:
 def test_engine_profiles(full: dict) -> None:
     services = full["services"]
     default = resolved()["services"]
-    assert {"vllm", "worker-vllm", "llama-server", "worker-llamaserver"}.isdisjoint(default)
+    assert {"llama-server", "worker-llamaserver"} <= set(default), "the batching CPU engine is the default"
+    assert {"vllm", "worker-vllm", "worker-llamacpp"}.isdisjoint(default)
     vllm = services["vllm"]
     assert vllm["image"].startswith("vllm/vllm-openai:v") and vllm["entrypoint"] == ["vllm", "serve"]
     assert "/health" in " ".join(vllm["healthcheck"]["test"])
@@ -122,6 +123,9 @@ def test_engine_profiles(full: dict) -> None:
     assert "--engine llama_server --upstream-url http://llama-server:8080" in " ".join(
         services["worker-llamaserver"]["command"]
     )
+    server = " ".join(services["llama-server"]["command"])
+    assert "--parallel 8" in server and "--chat-template gemma" in server, "the same prompt format as the stack"
+    assert services["worker-llamaserver"]["depends_on"]["llama-server"]["condition"] == "service_healthy"
 
 
 def test_mac_overlay_runs_all_but_the_engine_worker() -> None:

@@ -11,6 +11,11 @@ from services.common.settings import Settings
 from services.stack import nginx_conf, prometheus_conf, redis_conf
 from services.stack.layout import Layout
 from services.stack.procfile import prepare, settings_env
+from services.worker.detect import Facts
+
+LINUX = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=True)
+MAC = Facts("Darwin", "arm64", cuda=False, rocm=False, has_mlx=True, has_llama_cpp=True)
+BINARY = Path("/opt/llama/llama-server")
 
 
 def layout_in(tmp_path: Path) -> Layout:
@@ -74,7 +79,7 @@ def test_settings_pass_to_children_unchanged(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_process_list(tmp_path: Path) -> None:
     settings = Settings(run_dir=tmp_path / "run", log_dir=tmp_path / "logs", api_replicas=2, redis_password="pw")
-    stack = prepare(settings, base_env={"PATH": "/usr/bin:/bin"})
+    stack = prepare(settings, base_env={"PATH": "/usr/bin:/bin"}, facts=LINUX, find_llama_server=lambda: None)
     assert [p.name for p in stack.procs] == ["redis", "api-1", "api-2", "worker", "nginx", "prometheus"]
     api1, api2 = stack.proc("api-1"), stack.proc("api-2")
     assert api1.env["PROMETHEUS_MULTIPROC_DIR"] != api2.env["PROMETHEUS_MULTIPROC_DIR"]
@@ -82,3 +87,42 @@ def test_process_list(tmp_path: Path) -> None:
     assert "pw" not in " ".join(stack.proc("redis").argv)  # the password stays in the 0600 config file
     assert stack.layout.nginx_conf.exists() and stack.layout.prometheus_conf.exists()
     assert [p.name for p in prepare(settings, worker=False).procs].count("worker") == 0
+
+
+def engine_procs(tmp_path: Path, facts: Facts, binary: Path | None = BINARY, **changes) -> dict[str, tuple[str, ...]]:
+    settings = Settings(run_dir=tmp_path / "run", log_dir=tmp_path / "logs", redis_password="pw", **changes)
+    stack = prepare(settings, base_env={}, facts=facts, find_llama_server=lambda: binary)
+    return {p.name: p.argv for p in stack.procs if p.name in ("llama-server", "worker")}
+
+
+def test_the_stack_runs_llama_server_where_auto_would_run_llama_cpp(tmp_path: Path) -> None:
+    procs = engine_procs(tmp_path, LINUX, llama_server_parallel=6, llama_server_port=8299, n_ctx=2048)
+    assert list(procs) == ["llama-server", "worker"], "llama-server starts before its worker"
+    server, worker = " ".join(procs["llama-server"]), " ".join(procs["worker"])
+    assert server.startswith(f"{BINARY} --model ") and "--port 8299 --parallel 6 --ctx-size 12288" in server
+    assert "--alias gemma-3-270m" in server and "--chat-template gemma" in server
+    assert "--engine llama_server --model gemma-3-270m --slots 6" in worker
+    assert worker.endswith("--upstream-url http://127.0.0.1:8299")
+    prometheus = prometheus_conf.native(Settings(llama_server_port=8299), llama_server=True)
+    jobs = {job["job_name"]: job["static_configs"] for job in prometheus["scrape_configs"]}
+    assert jobs["llama-server"][0]["targets"] == ["127.0.0.1:8299"]
+
+
+@pytest.mark.parametrize(
+    ("facts", "binary", "changes", "engine"),
+    [
+        (LINUX, None, {}, "auto"),  # no llama-server built: in-process llama.cpp, as before
+        (MAC, BINARY, {}, "auto"),  # Apple Silicon: the worker picks MLX
+        (LINUX, BINARY, {"inference_engine": "llama_cpp"}, "llama_cpp"),  # asked for by name
+        (LINUX, BINARY, {"llama_server_url": "http://10.0.0.5:8080"}, "auto"),  # a llama-server of your own
+    ],
+)
+def test_no_sidecar_where_another_engine_applies(tmp_path, facts, binary, changes, engine) -> None:
+    procs = engine_procs(tmp_path, facts, binary, **changes)
+    assert list(procs) == ["worker"]
+    assert f"--engine {engine} " in " ".join(procs["worker"])
+
+
+def test_llama_server_by_name_runs_even_on_a_mac(tmp_path: Path) -> None:
+    procs = engine_procs(tmp_path, MAC, inference_engine="llama_server")
+    assert list(procs) == ["llama-server", "worker"], "named explicitly, it runs even on a Mac"

@@ -43,6 +43,10 @@ RETRIES = 3
 LOAD_WAIT = 120.0
 """Seconds load() waits for a sidecar that answers but is still loading its model (503 on /health)."""
 
+CONNECT_WAIT = 20.0
+"""Seconds load() waits for a sidecar that does not listen yet: started beside us, it binds its port
+within a second or two; past this the next engine in the fallback order gets its turn."""
+
 
 class OpenAIHTTPEngine:
     """A sidecar behind the Engine protocol; `name` is "llama_server" or "vllm" (their APIs differ a little)."""
@@ -103,9 +107,18 @@ class OpenAIHTTPEngine:
         )
 
     def _wait_ready(self, client: httpx.Client) -> None:
-        deadline = time.monotonic() + LOAD_WAIT
+        """A sidecar started beside us (honcho starts every process at once) may not listen yet, or
+        still load its model (503): both are waited out (CONNECT_WAIT, LOAD_WAIT); any other answer is final."""
+        started = time.monotonic()
+        deadline = started + LOAD_WAIT
         while True:
-            status = client.get("/health").status_code
+            try:
+                status = client.get("/health").status_code
+            except httpx.TransportError:
+                if time.monotonic() > started + CONNECT_WAIT:
+                    raise
+                time.sleep(0.5)
+                continue
             if status == 200:
                 return
             if status != 503 or time.monotonic() > deadline:

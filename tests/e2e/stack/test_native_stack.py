@@ -1,8 +1,8 @@
 """The native stack as `make up` runs it, through nginx, driven by the official `openai` client.
 
-Real redis-server, two gunicorn API replicas, one llama.cpp worker on Gemma 3 270M, nginx from our
-template and Prometheus, each on a free port in a private run directory. Tests that kill a replica
-start it again, so the order of tests does not matter.
+Real redis-server, two gunicorn API replicas, llama.cpp's llama-server with its worker on Gemma 3 270M
+(the default engine of `make up`), nginx from our template and Prometheus, each on a free port in a
+private run directory. Tests that kill a replica start it again, so the order of tests does not matter.
 """
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ def client(base: str, **kwargs: object) -> openai.OpenAI:
 
 def access_log(stack: NativeStack) -> list[dict]:
     return [json.loads(line) for line in stack.log("nginx-access").read_text().splitlines() if line.strip()]
+
+
+def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
+    """`make up`'s engine on a CPU box: the worker streams from llama-server, which batches the slots."""
+    assert [p.name for p in stack.stack.procs].index("llama-server") < [p.name for p in stack.stack.procs].index(
+        "worker"
+    )
+    status = httpx.get(f"{stack.url}/v1/system/status", timeout=5).json()
+    (worker,) = status["workers"]
+    assert worker["engine"] == "llama_server" and worker["slots"] == stack.settings.llama_server_parallel
+    slots = httpx.get(f"http://127.0.0.1:{stack.settings.llama_server_port}/slots", timeout=5)
+    assert slots.status_code == 200 and len(slots.json()) == stack.settings.llama_server_parallel
 
 
 def test_chat_through_nginx(stack: NativeStack) -> None:
@@ -125,7 +137,8 @@ def test_prometheus_scrapes_every_target(stack: NativeStack) -> None:
     def all_up() -> bool:
         targets = httpx.get(f"{stack.stack.prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
         jobs = Counter(t["labels"]["job"] for t in targets)
-        return jobs == {"api": 2, "worker": 1, "prometheus": 1} and all(t["health"] == "up" for t in targets)
+        expected = {"api": 2, "worker": 1, "llama-server": 1, "prometheus": 1}
+        return jobs == expected and all(t["health"] == "up" for t in targets)
 
     wait_until(all_up, 30, "prometheus targets all up")
 
