@@ -144,3 +144,18 @@ def test_chat_falls_back_to_gemma_turns_and_context_comes_from_config(engine):
     assert prompt == "<start_of_turn>user\nBe brief.\n\nSay hi<end_of_turn>\n<start_of_turn>model\n"
     assert engine.context_length() == 32768
     assert engine.capacity() == SLOTS
+
+
+def test_a_prompt_seen_before_is_prefilled_from_the_prompt_cache(engine):
+    """As in mlx_lm.server: a finished sequence's KV cache is kept, and a prompt it starts with (the same
+    prompt again, the next turn of a chat) skips that prefill; greedy text stays the same."""
+    prompt = "Prompt cache check: the longest rivers of Europe are"
+    first, finish, _ = collect(engine, prompt, max_tokens=5)
+    before = engine._loop.cached_tokens
+    again, _, _ = collect(engine, prompt, max_tokens=5)
+    assert again == first
+    assert engine._loop.cached_tokens - before == finish.prompt_tokens - 1, "all but the last prompt token"
+    follow_up = prompt + first + " and"
+    extended, _, _ = collect(engine, follow_up, max_tokens=3)
+    assert extended.strip()
+    assert engine._loop.cached_tokens - before > 2 * (finish.prompt_tokens - 1), "the longer prompt reused it too"

@@ -19,6 +19,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.5
+PROMPT_CACHE_ENTRIES = 10
+"""Finished sequences whose KV caches are kept for reuse (mlx_lm.server's default): a prompt that
+extends one of them (the next turn of a chat, a repeated system prompt) is prefilled from there."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class BatchLoop:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
+        self._prompts: Any = None  # mlx-lm's LRUPromptCache, made on the loop thread
+        self.cached_tokens = 0
+        """Prompt tokens served from the prompt cache so far (for tests and metrics)."""
         self.running = 0
         """Requests in the batch now; written by the loop thread only (for tests and metrics)."""
 
@@ -108,6 +114,7 @@ class BatchLoop:
     def _run(self) -> None:
         import mlx.core as mx
         from mlx_lm import load
+        from mlx_lm.models.cache import LRUPromptCache
 
         # A stream of this thread's own, as mlx_lm.server does, so nothing runs on another thread's.
         stream = mx.default_stream(mx.default_device())
@@ -117,6 +124,7 @@ class BatchLoop:
             self._load_error = exc
             self._ready.set()
             return
+        self._prompts = LRUPromptCache(max_size=PROMPT_CACHE_ENTRIES)
         self._ready.set()
         log.info("mlx model %s loaded; batching up to %d requests", self.model_path.name, self.slots)
         self._serve(model, stream)
@@ -160,6 +168,8 @@ class BatchLoop:
                 sub.out.put((r.token, r.finish_reason))
                 if r.finish_reason is not None:
                     del active[r.uid]
+                    if r.prompt_cache is not None and r.all_tokens:
+                        self._prompts.insert_cache(self._cache_key, list(r.all_tokens), r.prompt_cache)
             self.running = len(active)
         for sub in active.values():
             sub.out.put(RuntimeError("the MLX engine was unloaded"))
@@ -198,7 +208,21 @@ class BatchLoop:
         processors = make_logits_processors(
             presence_penalty=s.presence_penalty or None, frequency_penalty=s.frequency_penalty or None
         )
+        cache, rest = self._prompts.fetch_nearest_cache(self._cache_key, sub.prompt)
+        if cache is None or not rest:  # nothing to reuse, or an exact hit with no token left to feed
+            cache, rest = None, sub.prompt
+        cached = len(sub.prompt) - len(rest)
         (sub.uid,) = generator.insert(
-            [sub.prompt], max_tokens=[sub.max_tokens], samplers=[sampler], logits_processors=[processors]
+            [rest],
+            max_tokens=[sub.max_tokens],
+            caches=[cache],
+            all_tokens=[sub.prompt[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
         )
+        self.cached_tokens += cached
         active[sub.uid] = sub
+
+    @property
+    def _cache_key(self) -> str:
+        return str(self.model_path)

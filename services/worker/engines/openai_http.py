@@ -218,7 +218,7 @@ class OpenAIHTTPEngine:
             body["prompt"] = request.prompt
         if self.name == "llama_server":
             body["timings_per_token"] = True  # cumulative predicted_n on every chunk: exact tokens per chunk
-            body |= {"top_k": 0, "min_p": 0.0}  # its defaults (40, 0.05) are not OpenAI's; vLLM's already are
+            body |= _llama_server_sampling(p.temperature)
         elif self.name == "vllm":
             body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
         return body
@@ -309,6 +309,16 @@ class _Stream:
             self.sent = completion
         reason: Literal["stop", "length"] = "length" if self.finished == "length" else "stop"
         yield Finish(reason, int(usage.get("prompt_tokens", self.prompt_tokens)), self.sent)
+
+
+def _llama_server_sampling(temperature: float) -> dict[str, Any]:
+    """llama-server's own top_k=40 and min_p=0.05 truncate what OpenAI's parameters describe, so sampling
+    turns them off (vLLM's defaults are already neutral). Greedy decoding keeps the argmax whatever
+    they are, and there top_k=1 spares it a pass over Gemma's 262k-token vocabulary per token: the
+    neutral pair cost 20 % of the tokens/s at 8 clients on 2 cores (75 -> 59), top_k=1 none."""
+    if temperature <= 0:
+        return {"top_k": 1}
+    return {"top_k": 0, "min_p": 0.0}
 
 
 def _stream_error(event: dict[str, Any], upstream: str) -> APIError:
