@@ -108,7 +108,7 @@ class Slots:
             thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in self.threads if t.is_alive()]
         if stuck:
-            log.warning("slots still busy after the drain timeout: %s", ", ".join(stuck))
+            log.warning("slot threads still running after the drain (a job, or Redis gone): %s", ", ".join(stuck))
 
 
 class _CountingRunner:
