@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
-import subprocess
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from services.bench.launcher import Launcher
+from services.bench.stack import free_port
 from services.common.jobs import SamplingParams
 from services.common.settings import ROOT
 from services.worker.engines.base import Finish, GenerationRequest
@@ -29,31 +30,16 @@ from services.worker.engines.openai_http import OpenAIHTTPEngine
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle. Story {i}:"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(cmd: LlamaServerCommand, log: Path) -> Iterator[None]:
     """The server until the block ends, ready when it starts; stopped by its PID, never by name."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd.argv(), stdout=out, stderr=subprocess.STDOUT)
+    launcher = Launcher(log.parent)
     try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{cmd.url}/health").status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"llama-server did not start; see {log}")
+        launcher.start(log.stem, cmd.argv(), os.environ, ROOT)
+        launcher.wait_ready(log.stem, lambda: httpx.get(f"{cmd.url}/health").status_code == 200, 120)
         yield
     finally:
-        proc.terminate()
-        proc.wait(30)
+        launcher.stop_all()
 
 
 def direct(url: str, i: int, tokens: int) -> int:

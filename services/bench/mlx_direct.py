@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from services.bench.llama_server_direct import free_port
+from services.bench.launcher import Launcher
+from services.bench.stack import free_port
 from services.common.jobs import SamplingParams
 from services.common.settings import ROOT
 from services.worker.engines.base import Finish, GenerationRequest
@@ -50,23 +51,14 @@ def mlx_server(model: Path, slots: int, log: Path, *, chat_template: str | None 
     argv += ["--port", str(port), "--decode-concurrency", str(slots), "--prompt-concurrency", str(slots)]
     if chat_template:
         argv += ["--chat-template", chat_template]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    launcher = Launcher(log.parent)
     try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v1/models").status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"mlx_lm.server did not start; see {log}")
+        proc = launcher.start(log.stem, argv, os.environ, ROOT)
+        launcher.wait_ready(log.stem, lambda: httpx.get(f"{url}/v1/models").status_code == 200, 300)
         yield url, proc.pid
     finally:
-        proc.terminate()
-        proc.wait(30)
+        launcher.stop_all()
 
 
 def via_server(url: str, i: int, tokens: int) -> int:
