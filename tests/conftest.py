@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.procs import free_port, running, wait_until, which
+from tests.support.procs import free_port, redis_command, running, wait_until, which
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / "run" / "tests"
@@ -45,21 +45,7 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     data = RUN_DIR / f"redis-{port}"
     data.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        server,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--requirepass",
-        password,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data),
-    ]
+    cmd = redis_command(server, port, data, password=password)
     with running(cmd, log=data / "redis.log") as proc:
         url = f"redis://:{password}@127.0.0.1:{port}/0"
         wait_until(lambda: redis.Redis.from_url(url).ping(), 20, "redis-server", proc)

@@ -71,3 +71,11 @@ def which(name: str) -> str | None:
     return shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
     )
+
+
+def redis_command(server: str, port: int, data: Path, *, password: str | None = None) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, its files under `data`."""
+    cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    if password:
+        cmd += ["--requirepass", password]
+    return [*cmd, "--dir", str(data)]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, RUN_DIR
-from tests.support.procs import free_port, running, wait_until, which
+from tests.support.procs import free_port, redis_command, running, wait_until, which
 
 MAX_BODY = 65536
 MODEL = "gemma-3-270m"
@@ -84,19 +84,7 @@ def api(worker, worker_env) -> Iterator[Api]:
 
 
 def start_redis(port: int, data: Path):
-    cmd = [
-        which("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(data),
-    ]
+    cmd = redis_command(which("redis-server"), port, data)
     return running(cmd, log=data / "redis.log")
 
 
