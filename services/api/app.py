@@ -14,6 +14,7 @@ from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
 from services.api.request_id import RequestIdFilter, RequestIdMiddleware
+from services.api.state_metrics import StateCollector
 from services.api.system import HealthResource, ModelCommandResource, StatusResource
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
@@ -56,5 +57,6 @@ def create_app(
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
     app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission))
     app.add_route("/health", HealthResource(client, gateway))
-    app.add_route("/metrics", MetricsResource(metrics))
+    state = StateCollector(registry.live, gateway.queued, tuple(catalog.models), catalog.default)
+    app.add_route("/metrics", MetricsResource(metrics, state))
     return app

@@ -11,6 +11,7 @@ import time
 
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.registry import Collector
 
 from services.common import buckets
 
@@ -82,8 +83,14 @@ class MetricsMiddleware:
 
 
 class MetricsResource:
-    def __init__(self, metrics: ApiMetrics) -> None:
+    """The replica's own metrics, plus `state` (queue depth, workers) in a registry of its own, since
+    the multiprocess registry is rebuilt per scrape and the app's may be shared by several apps."""
+
+    def __init__(self, metrics: ApiMetrics, state: Collector | None = None) -> None:
         self.metrics = metrics
+        self.state = CollectorRegistry(auto_describe=False)
+        if state is not None:
+            self.state.register(state)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -92,4 +99,4 @@ class MetricsResource:
         else:
             registry = self.metrics.registry
         resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(registry)
+        resp.data = generate_latest(registry) + generate_latest(self.state)
