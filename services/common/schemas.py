@@ -2,21 +2,34 @@
 
 Strict types: `"stream": "yes"` or `"max_tokens": "10"` is a 400 naming the field, as OpenAI does.
 Unknown fields are ignored, as vLLM does, so clients that send extra OpenAI options still work.
+`null` for a parameter OpenAI documents as nullable means "not sent": its default applies, so inside
+the service the types stay plain (a float temperature, never None).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from services.common.errors import InvalidRequest
 
 MAX_STOP = 4
+MAX_STOP_CHARS = 256
+"""OpenAI documents no length for a stop sequence; a bound keeps the engines' stop scans cheap."""
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+"""OpenAI's seed range (int64): a bigger integer is a 400 here, not an overflow inside an engine."""
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+def _default_if_null(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A nullable OpenAI parameter sent as `null` validates as if it had not been sent."""
+    if value is None and info.field_name is not None:
+        return model.model_fields[info.field_name].get_default(call_default_factory=True)
+    return value
 
 
 BodyT = TypeVar("BodyT", bound="_Body")
@@ -60,11 +73,17 @@ class Message(_Body):
 class StreamOptions(_Body):
     include_usage: bool = False
 
+    @field_validator("include_usage", mode="before")
+    @classmethod
+    def _nullable(cls, value: Any, info: ValidationInfo) -> Any:
+        return _default_if_null(cls, value, info)
+
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
 
 
 class _SamplingBody(_Body):
@@ -74,13 +93,18 @@ class _SamplingBody(_Body):
     max_tokens: PositiveInt | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
     presence_penalty: Penalty = 0.0
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     user: str | None = None
+
+    @field_validator("frequency_penalty", "n", "presence_penalty", "stream", "temperature", "top_p", mode="before")
+    @classmethod
+    def _nullable(cls, value: Any, info: ValidationInfo) -> Any:
+        return _default_if_null(cls, value, info)
 
     @field_validator("stop")
     @classmethod
@@ -90,6 +114,9 @@ class _SamplingBody(_Body):
                 raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
             if any(not s for s in value):
                 raise ValueError("stop sequences must not be empty")
+        stops = [value] if isinstance(value, str) else value or []
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
     @field_validator("n")
@@ -122,6 +149,11 @@ class CompletionRequest(_SamplingBody):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _nullable_echo(cls, value: Any, info: ValidationInfo) -> Any:
+        return _default_if_null(cls, value, info)
 
     @field_validator("prompt")
     @classmethod
@@ -164,7 +196,7 @@ def _param(loc: tuple) -> str | None:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "bool", "int", "float") or "[" in str(part) or "(" in str(part):
+        elif part in ("str", "bool", "int", "float") or any(m in str(part) for m in ("[", "(", "constrained-")):
             continue  # pydantic names union members in the location; OpenAI does not
         else:
             out += f".{part}" if out else str(part)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from services.common.errors import InvalidRequest
-from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
+from services.common.schemas import MAX_STOP_CHARS, ChatCompletionRequest, CompletionRequest, parse
 
 
 def chat(**extra) -> bytes:
@@ -90,3 +90,69 @@ def test_stop_as_string_or_list():
 
 def test_unknown_fields_are_ignored():
     assert parse(ChatCompletionRequest, chat(logit_bias={}, tools=[], response_format={"type": "text"}))
+
+
+NULLABLE = (
+    "frequency_penalty",
+    "max_tokens",
+    "n",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "user",
+)
+
+
+@pytest.mark.parametrize("schema", [ChatCompletionRequest, CompletionRequest])
+def test_null_for_nullable_parameters_means_the_default(schema):
+    """OpenAI documents these as nullable and its SDKs send null for them: it is "not sent", not a 400."""
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "prompt": "p"}
+    nulls = parse(schema, json.dumps(base | dict.fromkeys(NULLABLE)).encode())
+    assert nulls == parse(schema, json.dumps(base).encode())
+    assert nulls.temperature == 1.0 and nulls.top_p == 1.0 and nulls.n == 1 and nulls.stream is False
+    assert nulls.include_usage() is False and nulls.stop_sequences() == () and nulls.requested_max_tokens() is None
+
+
+def test_null_inside_stream_options_and_for_chat_and_completion_only_fields():
+    body = parse(
+        ChatCompletionRequest, chat(stream=True, stream_options={"include_usage": None}, max_completion_tokens=None)
+    )
+    assert body.include_usage() is False and body.requested_max_tokens() is None
+    done = parse(CompletionRequest, b'{"model": "m", "prompt": "p", "echo": null, "suffix": null}')
+    assert done.echo is False and done.suffix is None
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 0, 2**63 - 1])
+def test_seed_within_int64(seed):
+    assert parse(ChatCompletionRequest, chat(seed=seed)).seed == seed
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"stop": "x" * (MAX_STOP_CHARS + 1)}, "stop"),
+        ({"stop": ["ok", "y" * (MAX_STOP_CHARS + 1)]}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"stop": [None]}, "stop"),
+        ({"stream": "yes"}, "stream"),
+        ({"temperature": "0.5"}, "temperature"),
+    ],
+)
+def test_bounded_and_typed_parameters_are_400_naming_them(extra, param):
+    with pytest.raises(InvalidRequest) as info:
+        parse(ChatCompletionRequest, chat(**extra))
+    assert info.value.param == param and info.value.status == 400
+    assert set(info.value.envelope()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_stop_at_the_bound_passes():
+    stops = ["z" * MAX_STOP_CHARS] * 4
+    assert parse(ChatCompletionRequest, chat(stop=stops)).stop_sequences() == tuple(stops)
