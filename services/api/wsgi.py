@@ -27,6 +27,6 @@ def create() -> falcon.App:
     client = connect(
         settings.redis_url,
         max_connections=settings.api_threads * 2 + 8,
-        socket_timeout=settings.sse_keepalive + 10,
+        longest_block=settings.sse_keepalive,  # XREAD BLOCK waits at most one keep-alive interval
     )
     return create_app(settings, client, catalog, log_filter=log_filter)

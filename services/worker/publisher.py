@@ -12,7 +12,12 @@ CANCEL_POLL_S = 0.05
 
 
 class StreamPublisher:
-    """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 50 ms."""
+    """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 50 ms.
+
+    Every write sets the TTL with its XADD, atomically (MULTI/EXEC) and in one round trip: the API deletes
+    the stream when its client is done, and an XADD that lands after that (a token in flight at a
+    disconnect) re-creates the key, which must then expire on its own rather than live forever.
+    """
 
     def __init__(self, client: redis.Redis, request_id: str, ttl: int, deadline: float) -> None:
         self.redis = client
@@ -23,14 +28,11 @@ class StreamPublisher:
         self._checked_at = 0.0
         self._cancelled = False
 
-    def publish(self, event: events.Event, *, refresh_ttl: bool = False) -> None:
-        if refresh_ttl:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(self.key, events.encode(event))
-            pipe.expire(self.key, self.ttl)
-            pipe.execute()
-        else:
-            self.redis.xadd(self.key, events.encode(event))
+    def publish(self, event: events.Event) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.key, events.encode(event))
+        pipe.expire(self.key, self.ttl)
+        pipe.execute()
 
     def cancelled(self) -> bool:
         if self._cancelled:

@@ -37,15 +37,15 @@ class JobRunner:
             log.info("job %s skipped: cancelled or past its deadline before it started", job.request_id)
             return
         self.metrics.queue_time(job.model, dequeued - job.accepted_at)
-        out.publish(Started(self.worker_id, dequeued), refresh_ttl=True)
+        out.publish(Started(self.worker_id, dequeued))
         with self.metrics.running(job.model):
             try:
                 self._generate(job, out, dequeued)
             except APIError as exc:
-                out.publish(Failed(exc.message, exc.type, exc.code, exc.param, exc.status), refresh_ttl=True)
+                out.publish(Failed(exc.message, exc.type, exc.code, exc.param, exc.status))
             except Exception as exc:
                 log.exception("job %s failed", job.request_id)
-                out.publish(Failed(f"The engine failed: {type(exc).__name__}"), refresh_ttl=True)
+                out.publish(Failed(f"The engine failed: {type(exc).__name__}"))
 
     def _generate(self, job: Job, out: StreamPublisher, dequeued: float) -> None:
         prompt = self.engine.apply_chat_template(job.messages) if job.kind == "chat" else job.prompt
@@ -68,4 +68,4 @@ class JobRunner:
                 timings = {"accepted": job.accepted_at, "dequeued": dequeued, "done": done}
                 if first is not None:
                     timings["first_token"] = first
-                out.publish(Done(item.reason, usage, timings), refresh_ttl=True)
+                out.publish(Done(item.reason, usage, timings))

@@ -120,11 +120,11 @@ def test_events_flow_from_publisher_to_gateway(redis_client):
     out = StreamPublisher(redis_client, j.request_id, ttl=60, deadline=j.deadline)
 
     def work() -> None:
-        out.publish(Started("w1", time.time()), refresh_ttl=True)
+        out.publish(Started("w1", time.time()))
         for word in ("a", "b", "c"):
             time.sleep(0.05)
             out.publish(Delta(word, 1))
-        out.publish(Done("length", Usage(2, 3)), refresh_ttl=True)
+        out.publish(Done("length", Usage(2, 3)))
 
     threading.Thread(target=work).start()
     got = [item[1] for item in gateway(redis_client).events(j) if item is not None]
