@@ -1,0 +1,1 @@
+"""Monitoring as code: the dashboard generator and its panel builders (dev tools, not shipped)."""
