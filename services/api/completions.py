@@ -16,7 +16,7 @@ from services.api.admission import Admission
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics
-from services.api.sse import ChunkFormat, stream_events
+from services.api.sse import ChunkFormat, open_stream
 from services.common.catalog import Catalog
 from services.common.errors import RateLimited, from_status
 from services.common.events import Delta, Done, Failed, Usage
@@ -92,10 +92,10 @@ class CompletionResource:
         )
         fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
         if body.stream:
+            resp.stream = open_stream(job, fmt, self.gateway, self.admission, self.metrics)  # raises a 4xx/5xx
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
-            resp.stream = stream_events(job, fmt, self.gateway, self.admission, self.metrics)
             return
         resp.media = self._collect(job, fmt)
 

@@ -1,16 +1,19 @@
 """Server-Sent Events for streamed completions: events from the job's stream become OpenAI chunks.
 
-The generator's `finally` runs when the client goes away (gunicorn closes the iterator on a failed
-write), so a disconnect cancels the generation. Quiet ticks send an SSE comment, which is also how a
+The 200 and the SSE headers wait for the first event that decides the reply (see `open_stream`), so
+an error known before the first token is an HTTP status, as OpenAI answers it. After that the
+generator's `finally` runs when the client goes away (gunicorn closes the iterator on a failed write),
+so a disconnect cancels the generation. Quiet ticks send an SSE comment, which is also how a
 disconnect is noticed while the job still waits in the queue.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -19,8 +22,8 @@ from services.api import shapes
 from services.api.admission import Admission
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics
-from services.common.errors import APIError, InternalError, ServiceUnavailable
-from services.common.events import Delta, Done, Failed
+from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
+from services.common.events import Delta, Done, Event, Failed, Started
 from services.common.jobs import Job
 
 log = logging.getLogger(__name__)
@@ -68,9 +71,58 @@ class ChunkFormat:
         return shapes.usage_chunk(self.rid, self.created, self.model, obj, done.usage)
 
 
-def stream_events(
+Item = tuple[str, Event] | None
+
+
+def _release(job: Job, gateway: Gateway, admission: Admission, metrics: ApiMetrics, *, finished: bool) -> None:
+    """Give back what the request holds; an unfinished one is cancelled first."""
+    if not finished:
+        gateway.cancel(job.request_id)
+        metrics.cancelled(job.model)
+    admission.release(job.request_id)
+    gateway.finish(job.request_id)
+
+
+def read_head(items: Iterator[Item]) -> list[Item]:
+    """Items up to and including the first that decides the reply: a delta, done or error event, or a
+    quiet tick (the job still waits in the queue, so keep-alives must flow). `started` does not decide."""
+    head: list[Item] = []
+    for item in items:
+        head.append(item)
+        if item is None or not isinstance(item[1], Started):
+            break
+    return head
+
+
+def open_stream(
     job: Job, fmt: ChunkFormat, gateway: Gateway, admission: Admission, metrics: ApiMetrics
 ) -> Iterator[bytes]:
+    """The SSE body, or the HTTP error that answers instead of it.
+
+    OpenAI answers a streamed request whose error is known before the first token (context too long,
+    model gone, worker lost) with that status, so SDKs raise BadRequestError rather than APIError. The
+    reply commits to 200 at the first delta or at the first quiet tick (SSE_KEEPALIVE without an event,
+    liveness checked): a job still queued then streams keep-alives as before, and a first token is never
+    held back.
+    """
+    items = gateway.events(job)
+    try:
+        head = read_head(items)
+    except BaseException:
+        _release(job, gateway, admission, metrics, finished=False)
+        raise
+    last = head[-1] if head else None
+    if last is not None and isinstance(last[1], Failed):
+        _release(job, gateway, admission, metrics, finished=True)
+        failed = last[1]
+        raise from_status(failed.status, failed.message, code=failed.code, param=failed.param)
+    return stream_events(job, fmt, itertools.chain(head, items), gateway, admission, metrics)
+
+
+def stream_events(
+    job: Job, fmt: ChunkFormat, items: Iterable[Item], gateway: Gateway, admission: Admission, metrics: ApiMetrics
+) -> Iterator[bytes]:
+    """The committed stream: every event as a chunk, an error after the 200 as an error event."""
     finished = False
     first_token = True
     try:
@@ -78,7 +130,7 @@ def stream_events(
         if opening:
             yield sse(opening)
         try:
-            for item in gateway.events(job):
+            for item in items:
                 if item is None:
                     yield KEEPALIVE
                     continue
@@ -118,8 +170,4 @@ def stream_events(
             yield sse(InternalError("The server had an error while streaming.").envelope())
         yield DONE_LINE
     finally:
-        if not finished:
-            gateway.cancel(job.request_id)
-            metrics.cancelled(job.model)
-        admission.release(job.request_id)
-        gateway.finish(job.request_id)
+        _release(job, gateway, admission, metrics, finished=finished)

@@ -1,10 +1,16 @@
-"""Our SSE bytes, fed to the official openai package's own SSE decoder: every event it yields parses."""
+"""Our SSE bytes, fed to the official openai package's own SSE decoder; errors before the first token are statuses."""
 
 import json
+import time
+from collections.abc import Iterator
 
+import pytest
 from openai._streaming import SSEDecoder
 
-from services.api.sse import DONE_LINE, KEEPALIVE, sse
+from services.api.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
+from services.common.errors import APIError, InvalidRequest, ServiceUnavailable
+from services.common.events import Delta, Done, Failed, Started, Usage
+from services.common.jobs import Job, SamplingParams
 
 
 def decoded(raw: bytes) -> list[str]:
@@ -24,3 +30,85 @@ def test_keepalive_before_the_first_event():
 
 def test_unicode_passes_unescaped():
     assert decoded(sse({"t": "héllo ✓"}, "1-0")) == ['{"t":"héllo ✓"}']
+
+
+class FakeGateway:
+    """The events a worker would publish, and a record of what the request gave back."""
+
+    def __init__(self, *items, error: APIError | None = None) -> None:
+        self.items = items
+        self.error = error
+        self.calls: list[str] = []
+
+    def events(self, job: Job) -> Iterator:
+        yield from self.items
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self, request_id: str) -> None:
+        self.calls.append("cancel")
+
+    def finish(self, request_id: str) -> None:
+        self.calls.append("finish")
+
+
+class Quiet:
+    """Admission and metrics that only count."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self.calls.append(name)
+
+
+def job() -> Job:
+    now = time.time()
+    params = SamplingParams(max_tokens=4)
+    return Job(
+        request_id="cmpl-1", model="m", kind="completion", prompt="p", params=params, accepted_at=now, deadline=now + 30
+    )
+
+
+FMT = ChunkFormat(chat=False, rid="cmpl-1", created=1, model="m", with_usage=False)
+STARTED = ("1-0", Started("w1", 0.0))
+
+
+def opened(gateway: FakeGateway) -> tuple[Quiet, Iterator[bytes]]:
+    admission = Quiet()
+    return admission, open_stream(job(), FMT, gateway, admission, Quiet())
+
+
+def test_error_before_the_first_token_is_its_http_status():
+    failed = Failed("too long", "invalid_request_error", "context_length_exceeded", "max_tokens", 400)
+    gateway = FakeGateway(STARTED, ("2-0", failed))
+    with pytest.raises(InvalidRequest) as info:
+        opened(gateway)
+    assert info.value.status == 400 and info.value.param == "max_tokens"
+    assert info.value.envelope()["error"]["code"] == "context_length_exceeded"
+    assert gateway.calls == ["finish"], "a failed job is over: nothing to cancel, stream and lease dropped"
+
+
+def test_model_gone_before_the_first_token_is_503_with_retry_after():
+    gateway = FakeGateway(STARTED, error=ServiceUnavailable("gone", code="worker_lost"))
+    with pytest.raises(ServiceUnavailable) as info:
+        opened(gateway)
+    assert info.value.status == 503 and int(info.value.headers["Retry-After"]) > 0
+    assert gateway.calls == ["cancel", "finish"]
+
+
+def test_first_delta_commits_and_nothing_is_lost():
+    gateway = FakeGateway(STARTED, ("2-0", Delta("a", 1)), ("3-0", Delta("b", 1)), ("4-0", Done("length", Usage(1, 2))))
+    admission, body = opened(gateway)
+    assert gateway.calls == [], "committed: the stream holds its resources until it ends"
+    texts = [json.loads(d)["choices"][0]["text"] for d in decoded(b"".join(body)) if d != "[DONE]"]
+    assert texts == ["a", "b", ""]
+    assert gateway.calls == ["finish"] and admission.calls == ["release"]
+
+
+def test_still_queued_after_a_quiet_tick_commits_with_keepalives():
+    gateway = FakeGateway(None, None, ("2-0", Failed("late", status=500)))
+    _, body = opened(gateway)
+    chunks = list(body)
+    assert chunks[:2] == [KEEPALIVE, KEEPALIVE]
+    assert json.loads(decoded(b"".join(chunks))[0])["error"]["message"] == "late", "after the 200: an error event"
