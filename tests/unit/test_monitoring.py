@@ -104,9 +104,8 @@ def test_every_dashboard_query_parses(tmp_path: Path) -> None:
 
 
 def test_dashboards_json_is_current() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "monitoring.dashboards", "--check"], capture_output=True, text=True, cwd=ROOT, check=False
-    )
+    command = [sys.executable, "-m", "monitoring.dashboards", "--check"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
