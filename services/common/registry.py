@@ -28,10 +28,23 @@ class WorkerRecord(BaseModel):
     metrics_port: int = 0
     draining: bool = False
     """Finishing its jobs before it stops: alive, but no new work is routed to it."""
+    state: str = "serving"
+    """serving, draining, starting/restarting (its engine process is down: `models` is empty meanwhile),
+    or crash_loop (the engine or the worker itself died `loop_after` times within a minute)."""
+    restarts: int = 0
+    last_exit: str = ""
+    """How the engine process (or this worker's previous incarnation) last died, e.g. 'killed by SIGSEGV'."""
+    engine_pid: int | None = None
+    """PID of the llama-server this worker supervises, if it runs one."""
 
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - self.busy)
+
+
+def default_worker_id(host: str, pid: int) -> str:
+    """hostname-pid: unique per process, and derivable by whoever supervises the worker."""
+    return f"{host}-{pid}"
 
 
 class Registry:

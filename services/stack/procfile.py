@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.catalog import Catalog
 from services.common.settings import ROOT, Settings
 from services.stack import nginx_conf, prometheus_conf, redis_conf, sidecar
 from services.stack.binaries import require
@@ -60,6 +59,11 @@ def _waiting_for_redis(python: str, argv: list[str]) -> tuple[str, ...]:
     return (python, "-m", "services.stack.wait", "--", *argv)
 
 
+def _respawned(python: str, name: str, argv: list[str]) -> list[str]:
+    """Restarted with backoff when it dies (services/stack/respawn.py): honcho restarts nothing."""
+    return [python, "-m", "services.stack.respawn", name, "--", *argv]
+
+
 def api_procs(settings: Settings, layout: Layout, env: Mapping[str, str], python: str) -> list[Proc]:
     gunicorn = str(Path(python).parent / "gunicorn")
     procs = []
@@ -90,6 +94,7 @@ def worker_proc(
     engine: str | None = None,
     upstream_url: str | None = None,
     slots: int | None = None,
+    spawn_llama_server: bool = False,
 ) -> Proc:
     argv = [
         python, "-m", "services.worker",
@@ -100,8 +105,10 @@ def worker_proc(
     ]  # fmt: skip
     if upstream_url:
         argv += ["--upstream-url", upstream_url]
+    if spawn_llama_server:
+        argv.append("--spawn-llama-server")
     ready = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None
-    return Proc("worker", _waiting_for_redis(python, argv), dict(env), ready_url=ready)
+    return Proc("worker", _waiting_for_redis(python, _respawned(python, "worker", argv)), dict(env), ready_url=ready)
 
 
 def llama_server_binary() -> Path | None:
@@ -114,15 +121,14 @@ def llama_server_binary() -> Path | None:
 def engine_procs(
     settings: Settings, env: Mapping[str, str], python: str, facts: Facts, binary: Path | None
 ) -> list[Proc]:
-    """The worker, preceded by a llama-server sidecar where that is the engine to run (sidecar.wanted)."""
+    """The worker; where llama-server is the engine to run (sidecar.wanted) the worker starts it as its own
+    child on LLAMA_SERVER_PORT, sees it die and restarts it (services/worker/sidecar.py)."""
     if not sidecar.wanted(settings, facts, binary=binary):
         return [worker_proc(settings, env, python)]
-    cmd = sidecar.command(settings, Catalog.from_yaml(settings.models_file, settings.default_model))
-    server = Proc("llama-server", tuple(cmd.argv(binary or find_binary())), dict(env), f"{cmd.url}/health")
     worker = worker_proc(
-        settings, env, python, engine="llama_server", upstream_url=cmd.url, slots=settings.llama_server_parallel
+        settings, env, python, engine="llama_server", slots=settings.llama_server_parallel, spawn_llama_server=True
     )
-    return [server, worker]
+    return [worker]
 
 
 def prepare(
@@ -160,7 +166,7 @@ def prepare(
     procs.append(
         Proc("nginx", tuple(nginx_conf.command(require("nginx"), layout)), dict(env), f"{public_url}/nginx/health")
     )
-    sidecar_runs = any(p.name == "llama-server" for p in procs)
+    sidecar_runs = any("--spawn-llama-server" in p.argv for p in procs)
     prometheus_conf.write_native(settings, layout, scrape_interval=scrape_interval, llama_server=sidecar_runs)
     prometheus_url = f"http://127.0.0.1:{settings.prometheus_port}"
     argv = prometheus_conf.command(require("prometheus"), settings, layout)

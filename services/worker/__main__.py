@@ -1,17 +1,21 @@
-"""`python -m services.worker`: run an engine worker, or `--check` what this machine would run."""
+"""`python -m services.worker`: run an engine worker, or `--check` that this machine can run its engines."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
 from services.common.catalog import Catalog
 from services.common.redis_client import connect
-from services.common.settings import settings_or_exit
+from services.common.settings import Settings, settings_or_exit
+from services.common.supervisor import History
+from services.worker import selfcheck, sidecar
 from services.worker.detect import Facts, choose
-from services.worker.engines.factory import ENGINES, EngineUnavailable
+from services.worker.engines.base import EngineUnavailable
+from services.worker.engines.factory import ENGINES
 from services.worker.process import WorkerProcess
 
 
@@ -21,29 +25,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", action="append", help="model id or alias (repeatable); default: DEFAULT_MODEL")
     p.add_argument("--slots", type=int, help="concurrent requests; default: WORKER_SLOTS")
     p.add_argument("--upstream-url", help="sidecar base URL for llama_server / vllm")
+    p.add_argument(
+        "--spawn-llama-server",
+        action="store_true",
+        help="run llama-server as this worker's child on LLAMA_SERVER_PORT, restarting it when it dies",
+    )
     p.add_argument("--worker-id", help="default: hostname-pid")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 disables; default: WORKER_METRICS_PORT")
-    p.add_argument("--check", action="store_true", help="print what was detected and what would run, then exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="print what was detected, then load the model and generate a few tokens on each engine; exit 1 on failure",
+    )
+    p.add_argument("--probe-engine", choices=ENGINES, help=argparse.SUPPRESS)  # --check's child
     return p.parse_args(argv)
+
+
+def run_check(settings: Settings, facts: Facts, engine: str, catalog: Catalog, models: list[str]) -> int:
+    choice = choose(engine, settings.device_type, facts)
+    model_id = catalog.resolve(models[0])
+    print(f"detected: {facts}")
+    print(f"device: {choice.device}")
+    print(f"engines, in order: {', '.join(choice.engines) or 'none'}")
+    print("\n".join(f"  - {r}" for r in choice.reasons))
+    print(f"model: {model_id}")
+    engines = list(choice.engines)
+    if engine in ("auto", "llama_server") and (not engines or engines[0] in ("llama_cpp", "llama_server")):
+        engines = list(dict.fromkeys(["llama_server", *engines]))  # what `make up` runs on a CPU box
+    print("trying each engine (load the model, generate a few tokens):", flush=True)
+    results = selfcheck.check(engines, model_id)
+    print("\n".join(r if isinstance(r, str) else r.line() for r in results))
+    outcomes = [r for r in results if not isinstance(r, str)]
+    if not outcomes:
+        print("no engine could be tried here: install one (see README, Engines)")
+        return 1
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_or_exit()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    facts = Facts.probe(
-        vllm_url=args.upstream_url or settings.vllm_url, llama_server_url=args.upstream_url or settings.llama_server_url
-    )
-    choice = choose(args.engine or settings.inference_engine, settings.device_type, facts)
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
     models = args.model or [catalog.default]
+    if args.probe_engine:
+        return selfcheck.probe(args.probe_engine, catalog.resolve(models[0]), settings, catalog)
+    engine = "llama_server" if args.spawn_llama_server else (args.engine or settings.inference_engine)
+    upstream_url = args.upstream_url
+    cmd = sidecar.command(settings, catalog, models[0]) if args.spawn_llama_server else None
+    if cmd is not None:
+        upstream_url = cmd.url
+    facts = Facts.probe(
+        vllm_url=upstream_url or settings.vllm_url, llama_server_url=upstream_url or settings.llama_server_url
+    )
     if args.check:
-        print(f"detected: {facts}")
-        print(f"device: {choice.device}")
-        print(f"engines, in order: {', '.join(choice.engines) or 'none'}")
-        print("\n".join(f"  - {r}" for r in choice.reasons))
-        print(f"models: {', '.join(catalog.resolve(m) for m in models)}")
-        return 0 if choice.engines else 1
+        return run_check(settings, facts, engine, catalog, models)
+    choice = choose(engine, settings.device_type, facts)
     for reason in choice.reasons:
         logging.info("engine choice: %s", reason)
     worker = WorkerProcess(
@@ -54,9 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         device=choice.device,
         slots=args.slots or settings.worker_slots,
         worker_id=args.worker_id,
-        upstream_url=args.upstream_url,
+        upstream_url=upstream_url,
         metrics_port=settings.worker_metrics_port if args.metrics_port is None else args.metrics_port,
+        history=History.from_env(os.environ),
     )
+    if cmd is not None:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        worker.sidecar = sidecar.supervise(
+            cmd, log_path=settings.log_dir / "llama-server.log", on_up=worker.engine_up, on_down=worker.engine_down
+        )
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker._stop.set())
     try:

@@ -16,10 +16,11 @@ from prometheus_client import start_http_server
 
 from services.common import keys
 from services.common.catalog import Catalog
-from services.common.registry import Registry, WorkerRecord
+from services.common.registry import Registry, WorkerRecord, default_worker_id
 from services.common.settings import Settings
-from services.worker.engines.base import Engine
-from services.worker.engines.factory import EngineUnavailable, build_engine
+from services.common.supervisor import History, State, Supervisor
+from services.worker.engines.base import Engine, EngineUnavailable
+from services.worker.engines.factory import build_engine
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import JobRunner
 from services.worker.slots import Slots
@@ -50,6 +51,8 @@ class WorkerProcess:
         upstream_url: str | None = None,
         metrics_port: int = 0,
         engine_factory: EngineFactory = build_engine,
+        history: History | None = None,
+        loop_after: int = 3,
     ) -> None:
         self.settings = settings
         self.redis = client
@@ -57,7 +60,7 @@ class WorkerProcess:
         self.engine_order = engines
         self.device = device
         self.slot_count = slots
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.id = worker_id or default_worker_id(socket.gethostname(), os.getpid())
         self.upstream_url = upstream_url
         self.metrics_port = metrics_port
         self.registry = Registry(client, settings.heartbeat_ttl)
@@ -70,6 +73,31 @@ class WorkerProcess:
         self._halt = threading.Event()  # drain over: heartbeat and control loops end
         self._draining = False
         self._lock = threading.Lock()
+        self.history = history or History()
+        self.loop_after = loop_after
+        self.sidecar: Supervisor | None = None
+        """The engine process this worker runs and restarts (llama-server), set before start()."""
+
+    # -- the engine process ---------------------------------------------------------------------
+    def engine_down(self, reason: str) -> None:
+        """The sidecar died: publish at once that its models are gone, so the API stops routing here."""
+        log.error("engine process down (%s): %s leave the registry until it serves again", reason, list(self.served))
+        self._beat()
+
+    def engine_up(self) -> None:
+        self._beat()
+
+    def _engine_serving(self) -> bool:
+        return self.sidecar is None or self.sidecar.state == State.SERVING
+
+    def _state(self) -> str:
+        if self._draining:
+            return "draining"
+        if self.sidecar is not None and self.sidecar.state != State.SERVING:
+            return self.sidecar.state.value
+        if self.history.recent_deaths >= self.loop_after:
+            return State.CRASH_LOOP.value
+        return State.SERVING.value
 
     # -- models ---------------------------------------------------------------------------------
     def load(self, model_id: str) -> None:
@@ -132,18 +160,23 @@ class WorkerProcess:
     # -- lifecycle ------------------------------------------------------------------------------
     def record(self) -> WorkerRecord:
         served = dict(self.served)
+        sidecar = self.sidecar
         return WorkerRecord(
             id=self.id,
             host=socket.gethostname(),
             pid=os.getpid(),
             engine=self.engine_name,
             device=self.device,
-            models=tuple(served),
+            models=tuple(served) if self._engine_serving() else (),
             started_at=self.started_at,
             slots=sum(s.engine.capacity() for s in served.values()),
             busy=sum(s.slots.busy for s in served.values()),
             metrics_port=self.metrics_port,
             draining=self._draining,
+            state=self._state(),
+            restarts=self.history.restarts + (sidecar.restarts if sidecar else 0),
+            last_exit=(sidecar.last_exit if sidecar and sidecar.last_exit else self.history.last_exit),
+            engine_pid=sidecar.pid if sidecar else None,
         )
 
     def _beat(self) -> None:
@@ -180,9 +213,17 @@ class WorkerProcess:
             except Exception as exc:
                 log.error("command %s failed: %s", command, exc)
 
-    def start(self, models: list[str]) -> None:
+    def start(self, models: list[str], *, sidecar_wait: float = 120.0) -> None:
         if self.metrics_port:
             start_http_server(self.metrics_port, registry=self.metrics.registry)
+        if self.sidecar is not None:
+            self.sidecar.start()
+            if not self.sidecar.wait_ready(sidecar_wait):
+                raise EngineUnavailable(
+                    f"{self.sidecar.name} did not serve within {sidecar_wait:.0f} s"
+                    + (f" (it {self.sidecar.last_exit})" if self.sidecar.last_exit else "")
+                    + "; see its log"
+                )
         for model in models:
             self.load(model)
         for target in (self._heartbeat_loop, self._control_loop):
@@ -204,6 +245,8 @@ class WorkerProcess:
             self.served.clear()
         for s in served:
             s.engine.unload()
+        if self.sidecar is not None:
+            self.sidecar.stop()
         self._halt.set()
         self._leave()
 

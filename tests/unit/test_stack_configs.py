@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from services.common.catalog import Catalog
 from services.common.settings import Settings
 from services.stack import nginx_conf, prometheus_conf, redis_conf
 from services.stack.layout import Layout
 from services.stack.procfile import prepare, settings_env
+from services.worker import sidecar
 from services.worker.detect import Facts
 
 LINUX = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=True)
@@ -97,15 +99,29 @@ def engine_procs(tmp_path: Path, facts: Facts, binary: Path | None = BINARY, **c
 
 def test_the_stack_runs_llama_server_where_auto_would_run_llama_cpp(tmp_path: Path) -> None:
     procs = engine_procs(tmp_path, LINUX, llama_server_parallel=6, llama_server_port=8299, n_ctx=2048)
-    assert list(procs) == ["llama-server", "worker"], "llama-server starts before its worker"
-    server, worker = " ".join(procs["llama-server"]), " ".join(procs["worker"])
-    assert server.startswith(f"{BINARY} --model ") and "--port 8299 --parallel 6 --ctx-size 12288" in server
-    assert "--alias gemma-3-270m" in server and "--chat-template gemma" in server
+    assert list(procs) == ["worker"], "the worker starts llama-server as its own child"
+    worker = " ".join(procs["worker"])
+    assert "-m services.stack.respawn worker -- " in worker, "the worker is restarted when it dies"
     assert "--engine llama_server --model gemma-3-270m --slots 6" in worker
-    assert worker.endswith("--upstream-url http://127.0.0.1:8299")
+    assert worker.endswith("--spawn-llama-server")
     prometheus = prometheus_conf.native(Settings(llama_server_port=8299), llama_server=True)
     jobs = {job["job_name"]: job["static_configs"] for job in prometheus["scrape_configs"]}
     assert jobs["llama-server"][0]["targets"] == ["127.0.0.1:8299"]
+
+
+def test_the_worker_s_llama_server_command(tmp_path: Path) -> None:
+    settings = Settings(llama_server_parallel=6, llama_server_port=8299, n_ctx=2048)
+    cmd = sidecar.command(settings, Catalog.from_yaml(settings.models_file, settings.default_model))
+    server = " ".join(cmd.argv(BINARY))
+    assert server.startswith(f"{BINARY} --model ") and "--port 8299 --parallel 6 --ctx-size 12288" in server
+    assert "--alias gemma-3-270m" in server and "--chat-template gemma" in server
+    assert cmd.url == "http://127.0.0.1:8299"
+
+
+def test_make_up_without_llama_cpp_python_still_runs_llama_server(tmp_path: Path) -> None:
+    """`make up` installs llama-server alone: no in-process engine must not mean no engine."""
+    bare = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=False)
+    assert "--spawn-llama-server" in engine_procs(tmp_path, bare)["worker"]
 
 
 @pytest.mark.parametrize(
@@ -125,4 +141,4 @@ def test_no_sidecar_where_another_engine_applies(tmp_path, facts, binary, change
 
 def test_llama_server_by_name_runs_even_on_a_mac(tmp_path: Path) -> None:
     procs = engine_procs(tmp_path, MAC, inference_engine="llama_server")
-    assert list(procs) == ["llama-server", "worker"], "named explicitly, it runs even on a Mac"
+    assert "--spawn-llama-server" in procs["worker"], "named explicitly, it runs even on a Mac"

@@ -46,6 +46,10 @@ GenerationItem = TokenChunk | Finish
 CancelCheck = Callable[[], bool]
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot serve this model here; the message says why (for auto's fallback log)."""
+
+
 class EngineError(APIError):
     """The engine failed for a reason that is not the client's fault."""
 

@@ -6,13 +6,11 @@ from pathlib import Path
 
 from services.common.catalog import Catalog
 from services.common.settings import Settings
-from services.worker.engines.base import Engine
+from services.worker.engines.base import Engine, EngineUnavailable
+
+__all__ = ["ENGINES", "EngineUnavailable", "build_engine", "model_path"]
 
 ENGINES = ("llama_cpp", "llama_server", "vllm", "mlx")
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine cannot serve this model here; the message says why (for auto's fallback log)."""
 
 
 def model_path(catalog: Catalog, model_id: str, engine: str, models_dir: Path) -> Path:

@@ -21,13 +21,13 @@ from services.common.jobs import ChatMessage
 from services.worker.engines.base import (
     CancelCheck,
     EngineError,
+    EngineUnavailable,
     Finish,
     GenerationItem,
     GenerationRequest,
     TokenChunk,
     clamp_max_tokens,
 )
-from services.worker.engines.factory import EngineUnavailable
 from services.worker.engines.upstream import (
     error_from_body,
     error_from_response,

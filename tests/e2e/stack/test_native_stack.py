@@ -43,13 +43,15 @@ def access_log(stack: NativeStack) -> list[dict]:
 
 
 def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
-    """`make up`'s engine on a CPU box: the worker streams from llama-server, which batches the slots."""
-    assert [p.name for p in stack.stack.procs].index("llama-server") < [p.name for p in stack.stack.procs].index(
-        "worker"
-    )
+    """`make up`'s engine on a CPU box: the worker streams from llama-server, which batches the slots; the
+    worker runs it as its own child (so it sees it die), and runs itself under the respawn wrapper."""
+    argv = stack.stack.proc("worker").argv
+    assert "--spawn-llama-server" in argv and "services.stack.respawn" in argv
+    assert "llama-server" not in [p.name for p in stack.stack.procs]
     status = httpx.get(f"{stack.url}/v1/system/status", timeout=5).json()
     (worker,) = status["workers"]
     assert worker["engine"] == "llama_server" and worker["slots"] == stack.settings.llama_server_parallel
+    assert worker["state"] == "serving" and worker["engine_pid"] and worker["engine_pid"] != worker["pid"]
     slots = httpx.get(f"http://127.0.0.1:{stack.settings.llama_server_port}/slots", timeout=5)
     assert slots.status_code == 200 and len(slots.json()) == stack.settings.llama_server_parallel
 

@@ -1,0 +1,284 @@
+"""Keep one child process running: start it, see it die, say why in one line, restart it with backoff.
+
+The worker supervises its llama-server sidecar with this, and the native stack wraps the worker in it
+(services/stack/respawn.py), because honcho stops the whole stack when one process exits and cannot
+restart anything. A child that dies several times in a short window is in a crash loop: the state says
+so, and the backoff grows to its cap instead of hammering a machine that cannot run it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SIGNAL_MEANING = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGBUS: "bus error",
+    signal.SIGABRT: "aborted",
+    signal.SIGKILL: "killed; the kernel's OOM killer does this when memory runs out",
+    signal.SIGFPE: "arithmetic fault",
+}
+_BUILD_HINT = (
+    "a native build that uses CPU instructions this machine lacks dies like this: rebuild llama.cpp portable "
+    "with `rm -rf ~/.cache/inference-service/wheels .venv && make up` (see README, Portable builds)"
+)
+
+
+def describe_exit(returncode: int) -> str:
+    """'killed by SIGSEGV (segmentation fault)' or 'exited with status 1': what an operator greps for."""
+    if returncode < 0:
+        try:
+            sig = signal.Signals(-returncode)
+        except ValueError:
+            return f"killed by signal {-returncode}"
+        meaning = _SIGNAL_MEANING.get(sig)
+        return f"killed by {sig.name}" + (f" ({meaning})" if meaning else "")
+    return f"exited with status {returncode}"
+
+
+def hint(returncode: int) -> str | None:
+    """What to do about it, where the exit says more than 'it died'."""
+    if returncode in (-signal.SIGILL, -signal.SIGSEGV):
+        return _BUILD_HINT
+    return None
+
+
+def _die_with_parent() -> None:
+    """The child runs in its own session, so a Ctrl-C or a supervisor's group SIGTERM reaches only us and
+    we stop it after our drain; on Linux the kernel still kills it should we die without a word (SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    SERVING = "serving"
+    RESTARTING = "restarting"
+    CRASH_LOOP = "crash_loop"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Restart delays double from `first` to `cap`; `loop_after` deaths within `window` s is a crash loop;
+    a child that stayed up `stable_after` s starts again from `first`."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    window: float = 60.0
+    loop_after: int = 3
+    stable_after: float = 60.0
+    ready_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class History:
+    """What a supervised process was told of its own past (the env its Supervisor set), for its record."""
+
+    restarts: int = 0
+    recent_deaths: int = 0
+    last_exit: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> History:
+        def number(name: str) -> int:
+            value = env.get(name, "")
+            return int(value) if value.isdigit() else 0
+
+        return cls(
+            number("SUPERVISED_RESTARTS"), number("SUPERVISED_RECENT_DEATHS"), env.get("SUPERVISED_LAST_EXIT", "")
+        )
+
+
+class Supervisor:
+    """One child process kept alive by a watcher thread.
+
+    `ready()` is polled after each start until it answers True (a sidecar's /health); then `on_up()`.
+    `on_down(reason)` runs as soon as the child is seen dead, before the backoff, so the owner can stop
+    routing work to it at once.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        ready: Callable[[], bool] = lambda: True,
+        on_up: Callable[[], None] = lambda: None,
+        on_down: Callable[[str], None] = lambda _reason: None,
+        policy: Policy | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.ready = ready
+        self.on_up = on_up
+        self.on_down = on_down
+        self.policy = policy or Policy()
+        self.state = State.STOPPED
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.started_at = time.monotonic()
+        self._deaths: deque[float] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def recent_deaths(self) -> int:
+        cutoff = time.monotonic() - self.policy.window
+        return sum(1 for t in self._deaths if t >= cutoff)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._spawn()
+        self._thread = threading.Thread(target=self._watch, name=f"supervise-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the child serves (True) or `timeout` passes / it is stopped (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.state == State.SERVING:
+                return True
+            time.sleep(0.1)
+        return self.state == State.SERVING
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace`; no restart follows. Returns the child's exit code."""
+        self._stop.set()
+        with self._lock:
+            proc = self.proc
+        code = None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                code = proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+        elif proc is not None:
+            code = proc.returncode
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(grace)
+        self.state = State.STOPPED
+        return code
+
+    def _spawn(self) -> None:
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        try:
+            with self._lock:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._child_env(),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+        finally:
+            if self.log_path:
+                out.close()
+        self.state = State.STARTING
+        self.started_at = time.monotonic()
+        log.info("%s started (pid %d)", self.name, self.proc.pid)
+
+    def _child_env(self) -> dict[str, str]:
+        """The child learns how often it was restarted and why (the worker publishes it in its record)."""
+        env = dict(os.environ if self.env is None else self.env)
+        env["SUPERVISED_RESTARTS"] = str(self.restarts)
+        env["SUPERVISED_RECENT_DEATHS"] = str(self.recent_deaths())
+        env["SUPERVISED_LAST_EXIT"] = self.last_exit or ""
+        return env
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._await_ready()
+            assert self.proc is not None
+            code = self.proc.wait()
+            if self._stop.is_set():
+                return
+            self._died(code)
+            delay = self._delay()
+            if self._stop.wait(delay):
+                return
+            self.restarts += 1
+            self._spawn()
+
+    def _await_ready(self) -> None:
+        deadline = time.monotonic() + self.policy.ready_timeout
+        assert self.proc is not None
+        while self.proc.poll() is None and not self._stop.is_set():
+            if self._probe():
+                self.state = State.SERVING
+                log.info("%s (pid %d) is serving", self.name, self.proc.pid)
+                self.on_up()
+                return
+            if time.monotonic() > deadline:
+                log.error(
+                    "%s (pid %d) not ready after %.0f s; killing it",
+                    self.name,
+                    self.proc.pid,
+                    self.policy.ready_timeout,
+                )
+                self.proc.kill()
+                return
+            self._stop.wait(0.2)
+
+    def _probe(self) -> bool:
+        try:
+            return bool(self.ready())
+        except Exception:  # a sidecar still binding its port refuses connections: not ready yet
+            return False
+
+    def _died(self, code: int) -> None:
+        now = time.monotonic()
+        uptime = now - self.started_at
+        self._deaths.append(now)
+        while self._deaths and self._deaths[0] < now - self.policy.window:
+            self._deaths.popleft()
+        self.last_exit = describe_exit(code)
+        looping = self.recent_deaths() >= self.policy.loop_after
+        self.state = State.CRASH_LOOP if looping else State.RESTARTING
+        advice = hint(code)
+        log.error(
+            "%s (pid %d) %s after %.1f s%s; restart %d%s",
+            self.name,
+            self.proc.pid if self.proc else -1,
+            self.last_exit,
+            uptime,
+            f" [crash loop: {self.recent_deaths()} deaths in {self.policy.window:.0f} s]" if looping else "",
+            self.restarts + 1,
+            f"; {advice}" if advice else "",
+        )
+        self.on_down(self.last_exit)
+
+    def _delay(self) -> float:
+        """Exponential in the deaths of the current window; a child that had run stably starts afresh."""
+        if time.monotonic() - self.started_at >= self.policy.stable_after:
+            self._deaths.clear()
+            self._deaths.append(time.monotonic())
+        n = max(1, self.recent_deaths())
+        return min(self.policy.cap, self.policy.first * 2 ** (n - 1))

@@ -1,0 +1,72 @@
+"""`python -m services.stack.respawn NAME -- ARGV...`: run a process of the native stack, restarting it.
+
+honcho ends the whole stack when any process exits and restarts nothing, so the worker runs under this
+wrapper: when an in-process engine takes the worker down (SIGSEGV, SIGILL, the OOM killer) the death is
+logged in one line with its signal, the dead worker's registry record is removed at once (its clients
+get a 503 within a keep-alive tick instead of waiting for the heartbeat to expire), and the worker is
+started again with backoff. SIGTERM and SIGINT are passed on, and the wrapper exits with the child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+
+import redis
+
+from services.common.redis_client import connect
+from services.common.registry import Registry, default_worker_id
+from services.common.settings import settings_or_exit
+from services.common.supervisor import Supervisor
+
+log = logging.getLogger("respawn")
+
+STOP_GRACE_S = 60.0
+"""Time the child gets to drain after SIGTERM; honcho's own grace (supervise.STOP_GRACE_S) must not be
+shorter, or it kills the group first."""
+
+
+def forget_worker(registry: Registry, pid: int | None) -> None:
+    """A dead worker's record would keep its models in /v1/models until its TTL: drop it now."""
+    if pid is None:
+        return
+    try:
+        registry.remove(default_worker_id(socket.gethostname(), pid))
+    except redis.RedisError as exc:
+        log.warning("could not remove the dead worker's record: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.stack.respawn", description=__doc__)
+    p.add_argument("name")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        p.error("give the command after --")
+    settings = settings_or_exit()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = Registry(connect(settings.redis_url), settings.heartbeat_ttl)
+    child = Supervisor(args.name, command)
+    child.on_down = lambda _reason: forget_worker(registry, child.pid)
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    child.start()
+    while not stopping.wait(0.5):
+        pass
+    log.info("stopping %s (pid %s)", args.name, child.pid)
+    code = child.stop(STOP_GRACE_S)
+    return 0 if code in (None, 0, -signal.SIGTERM) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
