@@ -121,6 +121,21 @@ def test_400_names_the_param(api, body, param):
     assert error_of(r)["param"] == param
 
 
+def test_streamed_context_overflow_is_400(client):
+    """An error known before the first token is an HTTP status for a stream too, as OpenAI answers it."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=HI, max_tokens=100_000, stream=True)
+    assert info.value.body["code"] == "context_length_exceeded" and info.value.body["param"] == "max_tokens"
+
+
+def test_null_for_nullable_parameters_is_accepted(api):
+    nulls = dict.fromkeys(("temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty", "seed"))
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2, "stop": None, "stream_options": None, **nulls}
+    r = httpx.post(f"{api.v1()}/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] <= 2
+
+
 def test_http_level_errors_are_envelopes(api):
     v1 = api.v1()
     bad_json = httpx.post(f"{v1}/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
