@@ -66,10 +66,20 @@ class StateCollector(Collector):
         started = GaugeMetricFamily(
             "api_worker_start_time_seconds", "When the worker process started (Unix time).", labels=WORKER_LABELS
         )
+        state = GaugeMetricFamily(
+            "api_worker_state",
+            "1 for the worker's state (serving, draining, restarting, crash_loop...).",
+            labels=(*WORKER_LABELS, "state"),
+        )
+        restarts = GaugeMetricFamily(
+            "api_worker_restarts", "Restarts of the worker's engine process (or the worker).", labels=WORKER_LABELS
+        )
         for w in workers:
             labels = (w.id, w.host, w.engine)
             slots.add_metric(labels, w.slots)
             busy.add_metric(labels, w.busy)
             draining.add_metric(labels, int(w.draining))
             started.add_metric(labels, w.started_at)
-        yield from (slots, busy, draining, started)
+            state.add_metric((*labels, w.state), 1)
+            restarts.add_metric(labels, w.restarts)
+        yield from (slots, busy, draining, started, state, restarts)

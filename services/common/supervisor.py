@@ -187,13 +187,13 @@ class Supervisor:
         return code
 
     def _spawn(self) -> None:
-        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        out = self.log_path.open("ab") if self.log_path else None  # None: the child writes to our output
         try:
             with self._lock:
                 self.proc = subprocess.Popen(
                     self.argv,
                     stdout=out,
-                    stderr=subprocess.STDOUT,
+                    stderr=subprocess.STDOUT if out else None,
                     env=self._child_env(),
                     start_new_session=True,
                     preexec_fn=_die_with_parent,

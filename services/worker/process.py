@@ -81,7 +81,7 @@ class WorkerProcess:
     # -- the engine process ---------------------------------------------------------------------
     def engine_down(self, reason: str) -> None:
         """The sidecar died: publish at once that its models are gone, so the API stops routing here."""
-        log.error("engine process down (%s): %s leave the registry until it serves again", reason, list(self.served))
+        log.warning("%s out of the registry until the engine serves again", ", ".join(self.served) or "no model")
         self._beat()
 
     def engine_up(self) -> None:

@@ -54,6 +54,8 @@ def test_gauges_for_queues_models_and_workers() -> None:
     assert got[("api_worker_draining", w1)] == 0
     assert got[("api_worker_draining", (("engine", "llama_cpp"), ("host", "h1"), ("worker", "w2")))] == 1
     assert got[("api_worker_start_time_seconds", w1)] == 1000.0
+    assert got[("api_worker_state", (*w1[:2], ("state", "serving"), w1[2]))] == 1
+    assert got[("api_worker_restarts", w1)] == 0
 
 
 def test_redis_down_yields_no_gauges_and_no_error() -> None:
