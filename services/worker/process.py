@@ -18,11 +18,12 @@ from services.common import keys
 from services.common.catalog import Catalog
 from services.common.registry import Registry, WorkerRecord, default_worker_id
 from services.common.settings import Settings
-from services.common.supervisor import History, State, Supervisor
+from services.common.supervisor import History, State
 from services.worker.engines.base import Engine, EngineUnavailable
 from services.worker.engines.factory import build_engine
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import JobRunner
+from services.worker.sidecar import EngineProcess, UpstreamWatch
 from services.worker.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,9 @@ class WorkerProcess:
         self._lock = threading.Lock()
         self.history = history or History()
         self.loop_after = loop_after
-        self.sidecar: Supervisor | None = None
-        """The engine process this worker runs and restarts (llama-server), set before start()."""
+        self.sidecar: EngineProcess | None = None
+        """The process behind the engine: a llama-server this worker runs and restarts (set before start()),
+        or a sidecar someone else runs, watched after start() (services/worker/sidecar.py)."""
 
     # -- the engine process ---------------------------------------------------------------------
     def engine_down(self, reason: str) -> None:
@@ -226,8 +228,19 @@ class WorkerProcess:
                 )
         for model in models:
             self.load(model)
+        self._watch_upstream()
         for target in (self._heartbeat_loop, self._control_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
+
+    def _watch_upstream(self) -> None:
+        """A sidecar at a URL (compose's llama-server, vLLM) restarts on its own; we only follow it."""
+        if self.sidecar is not None or self.engine_name not in ("llama_server", "vllm"):
+            return
+        fallback = self.settings.llama_server_url if self.engine_name == "llama_server" else self.settings.vllm_url
+        url = self.upstream_url or fallback
+        if url:
+            self.sidecar = UpstreamWatch(self.engine_name, url, on_up=self.engine_up, on_down=self.engine_down)
+            self.sidecar.start()
 
     def stop(self) -> None:
         """Graceful drain: stay in the registry marked draining, with the models and busy slots it still

@@ -6,15 +6,22 @@ happens, with the signal, and stop advertising the model before any client is ro
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from services.common.catalog import Catalog
 from services.common.settings import Settings
-from services.common.supervisor import Policy, Supervisor
+from services.common.supervisor import Policy, State, Supervisor
 from services.worker.engines.llama_server_process import LlamaServerCommand, find_binary
+
+log = logging.getLogger(__name__)
 
 
 def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -> LlamaServerCommand:
@@ -59,3 +66,103 @@ def supervise(
         on_down=on_down,
         policy=policy,
     )
+
+
+class EngineProcess(Protocol):
+    """What the worker reads of the process behind its engine: a Supervisor or an UpstreamWatch."""
+
+    name: str
+    state: State
+    restarts: int
+    last_exit: str | None
+    pid: int | None
+
+    def start(self) -> None: ...
+    def wait_ready(self, timeout: float) -> bool: ...
+    def stop(self, grace: float = ...) -> object: ...
+
+
+class UpstreamWatch:
+    """A sidecar someone else runs (compose's llama-server container, a vLLM server): polled, not owned.
+
+    The worker cannot see its death or restart it (compose's `restart:` policy does), but it can stop
+    advertising the model the moment the sidecar stops answering, and advertise it again once it is back.
+    It offers the Supervisor's attributes the worker reads (state, restarts, last_exit, pid).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        on_up: Callable[[], None],
+        on_down: Callable[[str], None],
+        interval: float = 1.0,
+        policy: Policy | None = None,
+        check: Callable[[str], bool] = healthy,
+        serving: bool = True,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.on_up = on_up
+        self.on_down = on_down
+        self.interval = interval
+        self.policy = policy or Policy()
+        self.check = check
+        self.state = State.SERVING if serving else State.STARTING  # the worker just loaded through it
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.pid: int | None = None
+        self._downs: deque[float] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"watch-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.state != State.SERVING:
+            time.sleep(0.1)
+        return self.state == State.SERVING
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(grace)
+        self.state = State.STOPPED
+
+    def _answers(self) -> bool:
+        try:
+            return self.check(self.url)
+        except Exception:  # refused, reset, timed out: all mean it does not serve now
+            return False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            up = self._answers()
+            if up and self.state != State.SERVING:
+                self.state = State.SERVING
+                log.info("%s at %s serves", self.name, self.url)
+                self.on_up()
+            elif not up and self.state == State.SERVING:
+                self._went_down()
+            self._stop.wait(self.interval)
+
+    def _went_down(self) -> None:
+        now = time.monotonic()
+        self._downs.append(now)
+        while self._downs and self._downs[0] < now - self.policy.window:
+            self._downs.popleft()
+        self.restarts += 1
+        self.last_exit = "stopped answering"
+        looping = len(self._downs) >= self.policy.loop_after
+        self.state = State.CRASH_LOOP if looping else State.RESTARTING
+        log.error(
+            "%s at %s stopped answering%s; its models leave the registry until it is back",
+            self.name,
+            self.url,
+            f" [crash loop: {len(self._downs)} times in {self.policy.window:.0f} s]" if looping else "",
+        )
+        self.on_down(self.last_exit)
