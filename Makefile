@@ -10,7 +10,7 @@ UP_EXTRAS ?= llama-server,model
 TEST_EXTRAS ?= llama-server,model,llama-cpp,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 
-.PHONY: up test venv-up venv-test system models models-mlx self-check lint format bench check-engine clean
+.PHONY: up test venv-up venv-test system models models-mlx self-check lint format bench bench-builds clean
 
 comma := ,
 stamp = $(BIN)/.installed-$(subst $(comma),_,$(1))
@@ -46,7 +46,7 @@ models-mlx: venv-test models
 # Loads the model on each engine this machine would run and generates a few tokens: an unusable build
 # (a CPU that lacks an instruction it was compiled for) is found here in seconds, not by the first user.
 self-check: venv-up models
-	$(BIN)/python -m services.worker --self-check
+	$(BIN)/python -m services.worker --check
 
 up: venv-up system models self-check
 	$(BIN)/python -m services.stack up
@@ -63,8 +63,9 @@ lint:
 bench: venv-test system models
 	$(BIN)/python -m services.bench $(BENCH_ARGS)
 
-check-engine: venv-up
-	$(BIN)/python -m services.worker --check
+# Portable build vs a native one on this machine (compiles the native one once; installs nothing).
+bench-builds: venv-up models
+	services/bench/compare_builds.sh $(ROUNDS)
 
 clean:
 	rm -rf run bench-results .pytest_cache .ruff_cache

@@ -13,6 +13,7 @@
 # LLAMA_CPU_ARCH=...  arm64 baseline passed to GGML_CPU_ARM_ARCH (default armv8.2-a+dotprod; use armv8-a on
 #                     Cortex-A72 class cores such as a Raspberry Pi 4).
 # LLAMA_CMAKE_ARGS    extra CMake arguments (a GPU backend, say); they are part of the wheelhouse key.
+# LLAMA_WHEEL_ONLY=1  build (or find) the wheels and print their paths; install nothing.
 set -euo pipefail
 pip="$1"; extras="$2"
 python="$(dirname "$pip")/python"
@@ -55,14 +56,18 @@ for req in "${reqs[@]}"; do
   stem="$(printf '%s' "$name" | tr '-' '_')-${version}-"
   found="$(find "$house" -maxdepth 1 -name "${stem}*.whl" | head -n1)"
   if [ -z "$found" ]; then
-    echo "building $req (portable flags: $flags); this is the slow step of a first install"
+    echo "building $req (flags: $flags); this is the slow step of a first install" >&2
     start=$SECONDS
     jobs="$(nproc)"
     CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="$jobs" LLAMA_CPP_BUILD_JOBS="$jobs" \
       "$pip" wheel -q --no-deps --no-cache-dir --wheel-dir "$house" "$req"
     found="$(find "$house" -maxdepth 1 -name "${stem}*.whl" | head -n1)"
-    echo "built $req in $((SECONDS - start)) s"
+    echo "built $req in $((SECONDS - start)) s" >&2
   fi
   wheels+=("$found")
 done
-"$pip" install -q --no-deps --force-reinstall "${wheels[@]}"
+if [ "${LLAMA_WHEEL_ONLY:-0}" = "1" ]; then
+  printf '%s\n' "${wheels[@]}"
+else
+  "$pip" install -q --no-deps --force-reinstall "${wheels[@]}"
+fi
