@@ -72,7 +72,8 @@ def test_streamed_chat_through_nginx(stack: NativeStack) -> None:
 
 
 def time_to_first_event(base: str) -> float:
-    """Seconds to the first SSE event of a streamed chat: the API sends its opening chunk on accepting."""
+    """Seconds to the first SSE event of a streamed chat: the API commits to 200 and sends its opening chunk
+    with the first token (an error before it is an HTTP status), so this includes one token's generation."""
     body = {"model": "gemma-3-270m", "messages": MESSAGES, "max_tokens": 1, "stream": True}
     start = time.monotonic()
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=120) as resp:
