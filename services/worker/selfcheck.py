@@ -70,8 +70,8 @@ def check(engines: list[str], model_id: str) -> list[Outcome | str]:
     return results
 
 
-def _in_child(engine: str, model_id: str) -> Outcome:
-    argv = [sys.executable, "-m", "services.worker", "--probe-engine", engine, "--model", model_id]
+def _in_child(engine: str, model_id: str, argv: list[str] | None = None) -> Outcome:
+    argv = argv or [sys.executable, "-m", "services.worker", "--probe-engine", engine, "--model", model_id]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     except subprocess.TimeoutExpired:
