@@ -15,7 +15,9 @@ from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
 from services.api.request_id import RequestIdFilter, RequestIdMiddleware
 from services.api.state_metrics import StateCollector
+from services.api.status_page import StatusPage
 from services.api.system import HealthResource, ModelCommandResource, StatusResource
+from services.api.traffic import RecentTraffic
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
 from services.common.registry import Registry
@@ -36,7 +38,8 @@ def create_app(
     metrics: ApiMetrics | None = None,
     log_filter: RequestIdFilter | None = None,
 ) -> falcon.App:
-    metrics = metrics or ApiMetrics()
+    traffic = RecentTraffic(client)
+    metrics = metrics or ApiMetrics(recent=traffic)
     registry = Registry(client, settings.heartbeat_ttl)
     gateway = Gateway(client, registry, stream_ttl=settings.stream_ttl, keepalive=settings.sse_keepalive)
     admission = Admission(
@@ -55,7 +58,8 @@ def create_app(
     app.add_route("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway))
     app.add_route("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway))
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
-    app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission))
+    app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission, traffic))
+    app.add_route("/status", StatusPage())
     app.add_route("/health", HealthResource(client, gateway))
     state = StateCollector(registry.live, gateway.queued, tuple(catalog.models), catalog.default)
     app.add_route("/metrics", MetricsResource(metrics, state))

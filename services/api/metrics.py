@@ -13,12 +13,16 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.registry import Collector
 
+from services.api.traffic import RecentTraffic
 from services.common import buckets
 
 
 class ApiMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """`recent`, when given, also sees each request and first token, for the status page (api/traffic.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, recent: RecentTraffic | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.recent = recent
         r = self.registry
         self.requests = Counter("api_requests", "HTTP requests.", ("route", "method", "status"), registry=r)
         self.latency = Histogram(
@@ -50,6 +54,15 @@ class ApiMetrics:
 
     def first_token(self, model: str, seconds: float) -> None:
         self.ttft.labels(model).observe(max(0.0, seconds))
+        if self.recent is not None:
+            self.recent.first_token(seconds)
+
+    def responded(self, route: str, method: str, status: str, seconds: float | None) -> None:
+        self.requests.labels(route, method, status).inc()
+        if seconds is not None:
+            self.latency.labels(route, method).observe(seconds)
+        if self.recent is not None and status.isdigit():
+            self.recent.request(route, int(status))
 
     def finished(self, model: str, tokens: int, reason: str, accepted_at: float | None = None) -> None:
         self.tokens.labels(model).inc(tokens)
@@ -76,10 +89,8 @@ class MetricsMiddleware:
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         route = req.uri_template or "unmatched"
         status = str(resp.status_code if hasattr(resp, "status_code") else resp.status).split()[0]
-        self.metrics.requests.labels(route, req.method, status).inc()
         started = getattr(req.context, "started", None)
-        if started is not None:
-            self.metrics.latency.labels(route, req.method).observe(time.perf_counter() - started)
+        self.metrics.responded(route, req.method, status, None if started is None else time.perf_counter() - started)
 
 
 class MetricsResource:

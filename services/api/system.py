@@ -11,6 +11,7 @@ import redis
 from services.api.admission import Admission
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
+from services.api.traffic import RecentTraffic
 from services.common import keys
 from services.common.catalog import Catalog
 from services.common.errors import InvalidRequest, ServiceUnavailable
@@ -44,11 +45,16 @@ class HealthResource:
 
 
 class StatusResource:
-    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, admission: Admission) -> None:
+    """The fleet as the registry and queues show it now, and the recent traffic; read by the /status page."""
+
+    def __init__(
+        self, settings: Settings, catalog: Catalog, gateway: Gateway, admission: Admission, traffic: RecentTraffic
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.gateway = gateway
         self.admission = admission
+        self.traffic = traffic
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         workers = self.gateway.registry.live()
@@ -75,6 +81,7 @@ class StatusResource:
             },
             "models": models,
             "workers": [w.model_dump() | {"free_slots": w.free_slots} for w in workers],
+            "traffic": self.traffic.summary(),
         }
 
 

@@ -40,3 +40,9 @@ def control(worker_id: str) -> str:
 def inflight() -> str:
     """Sorted set of admitted request ids scored by deadline, for MAX_CONCURRENT_REQUESTS."""
     return f"{PREFIX}:inflight"
+
+
+def traffic(slice_start: int) -> str:
+    """Hash of one short time slice's completion requests and time-to-first-token buckets, summed over every
+    API replica for the status page; it expires by itself once older than the page looks back."""
+    return f"{PREFIX}:traffic:{slice_start}"
