@@ -41,9 +41,16 @@ def create_app(
     traffic = RecentTraffic(client)
     metrics = metrics or ApiMetrics(recent=traffic)
     registry = Registry(client, settings.heartbeat_ttl)
-    gateway = Gateway(client, registry, stream_ttl=settings.stream_ttl, keepalive=settings.sse_keepalive)
     admission = Admission(
         client, max_inflight=settings.max_concurrent_requests, max_queue_depth=settings.max_queue_depth
+    )
+    gateway = Gateway(
+        client,
+        registry,
+        stream_ttl=settings.stream_ttl,
+        keepalive=settings.sse_keepalive,
+        lease_ttl=settings.lease_ttl,
+        admission=admission,
     )
 
     app = falcon.App(middleware=[RequestIdMiddleware(log_filter), MetricsMiddleware(metrics)], cors_enable=False)
@@ -52,8 +59,8 @@ def create_app(
     app.add_error_handler(redis.RedisError, handle_redis_down)
 
     models = ModelsResource(catalog, gateway)
-    app.add_route("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, admission, metrics))
-    app.add_route("/v1/completions", Completions(settings, catalog, gateway, admission, metrics))
+    app.add_route("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, metrics))
+    app.add_route("/v1/completions", Completions(settings, catalog, gateway, metrics))
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway))
     app.add_route("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway))

@@ -12,9 +12,9 @@ import uuid
 import falcon
 
 from services.api import shapes
-from services.api.admission import Admission
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
+from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.sse import ChunkFormat, open_stream
 from services.common.catalog import Catalog
@@ -30,13 +30,10 @@ log = logging.getLogger(__name__)
 class CompletionResource:
     chat: bool = True
 
-    def __init__(
-        self, settings: Settings, catalog: Catalog, gateway: Gateway, admission: Admission, metrics: ApiMetrics
-    ) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
         self.settings = settings
         self.catalog = catalog
         self.gateway = gateway
-        self.admission = admission
         self.metrics = metrics
 
     def _job(self, body: ChatCompletionRequest | CompletionRequest, model_id: str, rid: str) -> Job:
@@ -74,14 +71,9 @@ class CompletionResource:
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         try:
-            self.admission.admit(rid, job.deadline, self.gateway.queued(model_id))
+            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"))
         except RateLimited as exc:
             self.metrics.rejected(exc.code or "rate_limited")
-            raise
-        try:
-            self.gateway.submit(job)
-        except Exception:
-            self.admission.release(rid)
             raise
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",
@@ -92,18 +84,21 @@ class CompletionResource:
         )
         fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
         if body.stream:
-            resp.stream = open_stream(job, fmt, self.gateway, self.admission, self.metrics)  # raises a 4xx/5xx
+            resp.stream = open_stream(flight, fmt, self.gateway, self.metrics)  # raises a 4xx/5xx
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
             return
-        resp.media = self._collect(job, fmt)
+        resp.media = self._collect(flight, fmt)
 
-    def _collect(self, job: Job, fmt: ChunkFormat) -> dict:
+    def _collect(self, flight: Flight, fmt: ChunkFormat) -> dict:
+        """The same events as a stream, aggregated; a client that hangs up meanwhile cancels it (the lease
+        keeper notices, see leases.py)."""
+        job = flight.job
         parts: list[str] = []
         finished = False
         try:
-            for item in self.gateway.events(job):
+            for item in self.gateway.events(flight):
                 if item is None:
                     continue
                 event = item[1]
@@ -122,9 +117,8 @@ class CompletionResource:
                     return self._body(fmt, "".join(parts), event.finish_reason, event.usage)
         finally:
             if not finished:
-                self.gateway.cancel(job.request_id)
-            self.admission.release(job.request_id)
-            self.gateway.finish(job.request_id)
+                self.metrics.cancelled(job.model)
+            self.gateway.release(flight, finished=finished)
         raise from_status(500, "The job ended without a result.")
 
     def _body(self, fmt: ChunkFormat, text: str, finish: str, usage: Usage) -> dict:

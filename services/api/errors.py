@@ -23,6 +23,8 @@ def render(resp: falcon.Response, error: APIError) -> None:
     resp.media = error.envelope()
     for name, value in error.headers.items():
         resp.set_header(name, value)
+    if error.should_retry is not None:
+        resp.set_header("x-should-retry", "true" if error.should_retry else "false")
 
 
 def handle_api_error(req: falcon.Request, resp: falcon.Response, ex: APIError, params: dict) -> None:

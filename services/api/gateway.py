@@ -1,27 +1,32 @@
-"""The API's side of the queue: enqueue a job on its model's RQ queue, read its events, cancel it.
+"""The API's side of the queue: admit and enqueue a request, read its events, keep it alive, let it go.
 
-Streaming and non-streaming both read the same events with XREAD BLOCK; `None` in the event
-iterator is a quiet tick (no event for SSE_KEEPALIVE seconds) on which liveness is re-checked.
+Streaming and non-streaming both read the same events with XREAD BLOCK; `None` in the event iterator is
+a quiet tick (no event for SSE_KEEPALIVE seconds) on which the client, the worker and the job itself
+are checked, so that nothing waits on something dead: a client that hung up ends the request, a worker
+that died mid-generation is a 503, and a job lost before it started is enqueued once more.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
 import redis
-from rq import Queue
-from rq.exceptions import NoSuchJobError
-from rq.job import Job as RQJob
-from rq.serializers import JSONSerializer
 
+from services.api.admission import Admission
+from services.api.jobqueue import JobQueue
+from services.api.leases import Flight, LeaseKeeper
 from services.common import events, keys
-from services.common.errors import GatewayTimeout, ServiceUnavailable
-from services.common.jobs import JOB_FUNCTION, Job
+from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
+from services.common.jobs import MAX_ATTEMPTS, Job
 from services.common.registry import Registry
 
 log = logging.getLogger(__name__)
+STRANDED_TICKS = 2
+"""Quiet ticks a dequeued job may sit in RQ's intermediate list before it counts as lost: a live worker
+moves it on within milliseconds, one that died between BLMOVE and start never does."""
 
 
 class Gateway:
@@ -32,18 +37,20 @@ class Gateway:
         *,
         stream_ttl: int,
         keepalive: float,
+        lease_ttl: float = 10.0,
+        admission: Admission | None = None,
         registry_cache_s: float = 1.0,
     ) -> None:
         self.redis = client
         self.registry = registry
         self.stream_ttl = stream_ttl
         self.keepalive = keepalive
+        self.jobs = JobQueue(client, stream_ttl=stream_ttl)
+        self.leases = LeaseKeeper(client, ttl=lease_ttl)
+        self.admission = admission or Admission(client, max_inflight=100, max_queue_depth=256)
         self._cache_s = registry_cache_s
         self._serving: dict[str, list] = {}
         self._serving_at = 0.0
-
-    def queue(self, model_id: str) -> Queue:
-        return Queue(keys.queue_name(model_id), connection=self.redis, serializer=JSONSerializer)
 
     def serving(self, fresh: bool = False) -> dict[str, list]:
         """model id -> live workers, cached for a second so a burst of requests costs one read."""
@@ -62,39 +69,41 @@ class Gateway:
             )
 
     def queued(self, model_id: str) -> int:
-        return self.queue(model_id).count
+        return self.jobs.queued(model_id)
 
-    def submit(self, job: Job) -> None:
-        """Take the lease, then enqueue: a worker never sees a job nobody waits for."""
-        ttl = max(1, int(job.deadline - time.time()))
-        self.redis.set(keys.lease(job.request_id), 1, ex=ttl + 5)
-        self.queue(job.model).enqueue(
-            JOB_FUNCTION,
-            job.to_wire(),
-            job_id=job.request_id,
-            description=job.request_id,
-            job_timeout=ttl + 30,
-            ttl=ttl,
-            result_ttl=0,
-            failure_ttl=self.stream_ttl,
+    def submit(self, job: Job, client: socket.socket | None = None) -> Flight:
+        """Admit, take the lease and enqueue in one round trip (429 if not admitted); from then on this
+        process renews the lease while the client is there."""
+        self.admission.admit(
+            job.request_id,
+            job,
+            queue_key=self.jobs.queue(job.model).key,
+            enqueue=self.jobs.enqueue_commands(job),
+            lease_ttl=self.leases.ttl,
         )
+        flight = Flight(job.request_id, job, client)
+        self.leases.hold(flight)
+        return flight
 
-    def events(self, job: Job) -> Iterator[tuple[str, events.Event] | None]:
+    def events(self, flight: Flight) -> Iterator[tuple[str, events.Event] | None]:
         """(stream id, event) pairs until `done`/`error`; None on quiet ticks. Raises 504 at the deadline."""
-        key = keys.stream(job.request_id)
-        last = "0-0"
-        worker: str | None = None
+        job = flight.job
+        last, seen, worker = "0-0", 0, None
         while True:
+            if flight.job is not job:  # retried: read the new attempt's stream from its start
+                job, last, seen, worker = flight.job, "0-0", 0, None
             remaining = job.deadline - time.time()
             if remaining <= 0:
                 raise GatewayTimeout(f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds.")
-            reply = self.redis.xread({key: last}, block=max(1, int(min(remaining, self.keepalive) * 1000)), count=256)
+            block = max(1, int(min(remaining, self.keepalive) * 1000))
+            reply = self.redis.xread({keys.stream(job.request_id): last}, block=block, count=256)
             if not reply:
-                self._check_alive(job, worker)
+                self._check_alive(flight, worker, seen)
                 yield None
                 continue
             for entry_id, fields in reply[0][1]:
                 last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                seen += 1
                 event = events.decode(fields)
                 if isinstance(event, events.Started):
                     worker = event.worker
@@ -102,34 +111,76 @@ class Gateway:
                 if isinstance(event, events.Done | events.Failed):
                     return
 
-    def _check_alive(self, job: Job, worker: str | None) -> None:
-        """A request must not hang on a worker that died: fail it once nobody can answer."""
+    def _check_alive(self, flight: Flight, worker: str | None, seen: int) -> None:
+        """A request must not hang on something dead: its client, its worker, or a job nobody runs."""
+        if flight.gone:
+            raise ClientGone("The client closed the connection.")
         if worker is not None:
             if all(w.id != worker for w in self.registry.live()):
                 raise ServiceUnavailable("The worker serving this request stopped; please retry.", code="worker_lost")
             return
-        serving = self.serving(fresh=True).get(job.model, [])
-        if not serving:
+        if not self.serving(fresh=True).get(flight.job.model):
             raise ServiceUnavailable(
-                f"No worker is serving the model '{job.model}' any more; please retry.", code="model_not_loaded"
+                f"No worker is serving the model '{flight.job.model}' any more; please retry.",
+                code="model_not_loaded",
             )
+        lost = self._lost(flight, seen)
+        if lost:
+            self._retry(flight, lost)
 
-    def cancel(self, request_id: str) -> None:
-        """Drop the lease (the worker stops between tokens) and the job if it is still queued."""
-        try:
-            self.redis.delete(keys.lease(request_id))
-            try:
-                rq_job = RQJob.fetch(request_id, connection=self.redis, serializer=JSONSerializer)
-                if rq_job.get_status(refresh=False) == "queued":
-                    rq_job.cancel()
-            except NoSuchJobError:
-                pass
-        except redis.RedisError as exc:
-            log.warning("could not cancel %s: %s", request_id, exc)
+    def _lost(self, flight: Flight, seen: int) -> str | None:
+        """Why the job will never start, or None: it is queued, running, or its events are on the way."""
+        state = self.jobs.state(flight.job)
+        if state.stream_len > seen:
+            return None
+        if state.status is None:
+            return "its RQ job is gone"
+        if state.status in ("failed", "stopped", "canceled"):
+            return f"its RQ job is {state.status}"
+        if state.status == "started":
+            live = self.registry.live()
+            if not any(state.worker_name.startswith(f"{w.id}.") for w in live):
+                return f"the worker that took it ({state.worker_name}) is gone"
+            return None
+        if state.in_intermediate:
+            flight.suspect += 1
+            if flight.suspect >= STRANDED_TICKS:
+                return "a worker dequeued it and never started it"
+            return None
+        flight.suspect = 0
+        return None
 
-    def finish(self, request_id: str) -> None:
-        """The client has everything: the stream and lease can go now rather than at their TTL."""
+    def _retry(self, flight: Flight, why: str) -> None:
+        """Enqueue the next attempt under its own keys; the lost attempt's lease goes in the same round trip."""
+        lost = flight.job
+        if lost.attempt >= MAX_ATTEMPTS:
+            log.warning("request %s: attempt %d lost before it started (%s); giving up", flight.rid, lost.attempt, why)
+            raise ServiceUnavailable(
+                "The request was lost twice before a worker started it; please retry.", code="worker_lost"
+            )
+        job = lost.next_attempt(flight.rid)
+        pipe = self.redis.pipeline(transaction=True)
+        self.jobs.enqueue(job, pipe)
+        pipe.set(keys.lease(job.request_id), job.attempt, px=self.leases.ttl_ms)
+        pipe.delete(keys.lease(lost.request_id))
+        pipe.lrem(self.jobs.queue(lost.model).intermediate_queue_key, 0, lost.request_id)
+        pipe.execute()
+        flight.job, flight.suspect = job, 0
+        log.warning("request %s: attempt %d lost before it started (%s); enqueued attempt %d as %s",
+                    flight.rid, lost.attempt, why, job.attempt, job.request_id)  # fmt: skip
+
+    def release(self, flight: Flight, *, finished: bool) -> None:
+        """Give back all the request holds in one round trip: its admission entry, lease and stream, and
+        its job if still queued (a worker that already took it finds no lease and stops between tokens).
+        Best effort: if Redis is down, the lease and the entry expire within LEASE_TTL anyway."""
+        self.leases.drop(flight)
+        job = flight.job
         try:
-            self.redis.delete(keys.stream(request_id), keys.lease(request_id))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrem(keys.inflight(), flight.rid)
+            pipe.delete(keys.stream(job.request_id), keys.lease(job.request_id))
+            if not finished:
+                self.jobs.remove(job, pipe)
+            pipe.execute()
         except redis.RedisError as exc:
-            log.warning("could not delete stream of %s: %s", request_id, exc)
+            log.warning("could not release %s: %s", flight.rid, exc)

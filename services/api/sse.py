@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import redis
 
 from services.api import shapes
-from services.api.admission import Admission
 from services.api.gateway import Gateway
+from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Event, Failed, Started
-from services.common.jobs import Job
 
 log = logging.getLogger(__name__)
 DONE_LINE = b"data: [DONE]\n\n"
@@ -74,13 +73,11 @@ class ChunkFormat:
 Item = tuple[str, Event] | None
 
 
-def _release(job: Job, gateway: Gateway, admission: Admission, metrics: ApiMetrics, *, finished: bool) -> None:
-    """Give back what the request holds; an unfinished one is cancelled first."""
+def _release(flight: Flight, gateway: Gateway, metrics: ApiMetrics, *, finished: bool) -> None:
+    """Give back what the request holds; an unfinished one is cancelled."""
     if not finished:
-        gateway.cancel(job.request_id)
-        metrics.cancelled(job.model)
-    admission.release(job.request_id)
-    gateway.finish(job.request_id)
+        metrics.cancelled(flight.job.model)
+    gateway.release(flight, finished=finished)
 
 
 def read_head(items: Iterator[Item]) -> list[Item]:
@@ -94,9 +91,7 @@ def read_head(items: Iterator[Item]) -> list[Item]:
     return head
 
 
-def open_stream(
-    job: Job, fmt: ChunkFormat, gateway: Gateway, admission: Admission, metrics: ApiMetrics
-) -> Iterator[bytes]:
+def open_stream(flight: Flight, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics) -> Iterator[bytes]:
     """The SSE body, or the HTTP error that answers instead of it.
 
     OpenAI answers a streamed request whose error is known before the first token (context too long,
@@ -105,24 +100,25 @@ def open_stream(
     liveness checked): a job still queued then streams keep-alives as before, and a first token is never
     held back.
     """
-    items = gateway.events(job)
+    items = gateway.events(flight)
     try:
         head = read_head(items)
     except BaseException:
-        _release(job, gateway, admission, metrics, finished=False)
+        _release(flight, gateway, metrics, finished=False)
         raise
     last = head[-1] if head else None
     if last is not None and isinstance(last[1], Failed):
-        _release(job, gateway, admission, metrics, finished=True)
+        _release(flight, gateway, metrics, finished=True)
         failed = last[1]
         raise from_status(failed.status, failed.message, code=failed.code, param=failed.param)
-    return stream_events(job, fmt, itertools.chain(head, items), gateway, admission, metrics)
+    return stream_events(flight, fmt, itertools.chain(head, items), gateway, metrics)
 
 
 def stream_events(
-    job: Job, fmt: ChunkFormat, items: Iterable[Item], gateway: Gateway, admission: Admission, metrics: ApiMetrics
+    flight: Flight, fmt: ChunkFormat, items: Iterable[Item], gateway: Gateway, metrics: ApiMetrics
 ) -> Iterator[bytes]:
     """The committed stream: every event as a chunk, an error after the 200 as an error event."""
+    job = flight.job
     finished = False
     first_token = True
     try:
@@ -170,4 +166,4 @@ def stream_events(
             yield sse(InternalError("The server had an error while streaming.").envelope())
         yield DONE_LINE
     finally:
-        _release(job, gateway, admission, metrics, finished=finished)
+        _release(flight, gateway, metrics, finished=finished)

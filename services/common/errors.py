@@ -12,6 +12,9 @@ class APIError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    should_retry: bool | None = None
+    """Sent as `x-should-retry` (the openai SDK obeys it): True where nothing was enqueued, so a retry
+    cannot run a generation twice; None leaves the choice to the client's defaults."""
 
     def __init__(
         self,
@@ -75,12 +78,14 @@ class RateLimited(APIError):
     status = 429
     type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
+    should_retry = True
 
 
 class ServiceUnavailable(APIError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+    should_retry = True
 
     def __init__(self, message: str, *, retry_after: int = 5, **kwargs) -> None:
         super().__init__(message, **kwargs)
@@ -91,6 +96,14 @@ class GatewayTimeout(APIError):
     status = 504
     type = "timeout"
     code = "timeout"
+
+
+class ClientGone(APIError):
+    """The client hung up while its request waited: nobody reads this answer (nginx logs it as 499)."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
 
 
 class InternalError(APIError):

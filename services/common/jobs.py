@@ -8,6 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 JOB_VERSION = 1
 JOB_FUNCTION = "services.worker.job.run"
+MAX_ATTEMPTS = 2
+"""A job lost before it started is enqueued once more; a second loss is the client's 503."""
+
+
+def attempt_id(request_id: str, attempt: int) -> str:
+    """The job id (RQ job, lease and stream keys) of one attempt of a request.
+
+    Each attempt has its own keys, so a duplicate run is impossible: a retry deletes the lease of the lost
+    attempt, which a worker still holding it (a worker only thought dead) sees within 50 ms and stops,
+    and whatever it writes lands in a stream nobody reads.
+    """
+    return request_id if attempt == 1 else f"{request_id}-a{attempt}"
 
 
 class ChatMessage(BaseModel):
@@ -46,6 +58,10 @@ class Job(BaseModel):
     accepted_at: float = Field(description="unix time the API admitted the request")
     deadline: float = Field(description="unix time after which nobody waits for the answer")
     attempt: int = 1
+
+    def next_attempt(self, client_request_id: str) -> Job:
+        attempt = self.attempt + 1
+        return self.model_copy(update={"attempt": attempt, "request_id": attempt_id(client_request_id, attempt)})
 
     def to_wire(self) -> dict:
         return self.model_dump(mode="json")

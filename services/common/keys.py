@@ -16,9 +16,11 @@ def stream(request_id: str) -> str:
 
 
 def lease(request_id: str) -> str:
-    """Exists while someone waits for the answer: set before enqueue, expiring at the deadline, deleted
-    when the client goes away. Workers generate only while it exists, so a request whose client left,
-    or whose state a Redis restart wiped, stops by itself."""
+    """Exists while someone waits for the answer of this attempt (`request_id` is the job's, see
+    jobs.attempt_id): set with the enqueue, renewed every LEASE_TTL/3 by the API process whose client is
+    connected, deleted when the client goes away or the job is retried. Workers generate only while it
+    exists, so a request whose client or API replica died, or whose state a Redis restart wiped, stops
+    within LEASE_TTL."""
     return f"{PREFIX}:lease:{request_id}"
 
 
@@ -38,7 +40,8 @@ def control(worker_id: str) -> str:
 
 
 def inflight() -> str:
-    """Sorted set of admitted request ids scored by deadline, for MAX_CONCURRENT_REQUESTS."""
+    """Sorted set of admitted request ids scored by lease expiry (renewed with the lease), for
+    MAX_CONCURRENT_REQUESTS: the entries of a dead API replica fall out within LEASE_TTL."""
     return f"{PREFIX}:inflight"
 
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(256, ge=1, le=1_048_576)
     max_request_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     sse_keepalive: float = Field(5.0, gt=0, le=300)
+    lease_ttl: float = Field(10.0, ge=1, le=300, description="seconds a request's lease outlives its API process")
 
     # redis and lifetimes
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
+import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from services.api.admission import Admission
 from services.api.gateway import Gateway
+from services.api.leases import Flight
 from services.common import keys
-from services.common.errors import GatewayTimeout, RateLimited, ServiceUnavailable
+from services.common.errors import ClientGone, GatewayTimeout, RateLimited, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage
 from services.common.jobs import JOB_FUNCTION, Job, SamplingParams
 from services.common.registry import Registry, WorkerRecord
@@ -77,41 +80,120 @@ def test_require_worker_is_503_without_one(redis_client):
     gw.require_worker("m")
 
 
+def admit(adm: Admission, rid: str, *, lease_ttl: float = 30) -> None:
+    adm.admit(rid, job(rid), queue_key=Queue(keys.queue_name("m"), connection=adm.redis).key, enqueue=[],
+              lease_ttl=lease_ttl)  # fmt: skip
+
+
 def test_admission_bounds_inflight_and_queue_depth(redis_client):
     adm = Admission(redis_client, max_inflight=2, max_queue_depth=3)
-    deadline = time.time() + 30
-    adm.admit("a", deadline, queued=0)
-    adm.admit("b", deadline, queued=0)
-    with pytest.raises(RateLimited):
-        adm.admit("c", deadline, queued=0)
-    assert adm.inflight() == 2
-    adm.release("a")
-    adm.admit("c", deadline, queued=0)
+    admit(adm, "a")
+    admit(adm, "b")
     with pytest.raises(RateLimited) as info:
-        adm.admit("d", deadline, queued=3)
-    assert info.value.status == 429 and info.value.headers["Retry-After"]
+        admit(adm, "c")
+    assert info.value.code == "too_many_requests" and info.value.should_retry is True
+    assert adm.inflight() == 2 and not redis_client.exists(keys.lease("c")), "a refused request takes nothing"
+    redis_client.zrem(keys.inflight(), "a")
+    admit(adm, "c")
+    redis_client.rpush(Queue(keys.queue_name("m"), connection=redis_client).key, "x", "y", "z")
+    redis_client.zrem(keys.inflight(), "b")
+    with pytest.raises(RateLimited) as info:
+        admit(adm, "d")
+    assert info.value.status == 429 and info.value.headers["Retry-After"] and info.value.code == "queue_full"
 
 
-def test_admission_entries_of_a_crashed_replica_expire(redis_client):
+def test_admission_entries_are_scored_by_lease_expiry(redis_client):
     adm = Admission(redis_client, max_inflight=1, max_queue_depth=10)
-    adm.admit("ghost", time.time() + 0.3, queued=0)
+    admit(adm, "ghost", lease_ttl=0.3)
+    score = redis_client.zscore(keys.inflight(), "ghost")
+    assert time.time() < score <= time.time() + 0.3
+    assert 0 < redis_client.pttl(keys.lease("ghost")) <= 300
     time.sleep(0.4)
-    adm.admit("next", time.time() + 30, queued=0)
+    admit(adm, "next"), "a replica that stopped renewing frees its slot at its lease's expiry"
 
 
-def test_submit_puts_a_json_job_on_the_models_queue(redis_client):
+def count_round_trips(monkeypatch) -> list[bytes]:
+    sent: list[bytes] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return sent
+
+
+def test_submit_admits_leases_and_enqueues_in_one_round_trip(redis_client, monkeypatch):
     gw = gateway(redis_client)
     j = job("cmpl-q")
-    gw.submit(j)
-    assert 0 < redis_client.ttl(keys.lease("cmpl-q")) <= 16, "the lease lives until the deadline"
+    gw.jobs.enqueue_commands(j)  # warm RQ's one-off server version read
+    gw.admission._script.sha = redis_client.script_load(gw.admission._script.script)
+    sent = count_round_trips(monkeypatch)
+    flight = gw.submit(j)
+    assert len(sent) == 1 and b"EVALSHA" in sent[0]
+    monkeypatch.undo()
+    assert redis_client.get(keys.lease("cmpl-q")) == b"1" and 0 < redis_client.pttl(keys.lease("cmpl-q")) <= 10_000
     queue = Queue(keys.queue_name("m"), connection=redis_client, serializer=JSONSerializer)
     assert queue.count == 1 and gw.queued("m") == 1
     rq_job = queue.jobs[0]
-    assert rq_job.func_name == JOB_FUNCTION and rq_job.args[0] == j.to_wire()
+    assert rq_job.func_name == JOB_FUNCTION and rq_job.args[0] == j.to_wire() and rq_job.get_status() == "queued"
     assert Job.from_wire(rq_job.args[0]) == j
-    gw.cancel("cmpl-q")
+    sent = count_round_trips(monkeypatch)
+    gw.release(flight, finished=False)
+    assert len(sent) == 1, "release: one round trip"
+    monkeypatch.undo()
     assert queue.count == 0, "a queued job is dropped when its client goes away"
     assert not redis_client.exists(keys.lease("cmpl-q"))
+    assert redis_client.zscore(keys.inflight(), "cmpl-q") is None
+
+
+def test_the_keeper_renews_leases_and_admission_entries_in_one_round(redis_client):
+    gw = gateway(redis_client)
+    gw.leases.ttl = 1.0
+    flights = [gw.submit(job(f"cmpl-k{i}")) for i in range(3)]
+    gw.leases.stop()  # renew by hand, not by the thread
+    time.sleep(0.6)
+    assert gw.leases.renew() == 3
+    for f in flights:
+        assert redis_client.pttl(keys.lease(f.rid)) > 900
+        assert redis_client.zscore(keys.inflight(), f.rid) > time.time() + 0.9
+    redis_client.delete(keys.lease("cmpl-k0"))
+    redis_client.zrem(keys.inflight(), "cmpl-k0")
+    gw.leases.renew()
+    assert not redis_client.exists(keys.lease("cmpl-k0")), "a cancelled lease is not brought back"
+    assert redis_client.zscore(keys.inflight(), "cmpl-k0") is None
+    time.sleep(1.1)
+    assert not any(redis_client.exists(keys.lease(f.rid)) for f in flights), "unrenewed, they lapse"
+    assert Admission(redis_client, max_inflight=1, max_queue_depth=10).inflight() == 0
+
+
+def test_the_keeper_thread_renews_while_the_request_is_held(redis_client):
+    gw = gateway(redis_client)
+    gw.leases.ttl, gw.leases.interval = 0.6, 0.2
+    flight = gw.submit(job("cmpl-t"))
+    time.sleep(1.5)
+    assert redis_client.exists(keys.lease("cmpl-t")), "renewed every ttl/3"
+    gw.release(flight, finished=True)
+    assert not redis_client.exists(keys.lease("cmpl-t"))
+
+
+def test_a_client_that_hangs_up_loses_its_lease(redis_client):
+    gw = gateway(redis_client)
+    ours, theirs = socket.socketpair()
+    flight = gw.submit(job("cmpl-gone"), client=ours)
+    gw.leases.stop()
+    theirs.send(b"x")  # data waiting is not a hang-up
+    gw.leases.renew()
+    assert not flight.gone and redis_client.exists(keys.lease("cmpl-gone"))
+    assert ours.recv(1) == b"x"
+    theirs.close()
+    gw.leases.renew()
+    assert flight.gone and not redis_client.exists(keys.lease("cmpl-gone"))
+    with pytest.raises(ClientGone):
+        for _ in gw.events(flight):
+            pass
+    ours.close()
 
 
 def test_events_flow_from_publisher_to_gateway(redis_client):
@@ -127,7 +209,7 @@ def test_events_flow_from_publisher_to_gateway(redis_client):
         out.publish(Done("length", Usage(2, 3)))
 
     threading.Thread(target=work).start()
-    got = [item[1] for item in gateway(redis_client).events(j) if item is not None]
+    got = [item[1] for item in gateway(redis_client).events(Flight(j.request_id, j)) if item is not None]
     assert [type(e).__name__ for e in got] == ["Started", "Delta", "Delta", "Delta", "Done"]
     assert "".join(e.text for e in got if isinstance(e, Delta)) == "abc"
     assert 0 < redis_client.ttl(keys.stream(j.request_id)) <= 60
@@ -137,14 +219,15 @@ def test_failed_event_ends_the_read(redis_client):
     Registry(redis_client, 5).beat(record())
     j = job()
     StreamPublisher(redis_client, j.request_id, 60, j.deadline).publish(Failed("nope", status=400))
-    events = [i[1] for i in gateway(redis_client).events(j) if i]
+    events = [i[1] for i in gateway(redis_client).events(Flight(j.request_id, j)) if i]
     assert isinstance(events[-1], Failed) and events[-1].status == 400
 
 
 def test_deadline_is_504(redis_client):
     Registry(redis_client, 5).beat(record())
     with pytest.raises(GatewayTimeout):
-        for _ in gateway(redis_client).events(job(timeout=0.5)):
+        gw = gateway(redis_client)
+        for _ in gw.events(gw.submit(job(timeout=0.5))):
             pass
 
 
@@ -155,7 +238,7 @@ def test_a_request_on_a_dead_worker_fails_instead_of_hanging(redis_client):
     StreamPublisher(redis_client, j.request_id, 60, j.deadline).publish(Started("w1", time.time()))
     started = time.monotonic()
     with pytest.raises(ServiceUnavailable, match="stopped"):
-        for _ in gateway(redis_client, ttl=1).events(j):
+        for _ in gateway(redis_client, ttl=1).events(Flight(j.request_id, j)):
             pass
     assert time.monotonic() - started < 5
 

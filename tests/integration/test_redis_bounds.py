@@ -10,12 +10,14 @@ import pytest
 import redis
 
 from services.api.gateway import Gateway
+from services.api.leases import Flight
 from services.common import keys
 from services.common.events import Delta, Started
 from services.common.redis_client import BLOCK_MARGIN_S, LONGEST_BLOCK_S, connect
 from services.common.registry import Registry
 from services.worker.publisher import StreamPublisher
 from services.worker.slots import DEQUEUE_TIMEOUT
+from tests.integration.test_queue_plumbing import job
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +74,7 @@ def test_a_stream_written_after_the_api_deleted_it_still_expires(redis_client):
     gateway = Gateway(redis_client, Registry(redis_client, 5), stream_ttl=60, keepalive=0.2)
     out = StreamPublisher(redis_client, "cmpl-late", ttl=60, deadline=time.time() + 30)
     out.publish(Started("w1", time.time()))
-    gateway.finish("cmpl-late")
+    gateway.release(Flight("cmpl-late", job("cmpl-late")), finished=True)
     assert not redis_client.exists(keys.stream("cmpl-late"))
     out.publish(Delta("late", 1))
     assert redis_client.xlen(keys.stream("cmpl-late")) == 1

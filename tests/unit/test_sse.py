@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from openai._streaming import SSEDecoder
 
+from services.api.leases import Flight
 from services.api.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
 from services.common.errors import APIError, InvalidRequest, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage
@@ -40,20 +41,17 @@ class FakeGateway:
         self.error = error
         self.calls: list[str] = []
 
-    def events(self, job: Job) -> Iterator:
+    def events(self, flight: Flight) -> Iterator:
         yield from self.items
         if self.error is not None:
             raise self.error
 
-    def cancel(self, request_id: str) -> None:
-        self.calls.append("cancel")
-
-    def finish(self, request_id: str) -> None:
-        self.calls.append("finish")
+    def release(self, flight: Flight, *, finished: bool) -> None:
+        self.calls.append("finish" if finished else "cancel")
 
 
 class Quiet:
-    """Admission and metrics that only count."""
+    """Metrics that only count."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -75,8 +73,8 @@ STARTED = ("1-0", Started("w1", 0.0))
 
 
 def opened(gateway: FakeGateway) -> tuple[Quiet, Iterator[bytes]]:
-    admission = Quiet()
-    return admission, open_stream(job(), FMT, gateway, admission, Quiet())
+    metrics = Quiet()
+    return metrics, open_stream(Flight("cmpl-1", job()), FMT, gateway, metrics)
 
 
 def test_error_before_the_first_token_is_its_http_status():
@@ -94,16 +92,16 @@ def test_model_gone_before_the_first_token_is_503_with_retry_after():
     with pytest.raises(ServiceUnavailable) as info:
         opened(gateway)
     assert info.value.status == 503 and int(info.value.headers["Retry-After"]) > 0
-    assert gateway.calls == ["cancel", "finish"]
+    assert gateway.calls == ["cancel"], "one release, which cancels"
 
 
 def test_first_delta_commits_and_nothing_is_lost():
     gateway = FakeGateway(STARTED, ("2-0", Delta("a", 1)), ("3-0", Delta("b", 1)), ("4-0", Done("length", Usage(1, 2))))
-    admission, body = opened(gateway)
+    _, body = opened(gateway)
     assert gateway.calls == [], "committed: the stream holds its resources until it ends"
     texts = [json.loads(d)["choices"][0]["text"] for d in decoded(b"".join(body)) if d != "[DONE]"]
     assert texts == ["a", "b", ""]
-    assert gateway.calls == ["finish"] and admission.calls == ["release"]
+    assert gateway.calls == ["finish"]
 
 
 def test_still_queued_after_a_quiet_tick_commits_with_keepalives():
