@@ -20,10 +20,10 @@ header { background: #1d2330; color: #fff; padding: 10px 20px; display: flex; ga
 header h1 { font-size: 18px; margin: 0; }
 header .muted { color: #aab; }
 main { padding: 16px 20px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
+.cards { display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 10px; }
 .card { background: #fff; border-radius: 6px; padding: 10px 12px; box-shadow: 0 1px 2px #0002; }
 .card .label { color: #667; font-size: 12px; }
-.card .value { font-size: 22px; font-weight: 600; }
+.card .value { font-size: 20px; font-weight: 600; white-space: nowrap; }
 h2 { font-size: 15px; margin: 20px 0 8px; }
 table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 2px #0002; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #eceef2; white-space: nowrap; }
@@ -39,7 +39,7 @@ th { font-size: 12px; color: #667; font-weight: 600; }
 .chart { background: #fff; box-shadow: 0 1px 2px #0002; padding: 8px; }
 .chart svg { width: 100%; height: 90px; display: block; }
 .chart rect { fill: #3b6fd0; }
-.chart polyline { fill: none; stroke: #d9822b; stroke-width: 2; }
+.chart polyline { fill: none; stroke: #d9822b; stroke-width: 2; vector-effect: non-scaling-stroke; }
 .legend { font-size: 12px; color: #667; }
 #error { display: none; background: #c0392b; color: #fff; padding: 8px 20px; }
 """
@@ -180,8 +180,8 @@ async function poll() {
 
 const cards = $("cards");
 cards.append(
-  card("Requests/s (last minute)", "-", "rate"), card("TTFT p50 / p95 (1 min)", "-", "ttft"),
-  card("TTFT p50 / p95 (5 min)", "-", "ttft5"), card("5xx / requests (1 min)", "-", "errors"),
+  card("Requests/s (1 min)", "-", "rate"), card("TTFT p50/p95 (1 min)", "-", "ttft"),
+  card("TTFT p50/p95 (5 min)", "-", "ttft5"), card("5xx / requests (1 min)", "-", "errors"),
   card("Queued jobs", "-", "queued"), card("In flight", "-", "inflight"),
   card("Live workers", "-", "workers"), card("Busy / total slots", "-", "busy"),
 );
@@ -194,6 +194,7 @@ BODY = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Inference status</title>
+<link rel="icon" href="data:,">
 <style>__STYLE__</style>
 </head>
 <body>
@@ -224,7 +225,7 @@ def _sha256(text: str) -> str:
 
 CSP = (
     f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; connect-src 'self'; "
-    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
 
