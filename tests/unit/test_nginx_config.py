@@ -1,11 +1,13 @@
 """The rendered nginx config passes `nginx -t`, and the stack refuses a read timeout below REQUEST_TIMEOUT."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from services.common.settings import Settings
 from services.stack import nginx_conf
+from services.stack.layout import Layout
 
 
 def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
@@ -13,3 +15,14 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     assert problems == []
     with pytest.raises(nginx_conf.NginxConfigError, match="NGINX_READ_TIMEOUT"):
         nginx_conf.read_timeout(Settings(request_timeout=400, nginx_read_timeout=300))
+
+
+def test_status_page_and_api_share_the_one_proxied_location(tmp_path: Path) -> None:
+    """/status (the page) and /v1/system/status (its data) reach the API through `location /`: the only other
+    locations are nginx's own health check and its named error pages, so no new route needs an nginx edit."""
+    layout = Layout(tmp_path, tmp_path / "logs")
+    conf = nginx_conf.render(nginx_conf.TEMPLATE.read_text(), nginx_conf.native_values(Settings(), layout))
+    locations = re.findall(r"^\s*location\s+([^{]+?)\s*\{", conf, flags=re.M)
+    assert [loc for loc in locations if not loc.startswith("@")] == ["= /nginx/health", "/"]
+    proxied = conf[conf.index("location / {") :]
+    assert re.match(r"location / \{\s*proxy_pass http://api;", proxied)
