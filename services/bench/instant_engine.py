@@ -17,6 +17,7 @@ class InstantEngine:
     """Yields `max_tokens` one-token chunks with no model behind them; tokens are whitespace words."""
 
     name = "instant"
+    templates_chat = False
 
     def __init__(self, slots: int = 1, context: int = 4096) -> None:
         self.slots = slots

@@ -48,7 +48,9 @@ class JobRunner:
                 out.publish(Failed(f"The engine failed: {type(exc).__name__}"))
 
     def _generate(self, job: Job, out: StreamPublisher, dequeued: float) -> None:
-        prompt = self.engine.apply_chat_template(job.messages) if job.kind == "chat" else job.prompt
+        prompt = job.prompt
+        if job.kind == "chat" and not self.engine.templates_chat:
+            prompt = self.engine.apply_chat_template(job.messages)
         request = GenerationRequest(job.request_id, prompt, job.params, job.messages)
         first = last = None
         for item in self.engine.generate(request, out.cancelled):

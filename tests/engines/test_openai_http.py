@@ -131,13 +131,45 @@ def test_greedy_and_seeded_sampling_are_deterministic(engine: OpenAIHTTPEngine) 
     assert run(engine, temperature=0.9, seed=1234)[0] == run(engine, temperature=0.9, seed=1234)[0]
 
 
+LONG_PROMPT = "one two three four five six seven eight nine ten " * 98  # about 1000 tokens
+
+
 def test_context_overflow_refused_when_explicit_clamped_when_defaulted(engine: OpenAIHTTPEngine) -> None:
     with pytest.raises(ContextLengthExceeded):
         run(engine, max_tokens=SLOT_CONTEXT)
-    long_prompt = "one two three four five six seven eight nine ten " * 98  # about 1000 tokens
-    _, finish, _ = run(engine, long_prompt, max_tokens=SLOT_CONTEXT, max_tokens_explicit=False)
+    _, finish, _ = run(engine, LONG_PROMPT, max_tokens=SLOT_CONTEXT, max_tokens_explicit=False)
     assert finish.reason == "length"
     assert finish.prompt_tokens + finish.completion_tokens == SLOT_CONTEXT
+
+
+def test_an_explicit_max_tokens_past_the_context_is_refused_before_any_text(engine: OpenAIHTTPEngine) -> None:
+    """No /tokenize first: the prompt's size comes with the first token, whose text is then held back."""
+    items = []
+    with pytest.raises(ContextLengthExceeded) as caught:
+        for item in engine.generate(GenerationRequest("t", LONG_PROMPT, params(max_tokens=100)), lambda: False):
+            items.append(item)
+    assert items == [] and caught.value.param == "max_tokens"
+    assert "maximum context length is 1024" in caught.value.message
+
+
+def test_a_prompt_past_the_context_is_refused(engine: OpenAIHTTPEngine) -> None:
+    with pytest.raises(ContextLengthExceeded) as caught:
+        run(engine, LONG_PROMPT * 2, max_tokens_explicit=False)
+    assert caught.value.param == "messages" and caught.value.status == 400
+
+
+def test_one_http_call_per_request(engine: OpenAIHTTPEngine) -> None:
+    """No /apply-template, no /tokenize: the completion call alone, for chat and completion."""
+    calls: list[str] = []
+    assert engine._client is not None
+    engine._client.event_hooks["request"].append(lambda r: calls.append(r.url.path))
+    try:
+        _, chat, _ = run(engine, "", messages=CHAT, max_tokens=4)
+        _, completion, _ = run(engine, max_tokens=4)
+    finally:
+        engine._client.event_hooks["request"].pop()
+    assert calls == ["/v1/chat/completions", "/v1/completions"]
+    assert chat.prompt_tokens > 10 and completion.prompt_tokens > 10
 
 
 def test_cancel_mid_stream_frees_the_sidecar_slot(engine: OpenAIHTTPEngine, server: LlamaServerCommand) -> None:

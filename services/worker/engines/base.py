@@ -16,13 +16,13 @@ from services.common.jobs import ChatMessage, SamplingParams
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What to generate: an already templated prompt plus sampling parameters."""
+    """What to generate: a prompt (a completion, or a chat the runner templated) plus sampling parameters."""
 
     request_id: str
     prompt: str
     params: SamplingParams
     messages: tuple[ChatMessage, ...] = ()
-    """The chat, for engines that template it themselves (an HTTP sidecar's chat endpoint)."""
+    """The chat; an engine with `templates_chat` gets it with an empty prompt and templates it itself."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ class Engine(Protocol):
     """Load once, generate many times, report capacity; `name` labels metrics."""
 
     name: str
+    templates_chat: bool
+    """True when `generate` takes a chat's messages and templates them itself (an HTTP sidecar's chat
+    endpoint, which would template again anyway): the runner then skips `apply_chat_template`."""
 
     def load(self) -> None:
         """Load weights or connect to the sidecar; raise if the model cannot be served."""
@@ -95,17 +98,25 @@ def clamp_max_tokens(params: SamplingParams, prompt_tokens: int, context: int) -
     a defaulted one is cut to what fits."""
     room = context - prompt_tokens
     if room <= 0:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {context} tokens; your prompt has {prompt_tokens}.",
-            param="messages",
-        )
+        raise prompt_too_long(prompt_tokens, context)
     if params.max_tokens > room:
         if params.max_tokens_explicit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {context} tokens. However, you requested "
-                f"{prompt_tokens + params.max_tokens} tokens ({prompt_tokens} in the prompt, "
-                f"{params.max_tokens} for the completion). Please reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
+            raise completion_too_long(prompt_tokens, params.max_tokens, context)
         return room
     return params.max_tokens
+
+
+def prompt_too_long(prompt_tokens: int, context: int) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {context} tokens; your prompt has {prompt_tokens}.",
+        param="messages",
+    )
+
+
+def completion_too_long(prompt_tokens: int, max_tokens: int, context: int) -> ContextLengthExceeded:
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {context} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
+        f"{max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+        param="max_tokens",
+    )

@@ -50,6 +50,7 @@ class LlamaCppEngine:
     """In-process llama.cpp; `slots` contexts let that many requests run at once."""
 
     name = "llama_cpp"
+    templates_chat = False
 
     def __init__(
         self, model_path: Path, *, chat_format: str | None, slots: int, n_ctx: int, n_threads: int = 0

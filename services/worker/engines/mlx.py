@@ -46,6 +46,8 @@ def gemma_prompt(messages: Sequence[ChatMessage]) -> str:
 class MLXEngine:
     """In-process mlx-lm; `slots` requests share one model through continuous batching."""
 
+    templates_chat = False
+
     def __init__(self, model_path: Path, *, slots: int, name: str = "mlx") -> None:
         self.model_path = model_path
         self.slots = slots

@@ -4,6 +4,10 @@ The sidecar batches requests itself, so this class only has to keep `concurrency
 once (one shared httpx.Client, a pool that large) and translate: our request to its JSON, its SSE
 chunks to TokenChunks, its usage to one Finish, its errors to APIErrors. Closing a stream early is
 how a cancelled request frees the sidecar's slot: both servers stop generating on disconnect.
+
+One HTTP call per request: a chat goes to the sidecar's chat endpoint, which templates it (no
+/apply-template first), and the prompt's size comes back with the first token (no /tokenize first);
+context limits are checked there (upstream.CompletionStream), or by the sidecar itself.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
@@ -20,16 +24,14 @@ from services.common.errors import APIError
 from services.common.jobs import ChatMessage
 from services.worker.engines.base import (
     CancelCheck,
+    ContextLengthExceeded,
     EngineError,
     EngineUnavailable,
-    Finish,
     GenerationItem,
     GenerationRequest,
-    TokenChunk,
-    clamp_max_tokens,
 )
 from services.worker.engines.upstream import (
-    error_from_body,
+    CompletionStream,
     error_from_response,
     error_from_transport,
     sse_events,
@@ -50,6 +52,8 @@ within a second or two; past this the next engine in the fallback order gets its
 
 class OpenAIHTTPEngine:
     """A sidecar behind the Engine protocol; `name` is "llama_server" or "vllm" (their APIs differ a little)."""
+
+    templates_chat = True
 
     def __init__(
         self,
@@ -169,32 +173,46 @@ class OpenAIHTTPEngine:
             body = {"model": self.upstream_model, "prompt": text, "add_special_tokens": add_special}
         return len(self._json("POST", "/tokenize", body)["tokens"])
 
-    def _prompt_tokens(self, request: GenerationRequest) -> int:
-        """What the sidecar will count as the prompt, BOS included, before anything is generated."""
-        if not request.messages:
-            return self._tokenize(request.prompt, add_special=True)
-        if self.name == "llama_server":
-            prompt = request.prompt or self.apply_chat_template(request.messages)
-            return self._tokenize(prompt, add_special=True)
-        body = {"model": self.upstream_model, "messages": _messages(request.messages), "add_generation_prompt": True}
-        return len(self._json("POST", "/tokenize", body)["tokens"])
-
     # generation ----------------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
-        prompt_tokens = self._prompt_tokens(request)
-        max_tokens = clamp_max_tokens(request.params, prompt_tokens, self.context)
+        p = request.params
+        if p.max_tokens_explicit and p.max_tokens >= self.context:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context} tokens. However, you requested "
+                f"{p.max_tokens} tokens for the completion alone. Please reduce max_tokens.",
+                param="max_tokens",
+            )
+        max_tokens = p.max_tokens if p.max_tokens_explicit else min(p.max_tokens, self.context)
         path = "/v1/chat/completions" if request.messages else "/v1/completions"
         body = self._body(request, max_tokens)
-        stream = _Stream(prompt_tokens)
-        with self._open_stream(path, body) as lines:
-            for event in sse_events(lines):
-                yield from stream.feed(event, self.name)
-                if stream.finished is None and cancelled():
-                    log.info("%s: request %s cancelled, closing the upstream stream", self.name, request.request_id)
-                    stream.finished = "stop"
-                    break
-        yield from stream.finish(self.name)
+        explicit = p.max_tokens_explicit
+        stream = CompletionStream(self.name, context=self.context, max_tokens=max_tokens, explicit=explicit)
+        opened = False
+        try:
+            with self._open_stream(path, body) as lines:
+                opened = True
+                yield from self._read(lines, stream, request, cancelled)
+        except ContextLengthExceeded as exc:
+            if opened or explicit or exc.param != "max_tokens":
+                raise
+            # vLLM refuses a defaulted max_tokens that does not fit; without one it fills the context.
+            del body["max_tokens"]
+            with self._open_stream(path, body) as lines:
+                yield from self._read(lines, stream, request, cancelled)
+        yield from stream.finish()
+
+    def _read(
+        self, lines: Iterator[str], stream: CompletionStream, request: GenerationRequest, cancelled: CancelCheck
+    ) -> Iterator[GenerationItem]:
+        for event in sse_events(lines):
+            yield from stream.feed(event)
+            if stream.cut:
+                break
+            if stream.finished is None and cancelled():
+                log.info("%s: request %s cancelled, closing the upstream stream", self.name, request.request_id)
+                stream.finished = "stop"
+                break
 
     def _body(self, request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
         p = request.params
@@ -259,58 +277,6 @@ class OpenAIHTTPEngine:
             raise error_from_transport(exc, self.name, self.base_url) from exc
 
 
-class _Stream:
-    """Folds one response's chunks into TokenChunks with exact token counts and a final Finish.
-
-    Token counts come from the sidecar's running count (llama-server's timings.predicted_n, vLLM's
-    continuous usage) so text held back for a possible stop string is charged to the chunk that
-    carries it; without one, each text delta counts as one token. Usage in the last chunk is the truth.
-    """
-
-    def __init__(self, prompt_tokens: int) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.sent = 0
-        self.seen = 0
-        self.finished: str | None = None
-        self.usage: dict[str, Any] | None = None
-
-    def feed(self, event: dict[str, Any], upstream: str) -> Iterator[TokenChunk]:
-        if "error" in event:
-            raise _stream_error(event, upstream)
-        if event.get("usage"):
-            self.usage = event["usage"]
-        for choice in event.get("choices") or []:
-            text = choice.get("text")
-            if text is None:
-                text = (choice.get("delta") or {}).get("content")
-            self._count(event, bool(text))
-            if text:
-                yield TokenChunk(text, self.seen - self.sent)
-                self.sent = self.seen
-            if choice.get("finish_reason"):
-                self.finished = choice["finish_reason"]
-
-    def _count(self, event: dict[str, Any], has_text: bool) -> None:
-        running = (event.get("usage") or {}).get("completion_tokens")
-        if running is None:
-            running = (event.get("timings") or {}).get("predicted_n")
-        if running is not None:
-            self.seen = max(self.seen, int(running))
-        if has_text and self.seen <= self.sent:
-            self.seen = self.sent + 1
-
-    def finish(self, upstream: str) -> Iterator[GenerationItem]:
-        if self.finished is None:
-            raise EngineError(f"{upstream} ended the stream before it finished")
-        usage = self.usage or {}
-        completion = int(usage.get("completion_tokens", self.seen))
-        if completion > self.sent:
-            yield TokenChunk("", completion - self.sent)
-            self.sent = completion
-        reason: Literal["stop", "length"] = "length" if self.finished == "length" else "stop"
-        yield Finish(reason, int(usage.get("prompt_tokens", self.prompt_tokens)), self.sent)
-
-
 def _llama_server_sampling(temperature: float) -> dict[str, Any]:
     """llama-server's own top_k=40 and min_p=0.05 truncate what OpenAI's parameters describe, so sampling
     turns them off (vLLM's defaults are already neutral). Greedy decoding keeps the argmax whatever
@@ -319,12 +285,6 @@ def _llama_server_sampling(temperature: float) -> dict[str, Any]:
     if temperature <= 0:
         return {"top_k": 1}
     return {"top_k": 0, "min_p": 0.0}
-
-
-def _stream_error(event: dict[str, Any], upstream: str) -> APIError:
-    err = event["error"]
-    status = err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), int) else 500
-    return error_from_body(status, event, upstream)
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:

@@ -3,18 +3,29 @@
 llama-server and vLLM both answer errors as `{"error": {...}}` (older vLLM: a flat `{"message", ...}`),
 and both may send an error as an SSE event after a 200. Every failure leaves here as an APIError,
 so no httpx exception ever reaches the worker.
+
+The size of the prompt comes back with the completion (vLLM's continuous usage, llama-server's
+timings on every chunk), so no request needs a /tokenize call of its own before it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from services.common.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
-from services.worker.engines.base import ContextLengthExceeded, EngineError
+from services.worker.engines.base import (
+    ContextLengthExceeded,
+    EngineError,
+    Finish,
+    GenerationItem,
+    TokenChunk,
+    completion_too_long,
+    prompt_too_long,
+)
 
 DONE = "[DONE]"
 
@@ -49,6 +60,9 @@ def error_from_body(status: int, body: Any, upstream: str) -> APIError:
     """The APIError for a sidecar's error answer: the client's mistakes stay 400s, the rest are ours."""
     message, kind, param = _error_fields(body)
     if status in (400, 422):
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict) and isinstance(err.get("n_prompt_tokens"), int) and isinstance(err.get("n_ctx"), int):
+            return prompt_too_long(err["n_prompt_tokens"], err["n_ctx"])  # llama-server's exceed_context_size_error
         if "context" in kind or "context length" in message.lower():
             return ContextLengthExceeded(message, param=param or "max_tokens")
         return InvalidRequest(message, param=param)
@@ -76,3 +90,89 @@ def error_from_transport(exc: httpx.HTTPError, upstream: str, url: str) -> APIEr
     if isinstance(exc, httpx.TimeoutException):
         return EngineError(f"{upstream} at {url} did not answer in time ({type(exc).__name__})")
     return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
+
+
+class CompletionStream:
+    """Folds one response's chunks into TokenChunks with exact token counts and a final Finish.
+
+    Token counts come from the sidecar's running count (llama-server's timings.predicted_n, vLLM's
+    continuous usage) so text held back for a possible stop string is charged to the chunk that
+    carries it; without one, each text delta counts as one token. Usage in the last chunk is the truth.
+
+    The prompt's size arrives with the first token, before its text is passed on: an explicit
+    max_tokens that does not fit is refused there (llama-server would just stop at its context),
+    and a defaulted one is cut where the context ends (`cut`: the caller closes the stream).
+    """
+
+    def __init__(self, upstream: str, *, context: int, max_tokens: int, explicit: bool) -> None:
+        self.upstream = upstream
+        self.context = context
+        self.max_tokens = max_tokens
+        self.explicit = explicit
+        self.prompt_tokens: int | None = None
+        self.sent = 0
+        self.seen = 0
+        self.finished: str | None = None
+        self.cut = False
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, event: dict[str, Any]) -> Iterator[TokenChunk]:
+        if "error" in event:
+            raise _stream_error(event, self.upstream)
+        if event.get("usage"):
+            self.usage = event["usage"]
+        if self.prompt_tokens is None:
+            self._learn_prompt(event)
+        for choice in event.get("choices") or []:
+            text = choice.get("text")
+            if text is None:
+                text = (choice.get("delta") or {}).get("content")
+            self._count(event, bool(text))
+            if text:
+                yield TokenChunk(text, self.seen - self.sent)
+                self.sent = self.seen
+            if choice.get("finish_reason"):
+                self.finished = choice["finish_reason"]
+        if self.finished is None and self.prompt_tokens is not None and self.prompt_tokens + self.seen >= self.context:
+            self.finished, self.cut = "length", True
+
+    def _learn_prompt(self, event: dict[str, Any]) -> None:
+        usage = event.get("usage") or {}
+        timings = event.get("timings") or {}
+        if "prompt_tokens" in usage:
+            prompt = int(usage["prompt_tokens"])
+        elif "prompt_n" in timings:
+            prompt = int(timings["prompt_n"]) + int(timings.get("cache_n") or 0)  # cache_n: reused from a slot
+        else:
+            return
+        self.prompt_tokens = prompt
+        if prompt >= self.context:
+            raise prompt_too_long(prompt, self.context)
+        if self.explicit and prompt + self.max_tokens > self.context:
+            raise completion_too_long(prompt, self.max_tokens, self.context)
+
+    def _count(self, event: dict[str, Any], has_text: bool) -> None:
+        running = (event.get("usage") or {}).get("completion_tokens")
+        if running is None:
+            running = (event.get("timings") or {}).get("predicted_n")
+        if running is not None:
+            self.seen = max(self.seen, int(running))
+        if has_text and self.seen <= self.sent:
+            self.seen = self.sent + 1
+
+    def finish(self) -> Iterator[GenerationItem]:
+        if self.finished is None:
+            raise EngineError(f"{self.upstream} ended the stream before it finished")
+        usage = self.usage or {}
+        completion = int(usage.get("completion_tokens", self.seen))
+        if completion > self.sent:
+            yield TokenChunk("", completion - self.sent)
+            self.sent = completion
+        reason: Literal["stop", "length"] = "length" if self.finished == "length" else "stop"
+        yield Finish(reason, int(usage.get("prompt_tokens", self.prompt_tokens or 0)), self.sent)
+
+
+def _stream_error(event: dict[str, Any], upstream: str) -> APIError:
+    err = event["error"]
+    status = err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), int) else 500
+    return error_from_body(status, event, upstream)
