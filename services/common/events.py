@@ -39,11 +39,24 @@ class Started:
 
 @dataclass(frozen=True)
 class Delta:
-    """Text generated since the last delta, and how many tokens it took."""
+    """Text generated since the last delta, and how many tokens it took.
+
+    Workers batch what a slot produced between flushes into one delta; `pieces` then keeps the
+    engine's chunks (about one token each, joined they are `text`) so the API can still write one
+    SSE chunk per token as OpenAI does. None when the delta is a single piece: `text` says it all,
+    and a reader that ignores `pieces` still gets the right text.
+    """
 
     text: str
     tokens: int
+    pieces: tuple[str, ...] | None = None
     kind: Literal["delta"] = "delta"
+
+    def chunks(self) -> tuple[str, ...]:
+        """The texts to send one by one: the pieces, or the text as one (empty ones left out)."""
+        if self.pieces is not None:
+            return tuple(p for p in self.pieces if p)
+        return (self.text,) if self.text else ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,8 @@ def encode(event: Event) -> dict[str, str]:
     """Stream fields for one event (`kind` plus a JSON body)."""
     body = asdict(event)
     kind = body.pop("kind")
+    if kind == "delta" and body["pieces"] is None:
+        del body["pieces"]  # the common single-token delta stays as small as it always was
     return {"kind": kind, "data": json.dumps(body, separators=(",", ":"))}
 
 
@@ -85,7 +100,8 @@ def decode(fields: dict[bytes | str, bytes | str]) -> Event:
     data = json.loads(norm["data"])
     kind = norm["kind"]
     if kind == "delta":
-        return Delta(**data)
+        pieces = data.pop("pieces", None)
+        return Delta(**data, pieces=tuple(pieces) if pieces is not None else None)
     if kind == "done":
         return Done(finish_reason=data["finish_reason"], usage=Usage(**data["usage"]), timings=data["timings"])
     if kind == "error":

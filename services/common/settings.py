@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     # redis and lifetimes
     redis_url: str = "redis://127.0.0.1:6379/0"
     stream_ttl: int = Field(600, ge=10, le=86_400)
+    stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="worker: how long a token may wait for others")
     heartbeat_interval: float = Field(2.0, gt=0, le=60)
     heartbeat_ttl: int = Field(10, ge=2, le=600)
 

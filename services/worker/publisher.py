@@ -7,8 +7,11 @@ import time
 import redis
 
 from services.common import events, keys
+from services.worker.flusher import DeltaFlusher, FlushFailed
 
 CANCEL_POLL_S = 0.05
+"""How stale a lease check may be. The flusher renews it with a batch one flush interval before that,
+so while tokens flow a slot seldom needs a round trip of its own."""
 
 
 class StreamPublisher:
@@ -17,22 +20,55 @@ class StreamPublisher:
     Every write sets the TTL with its XADD, atomically (MULTI/EXEC) and in one round trip: the API deletes
     the stream when its client is done, and an XADD that lands after that (a token in flight at a
     disconnect) re-creates the key, which must then expire on its own rather than live forever.
+
+    With a flusher, `delta()` writes the first token at once and hands later ones to the flusher, whose
+    batches also bring back the lease: while tokens flow, `cancelled()` costs no round trip of its own.
     """
 
-    def __init__(self, client: redis.Redis, request_id: str, ttl: int, deadline: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        request_id: str,
+        ttl: int,
+        deadline: float,
+        *,
+        flusher: DeltaFlusher | None = None,
+    ) -> None:
         self.redis = client
         self.key = keys.stream(request_id)
         self.lease_key = keys.lease(request_id)
         self.ttl = ttl
         self.deadline = deadline
+        self.flusher = flusher
+        self.pending_pieces: list[str] = []
+        self.pending_tokens = 0
+        """Text and tokens waiting for the flusher (guarded by its lock)."""
+        self.failed: FlushFailed | None = None
+        """Set by the flusher when a batch with our tokens was lost."""
+        self._first = True
         self._checked_at = 0.0
         self._cancelled = False
 
     def publish(self, event: events.Event) -> None:
+        """Write `event` now; with a flusher, after the deltas still pending."""
+        if not isinstance(event, events.Failed):
+            self._raise_if_failed()  # no `done` after lost tokens: the runner turns this into an error
+        if self.flusher is not None:
+            self.flusher.send(self, event)
+            return
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(self.key, events.encode(event))
         pipe.expire(self.key, self.ttl)
         pipe.execute()
+
+    def delta(self, text: str, tokens: int) -> None:
+        """Generated text: the first delta goes at once (time to first token), later ones at the next flush."""
+        if self.flusher is None or self._first or self.flusher.interval <= 0:
+            self._first = False
+            self.publish(events.Delta(text, tokens))
+            return
+        self._raise_if_failed()
+        self.flusher.add(self, text, tokens)
 
     def cancelled(self) -> bool:
         if self._cancelled:
@@ -42,3 +78,17 @@ class StreamPublisher:
             self._checked_at = now
             self._cancelled = time.time() > self.deadline or not self.redis.exists(self.lease_key)
         return self._cancelled
+
+    def lease_due(self, now: float, interval: float) -> bool:
+        """Whether the flusher, which runs every `interval`, should check our lease with this batch."""
+        return not self._cancelled and now - self._checked_at >= CANCEL_POLL_S - interval
+
+    def lease_seen(self, alive: bool, at: float) -> None:
+        """The flusher checked the lease with a batch: no need to ask Redis again for CANCEL_POLL_S."""
+        self._checked_at = at
+        if not alive or time.time() > self.deadline:
+            self._cancelled = True
+
+    def _raise_if_failed(self) -> None:
+        if self.failed is not None:
+            raise self.failed

@@ -1,6 +1,7 @@
 """Runs one job on an engine and turns what the engine yields into stream events.
 
 Every job ends with exactly one `done` or `error` event, whatever happens, so no client waits forever.
+Token deltas go through the flusher the slots share (services/worker/flusher.py), batched.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import time
 import redis
 
 from services.common.errors import APIError
-from services.common.events import Delta, Done, Failed, Started, Usage
+from services.common.events import Done, Failed, Started, Usage
 from services.common.jobs import Job
 from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
+from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
 from services.worker.publisher import StreamPublisher
 
@@ -21,17 +23,27 @@ log = logging.getLogger(__name__)
 
 
 class JobRunner:
+    """Shared by the slots of one model; `flusher` is best shared by the whole process (one pipeline for all)."""
+
     def __init__(
-        self, engine: Engine, client: redis.Redis, *, worker_id: str, stream_ttl: int, metrics: WorkerMetrics
+        self,
+        engine: Engine,
+        client: redis.Redis,
+        *,
+        worker_id: str,
+        stream_ttl: int,
+        metrics: WorkerMetrics,
+        flusher: DeltaFlusher | None = None,
     ) -> None:
         self.engine = engine
         self.redis = client
         self.worker_id = worker_id
         self.stream_ttl = stream_ttl
         self.metrics = metrics
+        self.flusher = flusher or DeltaFlusher(client)
 
     def run(self, job: Job) -> None:
-        out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline)
+        out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline, flusher=self.flusher)
         dequeued = time.time()
         if out.cancelled():
             log.info("job %s skipped: cancelled or past its deadline before it started", job.request_id)
@@ -62,7 +74,7 @@ class JobRunner:
                 elif item.tokens:
                     self.metrics.inter_token(job.model, (now - last) / item.tokens)
                 last = now
-                out.publish(Delta(item.text, item.tokens))
+                out.delta(item.text, item.tokens)
             elif isinstance(item, Finish):
                 done = time.time()
                 usage = Usage(item.prompt_tokens, item.completion_tokens)

@@ -24,11 +24,21 @@ def test_events_round_trip_through_bytes():
     for event in (
         events.Started("w1", 1.5),
         events.Delta("héllo", 2),
+        events.Delta("Once upon", 2, ("Once", " upon")),
         events.Done("length", events.Usage(3, 4), {"accepted": 1.0}),
         events.Failed("bad", "invalid_request_error", "context_length_exceeded", "max_tokens", 400),
     ):
         fields = {k.encode(): v.encode() for k, v in events.encode(event).items()}
         assert events.decode(fields) == event
+
+
+def test_a_single_piece_delta_keeps_the_old_wire_form_and_a_batch_lists_its_pieces():
+    assert events.encode(events.Delta("hi", 1)) == {"kind": "delta", "data": '{"text":"hi","tokens":1}'}
+    assert events.Delta("hi", 1).chunks() == ("hi",)
+    assert events.Delta("", 1).chunks() == ()
+    assert events.Delta("ab", 3, ("a", "", "b")).chunks() == ("a", "b")
+    old_reader = events.decode({"kind": "delta", "data": '{"text":"ab","tokens":2,"pieces":["a","b"]}'})
+    assert old_reader.text == "ab", "a reader that ignores pieces still gets the whole text"
 
 
 def test_usage_total():

@@ -1,0 +1,134 @@
+"""Batches the token deltas of every slot of a worker into one Redis pipeline every few milliseconds.
+
+One XADD per token made the gateway's cost per request grow with its length (a round trip, a MULTI/EXEC
+and a reader wake-up per token). Here slots only hand their text over (a lock and an append); one
+thread writes what all of them produced since the last flush in one MULTI/EXEC, and checks their
+leases in the same round trip. Events that must not wait (a request's first token, `started`, `done`,
+`error`) are written at once by the slot's own thread, together with everything pending, so a
+stream's events always land in the order they were produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from services.common import events
+from services.common.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from services.worker.publisher import StreamPublisher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 0.01
+"""Seconds a delta may wait for others (STREAM_FLUSH_MS; 0: none, every delta is written at once):
+below what a reader can see, long enough that a fast engine's tokens and the slots of one worker
+share a write."""
+
+
+class FlushFailed(ServiceUnavailable):
+    """Redis refused a batch: the tokens in it are lost, so their requests must end in an error."""
+
+
+class DeltaFlusher:
+    """Shared by the slots of a worker process; its thread starts with the first batched delta."""
+
+    def __init__(self, client: redis.Redis, *, interval: float = DEFAULT_INTERVAL) -> None:
+        self.redis = client
+        self.interval = interval
+        self.flushes = 0
+        """Pipelines written (for tests and benchmarks)."""
+        self._lock = threading.Lock()  # pending text of every publisher, and which have some
+        self._write = threading.Lock()  # one writer at a time: a stream's events land in order
+        self._dirty: dict[str, StreamPublisher] = {}
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, out: StreamPublisher, text: str, tokens: int) -> None:
+        """Queue a chunk for the next flush."""
+        with self._lock:
+            if text:
+                out.pending_pieces.append(text)
+            out.pending_tokens += tokens
+            if not self._dirty:
+                self._wake.set()
+            self._dirty[out.key] = out
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="delta-flusher", daemon=True)
+                self._thread.start()
+
+    def send(self, out: StreamPublisher, event: events.Event) -> None:
+        """Write `event` now, after everything pending (its own stream's deltas first of all)."""
+        with self._write:
+            self._flush((out, event))
+
+    def flush(self) -> None:
+        """Write what is pending now (the thread does it every interval; tests and close() call it)."""
+        with self._write:
+            self._flush(None)
+
+    def close(self) -> None:
+        """Write what is left and end the thread; later deltas are written at once, unbatched."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.flush()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._closed:
+                return
+            time.sleep(self.interval)  # let the slots add to this batch
+            try:
+                self.flush()
+            except FlushFailed as exc:
+                log.warning("batched deltas lost: %s", exc.__cause__)  # each request raises it from its slot
+
+    def _take(self) -> list[tuple[StreamPublisher, events.Delta]]:
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+            self._wake.clear()
+            batch = []
+            for out in dirty.values():
+                pieces, tokens = out.pending_pieces, out.pending_tokens
+                out.pending_pieces, out.pending_tokens = [], 0
+                batch.append((out, events.Delta("".join(pieces), tokens, tuple(pieces) if len(pieces) > 1 else None)))
+            return batch
+
+    def _flush(self, now: tuple[StreamPublisher, events.Event] | None) -> None:
+        batch = self._take()
+        if not batch and now is None:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        checked = time.monotonic()
+        leases: list[tuple[StreamPublisher, int]] = []  # whose lease this batch checks, at which reply
+        for out, delta in batch:
+            pipe.xadd(out.key, events.encode(delta))
+            pipe.expire(out.key, out.ttl)
+            if out.lease_due(checked, self.interval):
+                leases.append((out, len(pipe.command_stack)))
+                pipe.exists(out.lease_key)
+        if now is not None:
+            out, event = now
+            pipe.xadd(out.key, events.encode(event))
+            pipe.expire(out.key, out.ttl)
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            failed = FlushFailed(f"The queue (Redis) lost part of the answer ({type(exc).__name__}); please retry.")
+            for out, _ in batch:
+                out.failed = failed
+            if now is not None:
+                raise  # the slot's own event: its runner handles a Redis error as it always did
+            raise failed from exc
+        self.flushes += 1
+        for out, reply in leases:
+            out.lease_seen(bool(results[reply]), checked)
