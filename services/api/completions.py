@@ -18,7 +18,7 @@ from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.sse import ChunkFormat, open_stream
 from services.common.catalog import Catalog
-from services.common.errors import RateLimited, from_status
+from services.common.errors import ClientGone, RateLimited, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
@@ -110,6 +110,8 @@ class CompletionResource:
                     finished = True
                     raise from_status(event.status, event.message, code=event.code, param=event.param)
                 elif isinstance(event, Done):
+                    if flight.gone:  # the worker stopped because the client hung up: nobody to answer
+                        raise ClientGone("The client closed the connection.")
                     finished = True
                     self.metrics.finished(
                         job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at

@@ -104,6 +104,8 @@ class LeaseKeeper:
                 self.renew()
             except redis.RedisError as exc:
                 log.warning("could not renew %d leases: %s", len(self._flights), exc)
+            except Exception:  # the thread must outlive a bug, or every generation of this process stops
+                log.exception("lease renewal failed")
 
     def renew(self) -> int:
         """One round: renew every lease whose client is there, drop those whose client hung up. Returns

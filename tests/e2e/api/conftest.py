@@ -45,6 +45,7 @@ def base_env(redis_url: str, logs: Path, **extra: str) -> dict[str, str]:
         HEARTBEAT_INTERVAL="0.5",
         HEARTBEAT_TTL="3",
         SSE_KEEPALIVE="1",
+        LEASE_TTL="3",  # short, so requests longer than it prove the renewal
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -7,6 +7,7 @@ private run directory. Tests that kill a replica start it again, so the order of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import statistics
@@ -18,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import redis
 
+from services.common import keys
 from tests.conftest import RUN_DIR
 from tests.support.native_stack import NativeStack, e2e_settings, native_stack
 from tests.support.procs import wait_until
@@ -163,7 +166,7 @@ def ask_long(api: openai.OpenAI, rid: str) -> str:
             model="gemma-3-270m", prompt="1, 2, 3, 4, 5,", max_tokens=96, temperature=0, extra_headers=headers
         )
     except openai.APIStatusError as exc:
-        return f"{exc.status_code} {exc.body}"
+        return f"{exc.status_code} should-retry={exc.response.headers.get('x-should-retry')} {exc.body}"
     return "ok"
 
 
@@ -182,6 +185,8 @@ def test_requests_keep_succeeding_when_a_replica_dies(stack: NativeStack) -> Non
         # and is not sent to another replica behind the client's back (a generation never runs twice)
         assert all(r == "ok" or r.startswith("502") for r in during), during
         assert any(r.startswith("502") for r in during), f"no request was in flight on api-1: {during}"
+        # and tells the SDK not to retry it: its generation may still be running until its lease lapses
+        assert all(r == "ok" or r.startswith("502 should-retry=false") for r in during), during
         failed = {rid for rid, r in zip(rids, during, strict=True) if r != "ok"}
         survivor_log = stack.log("api-2").read_text()
         assert not {rid for rid in failed if f"rid={rid}" in survivor_log}
@@ -196,9 +201,52 @@ def test_all_replicas_down_is_a_json_502(stack: NativeStack) -> None:
         resp = httpx.post(f"{stack.url}/v1/chat/completions", json={"model": "gemma-3-270m", "messages": MESSAGES})
         assert resp.status_code == 502 and resp.json()["error"]["code"] == "bad_gateway"
         assert resp.headers["x-request-id"]
+        assert resp.headers["x-should-retry"] == "true", "no replica got the request: a retry is safe"
     finally:
         for name in ("api-1", "api-2"):
             if name not in stack.procs:
                 stack.start(name)
     # back in service once the replicas are up again (nginx retries them after fail_timeout)
     wait_until(lambda: httpx.get(f"{stack.url}/v1/models").status_code == 200, 30, "replicas back behind nginx")
+
+
+def test_a_killed_replica_lets_go_of_its_generations_and_admission_slots(stack: NativeStack) -> None:
+    """Its leases are no longer renewed: within LEASE_TTL the worker stops generating for it (the slot is
+    free, its streams stop growing) and its admission entries fall out."""
+    r = redis.Redis.from_url(stack.redis_url)
+    body = {"model": "gemma-3-270m", "prompt": "1, 2, 3, 4, 5,", "temperature": 0, "max_tokens": 2000, "stream": True}
+    http = httpx.Client(timeout=60)
+    try:
+        rids, readers = [], []  # a line iterator dropped would close its response
+        for _ in range(2):
+            resp = http.send(
+                http.build_request("POST", f"{stack.replica_url(1)}/v1/completions", json=body), stream=True
+            )
+            readers.append(resp.iter_lines())
+            first = next(line for line in readers[-1] if line.startswith("data: "))
+            rids.append(json.loads(first[6:])["id"])
+        assert all(r.zscore(keys.inflight(), rid) for rid in rids), (rids, r.zrange(keys.inflight(), 0, -1))
+        wait_until(lambda: busy_slots(stack) >= 2, 5, "the worker's heartbeat counts both")
+        stack.kill("api-1")
+        killed = time.monotonic()
+        # an entry past its score no longer counts (admission prunes it before counting)
+        expired = lambda: all((r.zscore(keys.inflight(), rid) or 0) < time.time() for rid in rids)  # noqa: E731
+        wait_until(expired, 30, "admission slots back")
+        slots_back = time.monotonic() - killed
+        wait_until(lambda: busy_slots(stack) == 0, 30, "the worker stopped generating for the dead replica")
+        worker_free = time.monotonic() - killed
+        lengths = [r.xlen(keys.stream(rid)) for rid in rids]
+        time.sleep(1.0)
+        assert [r.xlen(keys.stream(rid)) for rid in rids] == lengths, "the streams stopped growing"
+        ttl = stack.settings.lease_ttl
+        assert slots_back < ttl + 3 and worker_free < ttl + 3, (slots_back, worker_free)
+        print(f"replica killed: admission slots back in {slots_back:.1f} s, worker free in {worker_free:.1f} s")
+    finally:
+        with contextlib.suppress(httpx.HTTPError):
+            http.close()
+        stack.start("api-1")
+
+
+def busy_slots(stack: NativeStack) -> int:
+    workers = httpx.get(f"{stack.replica_url(2)}/v1/system/status", timeout=5).json()["workers"]
+    return sum(w["busy"] for w in workers)
