@@ -29,8 +29,10 @@ def stack(redis_client, redis_url) -> Iterator[tuple[falcon.testing.TestClient, 
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
     client = connect(redis_url, longest_block=KEEPALIVE_S)
     registry = Registry(client, ttl=5)
-    registry.beat(worker_record(catalog.default))
-    yield falcon.testing.TestClient(create_app(settings, client, catalog)), registry, catalog.default
+    # a model no real worker serves: the e2e suite's session-wide workers listen on the default model's queue
+    model = next(m for m in catalog.models if m != catalog.default)
+    registry.beat(worker_record(model))
+    yield falcon.testing.TestClient(create_app(settings, client, catalog)), registry, model
     client.close()
 
 
