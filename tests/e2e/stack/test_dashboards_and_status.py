@@ -77,6 +77,14 @@ def report(results: list[PanelResult], window: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scraped(prom: Prometheus, finished: int) -> None:
+    """Wait until both sides' counters of finished requests, as Prometheus has them, reach `finished`."""
+    api = 'sum(api_requests_total{route=~"/v1/.*completions"})'
+    wait_until(lambda: prom.value(api) >= finished, 30, f"{finished} requests scraped from the API")
+    worker = "sum(inference_request_success_total)"
+    wait_until(lambda: prom.value(worker) >= finished, 30, f"{finished} requests scraped from the worker")
+
+
 def busy_moment(prom: Prometheus, timeout: float = 90) -> float:
     """A moment already scraped (a second back) when jobs waited in the queue and the worker generated, so
     the gauges read non-zero; every panel is then evaluated at that same moment."""
@@ -96,11 +104,13 @@ def busy_moment(prom: Prometheus, timeout: float = 90) -> float:
 def test_every_dashboard_panel_has_data(stack: NativeStack) -> None:
     prom = Prometheus(stack.stack.prometheus_url)
     started = time.monotonic()
+    # Labelled series appear at their first observation, and a rate needs two samples: one request first,
+    # scraped, so that Prometheus sees the load below as an increase however fast it runs.
+    load(stack, n=1, concurrency=1)
+    scraped(prom, 1)
     reasons = load(stack, n=36, concurrency=6)
     assert set(reasons) <= {"length", "stop"}, reasons
-    # every finished request scraped from both sides before the long ones start
-    wait_until(lambda: prom.value('sum(api_requests_total{route=~"/v1/.*completions"})') >= 36, 30, "API scraped")
-    wait_until(lambda: prom.value("sum(inference_request_success_total)") >= 36, 30, "worker scraped")
+    scraped(prom, 37)
     # then a queue two waves deep behind busy slots, so the gauges have something to show too
     api, n = client(stack), 3 * stack.settings.llama_server_parallel
     with ThreadPoolExecutor(n) as pool:
