@@ -107,6 +107,10 @@ class Gateway:
                 event = events.decode(fields)
                 if isinstance(event, events.Started):
                     worker = event.worker
+                elif isinstance(event, events.Done) and time.time() > job.deadline:
+                    raise GatewayTimeout(  # the worker stopped at the deadline: a cut-off answer is no answer
+                        f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds."
+                    )
                 yield last, event
                 if isinstance(event, events.Done | events.Failed):
                     return
@@ -137,7 +141,7 @@ class Gateway:
             return "its RQ job is gone"
         if state.status in ("failed", "stopped", "canceled"):
             return f"its RQ job is {state.status}"
-        if state.status == "started":
+        if state.status == "started":  # RQ workers of a slot are named "<worker id>.<model>.<slot>.<n>" (slots.py)
             live = self.registry.live()
             if not any(state.worker_name.startswith(f"{w.id}.") for w in live):
                 return f"the worker that took it ({state.worker_name}) is gone"

@@ -250,3 +250,18 @@ def test_a_killed_replica_lets_go_of_its_generations_and_admission_slots(stack: 
 def busy_slots(stack: NativeStack) -> int:
     workers = httpx.get(f"{stack.replica_url(2)}/v1/system/status", timeout=5).json()["workers"]
     return sum(w["busy"] for w in workers)
+
+
+def test_a_non_streaming_client_that_hangs_up_through_nginx_cancels_its_generation(stack: NativeStack) -> None:
+    """nginx closes its connection to the replica when the client goes; the replica's lease keeper sees it
+    within LEASE_TTL/3 and drops the lease, and the worker stops between tokens."""
+    body = {"model": "gemma-3-270m", "prompt": "1, 2, 3, 4, 5,", "temperature": 0, "max_tokens": 2000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{stack.url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=3))
+    gone = time.monotonic()
+    wait_until(lambda: busy_slots(stack) == 0, 20, "the worker stopped generating for nobody")
+    took = time.monotonic() - gone
+    assert took < stack.settings.lease_ttl / 3 + 3, took
+    logs = stack.log("api-1").read_text() + stack.log("api-2").read_text()
+    assert "the client hung up" in logs
+    print(f"non-streaming hang-up through nginx: worker free {took:.1f} s after the client left")

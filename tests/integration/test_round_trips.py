@@ -1,0 +1,79 @@
+"""Redis round trips the API makes per completion request, besides reading events (XREAD) and the status
+page's traffic counters: admission + lease + enqueue in one, release in one. Before leases were renewed
+and admission was one script, the same request made 7 (LLEN, admission MULTI, SET lease, RQ's enqueue
+MULTI, ZREM, DEL stream+lease; 17 commands)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+from falcon import testing
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from services.api.app import create_app
+from services.common import keys
+from services.common.catalog import Catalog
+from services.common.events import Delta, Done, Started, Usage
+from services.common.jobs import Job
+from services.common.registry import Registry, WorkerRecord
+from services.common.settings import Settings
+from services.worker.publisher import StreamPublisher
+
+pytestmark = pytest.mark.integration
+TRAFFIC = (b"HINCRBY", b"HINCRBYFLOAT")
+
+
+class Counting(redis.Connection):
+    """Records the first command of every round trip (a pipeline's first after MULTI)."""
+
+    sent: list[tuple[bytes, ...]] = []
+
+    def send_packed_command(self, command, check_health=True):
+        raw = b"".join(command) if isinstance(command, list) else command
+        words = tuple(w for w in raw.split(b"\r\n") if w and w[:1] not in b"*$")
+        Counting.sent.append(words)
+        return super().send_packed_command(command, check_health)
+
+
+def fake_worker(client: redis.Redis, model: str, stop: threading.Event) -> None:
+    """Answers each job with started, a few deltas and done, on its own (uncounted) connection."""
+    while not stop.is_set():
+        got = client.blpop("rq:queue:" + keys.queue_name(model), 1)
+        if not got:
+            continue
+        job = Job.from_wire(RQJob.fetch(got[1].decode(), connection=client, serializer=JSONSerializer).args[0])
+        out = StreamPublisher(client, job.request_id, 60, job.deadline)
+        out.publish(Started("w1", time.time()))
+        for _ in range(4):
+            out.publish(Delta("x", 1))
+        out.publish(Done("length", Usage(3, 4)))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_costs_two_round_trips_besides_its_events(redis_client, redis_url, stream):
+    settings = Settings(redis_url=redis_url)
+    catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
+    model = catalog.default
+    record = WorkerRecord(id="w1", host="h", pid=1, engine="x", device="cpu", models=(model,), slots=8, busy=0,
+                          started_at=time.time())  # fmt: skip
+    Registry(redis_client, 60).beat(record)
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=Counting)
+    api = testing.TestClient(create_app(settings, redis.Redis(connection_pool=pool), catalog))
+    stop = threading.Event()
+    worker = threading.Thread(target=fake_worker, args=(redis.Redis.from_url(redis_url), model, stop), daemon=True)
+    worker.start()
+    body = {"model": model, "prompt": "hi", "max_tokens": 4, "stream": stream}
+    try:
+        assert api.simulate_post("/v1/completions", json=body).status_code == 200  # warm: script, caches
+        Counting.sent.clear()
+        for _ in range(5):
+            assert api.simulate_post("/v1/completions", json=body).status_code == 200
+    finally:
+        stop.set()
+        worker.join(5)
+    ours = [w for w in Counting.sent if w[0] != b"XREAD" and not any(t in w for t in TRAFFIC)]
+    assert [w[0] for w in ours] == [b"EVALSHA", b"ZREM"] * 5, [w[:2] for w in ours]
