@@ -2,7 +2,8 @@
 
 Nothing in the worker's engine factory or INFERENCE_ENGINE can select it; only
 `python -m services.bench.instant_worker` runs it. It still goes through every step a real engine
-does (template, one event per token, a Finish with usage), so what is measured is the gateway's path.
+does (template, one chunk per token, which the worker batches as it would a real engine's, a Finish
+with usage), so what is measured is the gateway's path.
 """
 
 from __future__ import annotations
