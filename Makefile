@@ -9,8 +9,10 @@ PIP_VERSION := 26.3
 UP_EXTRAS ?= llama-server,model
 TEST_EXTRAS ?= llama-server,model,llama-cpp,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
+# The status page's browser test drives Debian's Chromium (Playwright, no browser download).
+APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium
 
-.PHONY: up test venv-up venv-test system models models-mlx self-check lint format bench bench-builds clean
+.PHONY: up test venv-up venv-test system system-test models models-mlx self-check lint format bench bench-builds clean
 
 comma := ,
 stamp = $(BIN)/.installed-$(subst $(comma),_,$(1))
@@ -37,6 +39,9 @@ endif
 system:
 	@services/stack/install_system.sh $(APT_BINARIES)
 
+system-test:
+	@services/stack/install_system.sh $(APT_TEST_BINARIES)
+
 models: venv-up
 	$(BIN)/python models/fetch.py
 
@@ -51,7 +56,7 @@ self-check: venv-up models
 up: venv-up system models self-check
 	$(BIN)/python -m services.stack up
 
-test: venv-test system models models-mlx
+test: venv-test system-test models models-mlx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

@@ -135,8 +135,11 @@ def stream_events(
                     if first_token:
                         metrics.first_token(job.model, time.time() - job.accepted_at)
                         first_token = False
-                    if event.text:
-                        yield sse(fmt.delta(event.text), event_id)
+                    pieces = event.chunks()  # one chunk per token, as OpenAI sends, in one write
+                    if pieces:
+                        yield b"".join(
+                            sse(fmt.delta(p), event_id if i == len(pieces) - 1 else None) for i, p in enumerate(pieces)
+                        )
                 elif isinstance(event, Done):
                     metrics.finished(job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at)
                     yield sse(fmt.closing(event.finish_reason), event_id)

@@ -79,5 +79,8 @@ def choose(requested: str, device_type: str, facts: Facts) -> Choice:
         order.append("llama_cpp")
         reasons.append("llama-cpp-python installed: in-process llama.cpp")
     if not order:
-        reasons.append("no engine is available: install the llama-cpp extra (pip install '.[llama-cpp]')")
+        reasons.append(
+            "no in-process engine is installed: the stack runs llama-server where it is built (`make up`); "
+            "`pip install '.[llama-cpp]'` adds in-process llama.cpp"
+        )
     return Choice(tuple(order), device, tuple(reasons))

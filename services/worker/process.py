@@ -21,6 +21,7 @@ from services.common.settings import Settings
 from services.common.supervisor import History, State
 from services.worker.engines.base import Engine, EngineUnavailable
 from services.worker.engines.factory import build_engine
+from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import JobRunner
 from services.worker.sidecar import EngineProcess, UpstreamWatch
@@ -76,6 +77,8 @@ class WorkerProcess:
         self._lock = threading.Lock()
         self.history = history or History()
         self.loop_after = loop_after
+        self.flusher = DeltaFlusher(client, interval=settings.stream_flush_ms / 1000)
+        """One pipeline per flush for every slot of every model this process serves."""
         self.sidecar: EngineProcess | None = None
         """The process behind the engine: a llama-server this worker runs and restarts (set before start()),
         or a sidecar someone else runs, watched after start() (services/worker/sidecar.py)."""
@@ -112,7 +115,12 @@ class WorkerProcess:
                 raise EngineUnavailable(f"MAX_CONCURRENT_MODELS={self.settings.max_concurrent_models} reached")
             engine = self._load_engine(model_id)
             runner = JobRunner(
-                engine, self.redis, worker_id=self.id, stream_ttl=self.settings.stream_ttl, metrics=self.metrics
+                engine,
+                self.redis,
+                worker_id=self.id,
+                stream_ttl=self.settings.stream_ttl,
+                metrics=self.metrics,
+                flusher=self.flusher,
             )
             slots = Slots(self.redis, model_id, runner, count=engine.capacity(), worker_id=self.id)
             slots.start()
@@ -254,6 +262,7 @@ class WorkerProcess:
             s.slots.close()
         for s in served:
             s.slots.wait(self.settings.request_timeout)
+        self.flusher.close()
         with self._lock:
             self.served.clear()
         for s in served:

@@ -54,4 +54,4 @@ def test_explicit_engine_is_obeyed():
 def test_nothing_available_explains():
     bare = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=False)
     c = choose("auto", "auto", bare)
-    assert c.engines == () and "no engine" in c.reasons[-1]
+    assert c.engines == () and "no in-process engine" in c.reasons[-1]

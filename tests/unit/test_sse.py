@@ -110,3 +110,15 @@ def test_still_queued_after_a_quiet_tick_commits_with_keepalives():
     chunks = list(body)
     assert chunks[:2] == [KEEPALIVE, KEEPALIVE]
     assert json.loads(decoded(b"".join(chunks))[0])["error"]["message"] == "late", "after the 200: an error event"
+
+
+def test_a_batched_delta_is_one_chunk_per_token_in_one_write():
+    """Workers batch tokens between flushes; clients still get one chunk per token, as from OpenAI."""
+    batched = Delta("Hello world!", 3, pieces=("Hello", " world", "!"))
+    gateway = FakeGateway(STARTED, ("2-0", batched), ("3-0", Done("stop", Usage(1, 3))))
+    _, body = opened(gateway)
+    writes = list(body)
+    delta_write = next(w for w in writes if b"Hello" in w)
+    lines = delta_write.decode().split("\n\n")
+    assert [json.loads(x.split("data: ")[1])["choices"][0]["text"] for x in lines if x] == ["Hello", " world", "!"]
+    assert delta_write.count(b"id: 2-0") == 1 and lines[-2].startswith("id: 2-0"), "the id goes on the last piece"
