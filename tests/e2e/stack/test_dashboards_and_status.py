@@ -2,7 +2,8 @@
 /status page in a real headless Chromium, both while the native stack (redis, two API replicas, nginx,
 llama-server with its worker on Gemma 3 270M, Prometheus scraping every second) serves a bounded load.
 
-The panel values are printed and written to run/dashboard-panels.txt; the page's screenshot to docs/status.png.
+The panel values are printed and written to run/dashboard-panels.txt; the page's screenshot to run/status-page.png
+(the README shows a copy kept in monitoring/status-page.png).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 COUNTING = {"prompt": "1, 2, 3, 4, 5,", "temperature": 0, "max_tokens": 96}
 """Greedy counting: Gemma 270M keeps counting without end-of-sequence, so these requests really are long."""
 PANELS_FILE = RUN_DIR.parent / "dashboard-panels.txt"
-SCREENSHOT = ROOT / "docs" / "status.png"
+SCREENSHOT = ROOT / "run" / "status-page.png"
 EXCLUDED: dict[tuple[str, str], str] = {}
 """(dashboard, panel title) -> why its query cannot have data in this run. None today: every panel is
 fed by a plain load (a draining worker's gauge reads 0, which is data)."""
