@@ -6,11 +6,10 @@ import signal
 import sys
 import time
 
-from services.bench import comparison, report
-from services.bench.gateway import VARIANTS, run_gateway
+from services.bench import comparison, goals, report
 from services.bench.options import Options, parse
 from services.bench.plot import plot_modes
-from services.bench.session import ModeResult, Session
+from services.bench.session import Session
 
 
 def stop_on_sigterm() -> None:
@@ -35,17 +34,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_modes(session: Session, options: Options) -> None:
     session.run(direct="direct" in options.modes, stack="stack" in options.modes, stress="stress" in options.modes)
-    if options.gateway:
-        for variant in VARIANTS:
-            described = (
-                f"instant engine behind the private stack ({variant} responses, {options.gateway_tokens} tokens)"
-            )
-            session.modes[f"gateway-{variant}"] = ModeResult(described, [], {"worker_slots": options.gateway_slots})
-        run_gateway(options, session.model.id, {v: session.modes[f"gateway-{v}"].levels for v in VARIANTS})
-    if options.engines:
+    if options.engines:  # first: the figures with a real model need the quietest machine
         from services.bench.engines import run_engines
 
         run_engines(session)
+    if options.gateway:
+        from services.bench.gateway import run_gateway
+
+        run_gateway(session)
 
 
 def finish(session: Session, options: Options, stamp: str, elapsed: float) -> int:
@@ -53,19 +49,24 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
     print(f"\nmodel {session.model.id}, max_tokens {options.max_tokens}, temperature 0; run took {elapsed:.0f} s")
     for name, mode in session.modes.items():
         print(f"\n### {name}: {mode.target}\n")
-        print(report.level_table(mode.levels, cpu=name.startswith("gateway")))
+        print(report.level_table(mode.levels, cpu=name.startswith(("gateway", "litellm"))))
         warning = report.noise_warning(mode.levels)
         if warning:
             print(warning)
             session.notes.append(f"{name}: {warning}")
     lines = comparison.stack_vs_direct_text(session.figures())
-    gateway = {
-        v: comparison.gateway_figures(session.modes[f"gateway-{v}"].levels)
-        for v in ("json", "stream")
-        if f"gateway-{v}" in session.modes
+    gateway = {  # ours under "json"/"stream", LiteLLM's under "litellm-json"/"litellm-stream"
+        name.removeprefix("gateway-"): comparison.gateway_figures(session.modes[name].levels)
+        for name in ("gateway-json", "gateway-stream", "litellm-json", "litellm-stream")
+        if name in session.modes
     }
-    for variant, figures in gateway.items():
-        lines += comparison.gateway_text(figures, variant)
+    for variant in ("json", "stream"):
+        if variant in gateway:
+            lines += comparison.gateway_text(gateway[variant], variant, gateway.get(f"litellm-{variant}"))
+    found = goal_figures(session, options) if options.goals else []
+    if found:
+        theirs = session.modes["litellm-json"].levels if "litellm-json" in session.modes else []
+        lines += goals.text(found, next((lv for lv in theirs if lv.concurrency == goals.CLIENTS), None))
     lines += session.notes
     if lines:
         print("\n" + "\n".join(lines))
@@ -80,7 +81,12 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
             "argv": sys.argv[1:],
         },
         "modes": {name: mode.to_json() for name, mode in session.modes.items()},
-        "figures": {"stack_vs_direct": session.figures(), "gateway": gateway, **session.extra_figures},
+        "figures": {
+            "stack_vs_direct": session.figures(),
+            "gateway": gateway,
+            **session.extra_figures,
+            **({"goals": goals.to_json(found)} if found else {}),
+        },
         "litellm": comparison.LITELLM,
         "notes": session.notes,
     }
@@ -92,10 +98,15 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
     return 0 if all(lv.success_rate == 1.0 for mode in session.modes.values() for lv in mode.levels) else 1
 
 
+def goal_figures(session: Session, options: Options) -> list[goals.Figure]:
+    levels = {name: mode.levels for name, mode in session.modes.items()}
+    return goals.figures(levels, tokens=options.max_tokens, high=max(options.engine_levels), clients=goals.CLIENTS)
+
+
 def plots(session: Session, options: Options, stamp: str) -> list:
     groups = {
         "": ("direct", "stack"),
-        "-gateway": ("gateway-json", "gateway-stream"),
+        "-gateway": ("gateway-json", "gateway-stream", "litellm-json", "litellm-stream"),
     }
     made = []
     for suffix, names in groups.items():

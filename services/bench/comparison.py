@@ -91,16 +91,28 @@ def gateway_figures(levels: Sequence[LevelSummary]) -> dict:
     }
 
 
-def gateway_text(figures: dict, variant: str) -> list[str]:
+def gateway_text(figures: dict, variant: str, litellm: dict | None = None) -> list[str]:
+    """Our gateway's headline, then LiteLLM's as measured in this run (else its quoted figures)."""
     if not figures:
         return []
     api_cpu = figures.get("api_cpu_ms_per_request")
     all_cpu = figures.get("stack_cpu_ms_per_request")
     cpu = f", API CPU {api_cpu:.1f} ms/request (whole stack {all_cpu:.1f} ms)" if api_cpu is not None else ""
-    return [
+    lines = [
         f"gateway only ({variant}): {figures['peak_requests_per_s']:.0f} requests/s at c={figures['peak_concurrency']}"
         f" through nginx + API replicas + Redis + worker{cpu}; P50 latency at c=1:"
         f" {figures['added_latency_p50_ms_c1']:.1f} ms",
-        f"  LiteLLM, one process with an instant mock: ~{LITELLM['mock_requests_per_s_one_process']:.0f} requests/s,"
-        f" {LITELLM['mock_cpu_ms_per_request']} ms CPU/request (and 'a few ms' median added latency, published)",
     ]
+    if litellm:
+        theirs = litellm.get("stack_cpu_ms_per_request")
+        lines.append(
+            f"  LiteLLM proxy, same run ({variant}): {litellm['peak_requests_per_s']:.0f} requests/s at"
+            f" c={litellm['peak_concurrency']}, {theirs or 0:.1f} ms CPU/request; P50 latency at c=1:"
+            f" {litellm['added_latency_p50_ms_c1']:.1f} ms"
+        )
+    else:
+        lines.append(
+            f"  LiteLLM, one process with an instant mock: ~{LITELLM['mock_requests_per_s_one_process']:.0f}"
+            f" requests/s, {LITELLM['mock_cpu_ms_per_request']} ms CPU/request (quoted, not measured in this run)"
+        )
+    return lines

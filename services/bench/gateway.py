@@ -2,43 +2,78 @@
 
 Whatever latency and CPU remain are nginx + API replicas + Redis + the worker's queue and event
 handling: the cost this project adds on top of any engine. Both response styles are measured,
-JSON bodies (what LiteLLM's published figures use) and SSE streams.
+JSON bodies (what LiteLLM's published figures use) and SSE streams, each level beside LiteLLM's proxy
+answering from `mock_response` in the same run; then long streamed answers, for the tokens/s the
+gateway can carry per core of API.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+from services.bench.cpu import CpuMeter
 from services.bench.http_target import HttpTarget
+from services.bench.litellm_proxy import LiteLLMUnavailable, litellm_proxy
 from services.bench.load import run_level
-from services.bench.options import Options
+from services.bench.session import ModeResult, Session
 from services.bench.stack import private_stack
-from services.bench.summary import LevelSummary
+from services.bench.target import Target
 from services.bench.workload import Workload
 
 VARIANTS = {"json": False, "stream": True}
+WARM_REQUESTS = 20  # warm every connection path and server process a little
 
 
 def instant_worker(model: str, slots: int) -> list[str]:
     return ["-m", "services.bench.instant_worker", "--model", model, "--slots", str(slots)]
 
 
-def run_gateway(options: Options, model: str, into: dict[str, list[LevelSummary]]) -> None:
-    """Appends levels per variant to `into` as they finish, each with CPU ms per request by process role."""
-    with private_stack(instant_worker(model, options.gateway_slots), label="gateway", model=model) as stack:
-        meter = stack.meter()
-        target = HttpTarget(
-            "gateway",
-            stack.url,
-            timeout=options.timeout,
-            max_connections=max(options.gateway_levels) + 4,
-            api_key=options.api_key,
+def run_gateway(session: Session) -> None:
+    """Registers gateway-<variant>, litellm-<variant> and gateway-long in session.modes, each level with
+    CPU ms per request by process role, levels of the two gateways interleaved."""
+    options, model = session.options, session.model.id
+    connections = max(*options.gateway_levels, options.long_concurrency) + 4
+    with contextlib.ExitStack() as alive:
+        stack = alive.enter_context(
+            private_stack(instant_worker(model, options.gateway_slots), label="gateway", model=model)
         )
-        try:
-            for variant, stream in VARIANTS.items():
-                workload = Workload(model=model, max_tokens=options.gateway_tokens, stream=stream)
-                for i in range(20):  # warm every connection path and gunicorn worker a little
+        ours = HttpTarget(
+            "gateway", stack.url, timeout=options.timeout, max_connections=connections, api_key=options.api_key
+        )
+        alive.callback(ours.close)
+        sides: list[tuple[str, Target, CpuMeter]] = [("gateway", ours, stack.meter())]
+        litellm = None
+        if options.litellm:
+            try:
+                litellm = alive.enter_context(
+                    litellm_proxy(model, tokens=options.gateway_tokens, workers=stack.settings.api_replicas)
+                )
+            except LiteLLMUnavailable as exc:
+                session.notes.append(f"gateway: LiteLLM skipped: {exc}")
+        if litellm is not None:
+            theirs = HttpTarget(
+                "litellm", litellm.url, timeout=options.timeout, max_connections=connections, api_key=litellm.api_key
+            )
+            alive.callback(theirs.close)
+            sides.append(("litellm", theirs, CpuMeter({"litellm": [litellm.pid]})))
+        replicas = stack.settings.api_replicas
+        described = {
+            "gateway": f"instant engine behind the private stack ({replicas} API replicas)",
+            "litellm": f"LiteLLM proxy, {replicas} uvicorn workers, mock_response",
+        }
+        for variant, stream in VARIANTS.items():
+            workload = Workload(model=model, max_tokens=options.gateway_tokens, stream=stream)
+            for name, target, _ in sides:
+                for i in range(WARM_REQUESTS):
                     target.send(workload, i)
-                for level in options.gateway_levels:
-                    into[variant].append(
+                session.modes[f"{name}-{variant}"] = ModeResult(
+                    f"{described[name]} ({variant} responses, {options.gateway_tokens} tokens)",
+                    [],
+                    {"worker_slots": options.gateway_slots} if name == "gateway" else {},
+                )
+            for level in options.gateway_levels:
+                for name, target, meter in sides:
+                    session.modes[f"{name}-{variant}"].levels.append(
                         run_level(
                             target,
                             workload,
@@ -46,8 +81,29 @@ def run_gateway(options: Options, model: str, into: dict[str, list[LevelSummary]
                             max(options.gateway_requests, level),
                             meter=meter,
                             time_limit_s=options.level_time_limit,
-                            label=f"gateway {variant} c={level}",
+                            label=f"{name} {variant} c={level}",
                         )
                     )
-        finally:
-            target.close()
+        run_long(session, ours, stack.meter())
+
+
+def run_long(session: Session, target: HttpTarget, meter: CpuMeter) -> None:
+    """Long streamed answers: tokens/s the gateway carries, to divide by the API's busy cores."""
+    options = session.options
+    workload = Workload(model=session.model.id, max_tokens=options.long_tokens, stream=True)
+    session.modes["gateway-long"] = ModeResult(
+        f"instant engine behind the private stack (stream responses, {options.long_tokens} tokens)",
+        [],
+        {"worker_slots": options.gateway_slots},
+    )
+    session.modes["gateway-long"].levels.append(
+        run_level(
+            target,
+            workload,
+            options.long_concurrency,
+            max(options.long_requests, options.long_concurrency),
+            meter=meter,
+            time_limit_s=options.level_time_limit,
+            label=f"gateway long stream c={options.long_concurrency}",
+        )
+    )

@@ -41,9 +41,11 @@ class Options:
     modes: tuple[str, ...]
     gateway: bool
     engines: bool
+    goals: bool
     url: str | None
     levels: tuple[int, ...]
     requests: int
+    min_requests: int
     max_tokens: int
     model: str | None
     slots: int | None
@@ -52,6 +54,10 @@ class Options:
     gateway_requests: int
     gateway_tokens: int
     gateway_slots: int
+    litellm: bool
+    long_tokens: int
+    long_requests: int
+    long_concurrency: int
     engine_levels: tuple[int, ...]
     engine_slots: int
     engine_list: tuple[str, ...]
@@ -63,9 +69,9 @@ class Options:
     plot: bool
 
     def requests_at(self, level: int) -> int:
-        """Fixed when given; else enough for every client to send twice (at least 8), so the pool stays
-        full for most of the level and a full default run stays within ~10 minutes on 2 cores."""
-        return self.requests or max(8, 2 * level)
+        """Fixed when given; else enough for every client to send twice (at least `min_requests`), so the
+        pool stays full for most of the level and a full default run stays within ~10 minutes on 2 cores."""
+        return self.requests or max(self.min_requests, 2 * level)
 
 
 def parse(argv: list[str] | None) -> Options:
@@ -79,9 +85,14 @@ def parse(argv: list[str] | None) -> Options:
     )  # fmt: skip
     p.add_argument("--gateway", action="store_true", help="gateway alone: an instant engine behind the real stack")
     p.add_argument("--engines", action="store_true", help="tokens/s per engine at c=1,4,8, and llama-server direct")
+    p.add_argument(
+        "--goals", action="store_true", help="the five figures of issue 10 beside their goals: llama-server direct "
+        "vs the stack at c=1,8 (--engines) and the gateway beside LiteLLM (--gateway)"
+    )  # fmt: skip
     p.add_argument("--url", help="stack/stress modes: a running deployment (loopback only) instead of a private stack")
     p.add_argument("--concurrency", type=int_list, default=DEFAULT_LEVELS, help="levels, e.g. 1,2,5")
-    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(8, 2 x level))")
+    p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(N, 2 x level))")
+    p.add_argument("--min-requests", type=int, help="N above (default: 8; 24 with --goals, for a TTFT P95)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--model", help="model id (default: DEFAULT_MODEL)")
     p.add_argument("--slots", type=int, help="private stack's worker slots (default: WORKER_SLOTS)")
@@ -90,13 +101,17 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--gateway-requests", type=int, default=300, help="requests per gateway level")
     p.add_argument("--gateway-tokens", type=int, default=16, help="tokens the instant engine returns")
     p.add_argument("--gateway-slots", type=int, default=16, help="instant worker slots")
-    p.add_argument("--engines-concurrency", type=int_list, default=(1, 4, 8))
+    p.add_argument("--no-litellm", dest="litellm", action="store_false", help="--gateway without LiteLLM's proxy")
+    p.add_argument("--long-tokens", type=int, default=1024, help="tokens per long streamed answer (--gateway)")
+    p.add_argument("--long-requests", type=int, default=48, help="long streamed answers (--gateway)")
+    p.add_argument("--long-concurrency", type=int, default=16, help="clients for the long answers (--gateway)")
+    p.add_argument("--engines-concurrency", type=int_list, help="default: 1,4,8 (--goals: 1,8)")
     p.add_argument("--engine-slots", type=int, default=8, help="slots (parallel sequences) per engine")
     p.add_argument(
         "--engine-list",
         type=choice_list(ENGINES, "engine"),
-        default=ENGINES,
-        help="--engines: which engines, e.g. llama_cpp,llama_server (default: all this machine can run)",
+        help="--engines: which engines, e.g. llama_cpp,llama_server (default: all this machine can run;"
+        " --goals: llama_server)",
     )
     p.add_argument("--mlx-cpu", action="store_true", help="--engines: include MLX off Apple Silicon (slow)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
@@ -105,16 +120,19 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--out", type=Path, default=ROOT / "bench-results")
     p.add_argument("--no-plot", dest="plot", action="store_false")
     a = p.parse_args(argv)
-    modes = a.mode if a.mode is not None else (() if a.gateway or a.engines else ("direct", "stack"))
-    if not (modes or a.gateway or a.engines):
+    alone = a.gateway or a.engines or a.goals
+    modes = a.mode if a.mode is not None else (() if alone else ("direct", "stack"))
+    if not (modes or alone):
         p.error("nothing to run")
     return Options(
         modes=modes,
-        gateway=a.gateway,
-        engines=a.engines,
+        gateway=a.gateway or a.goals,
+        engines=a.engines or a.goals,
+        goals=a.goals,
         url=a.url,
         levels=a.concurrency,
         requests=a.requests,
+        min_requests=a.min_requests or (24 if a.goals else 8),
         max_tokens=a.max_tokens,
         model=a.model,
         slots=a.slots,
@@ -123,9 +141,13 @@ def parse(argv: list[str] | None) -> Options:
         gateway_requests=a.gateway_requests,
         gateway_tokens=a.gateway_tokens,
         gateway_slots=a.gateway_slots,
-        engine_levels=a.engines_concurrency,
+        litellm=a.litellm,
+        long_tokens=a.long_tokens,
+        long_requests=a.long_requests,
+        long_concurrency=a.long_concurrency,
+        engine_levels=a.engines_concurrency or ((1, 8) if a.goals else (1, 4, 8)),
         engine_slots=a.engine_slots,
-        engine_list=a.engine_list,
+        engine_list=a.engine_list or (("llama_server",) if a.goals else ENGINES),
         mlx_cpu=a.mlx_cpu,
         timeout=a.timeout,
         level_time_limit=a.level_time_limit,
