@@ -1,7 +1,7 @@
 """Worker slots: each is an RQ SimpleWorker on its own thread, sharing the process's loaded engine.
 
 RQ's default worker forks per job, which would reload the model; SimpleWorker runs jobs in-process.
-Signals belong to the main thread, and job timeouts use RQ's thread-safe TimerDeathPenalty.
+Signals belong to the main thread; a job's time limit is its lease and deadline, not a timer thread.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
-from rq.timeouts import TimerDeathPenalty
+from rq.timeouts import BaseDeathPenalty
 
 from services.common import keys
 from services.worker import job as job_entry
@@ -24,8 +24,19 @@ DEQUEUE_TIMEOUT = 5
 """Seconds a slot blocks waiting for a job (RQ derives it as worker_ttl - 15); bounds shutdown time."""
 
 
+class LeaseBound(BaseDeathPenalty):
+    """No timer thread per job (RQ's TimerDeathPenalty starts one, and could not interrupt a C call anyway):
+    a job ends when its lease goes or its deadline passes, which the publisher checks between tokens."""
+
+    def setup_death_penalty(self) -> None:
+        """Nothing to arm."""
+
+    def cancel_death_penalty(self) -> None:
+        """Nothing to disarm."""
+
+
 class SlotWorker(SimpleWorker):
-    death_penalty_class = TimerDeathPenalty
+    death_penalty_class = LeaseBound
 
     def _install_signal_handlers(self) -> None:
         """The main thread owns SIGINT/SIGTERM and asks each slot to stop."""
@@ -74,7 +85,8 @@ class Slots:
     def _work(self, index: int) -> None:
         """Keep the slot alive: RQ's loop quits on some Redis errors (a Redis restart), so start anew."""
         job_entry.bind(_CountingRunner(self))
-        level = logging.getLevelName(logging.getLogger().level)
+        # RQ logs several INFO lines per job (its description and result): warnings and up only
+        level = logging.getLevelName(max(logging.WARNING, logging.getLogger().level))
         while not self._stopping.is_set():
             try:
                 worker = self.workers[index] = self._new_worker(index)
