@@ -13,7 +13,7 @@ from services.api.completions import ChatCompletions, Completions
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
-from services.api.request_id import RequestIdFilter, RequestIdMiddleware
+from services.api.request_id import RequestIdMiddleware
 from services.api.state_metrics import StateCollector
 from services.api.status_page import StatusPage
 from services.api.system import HealthResource, ModelCommandResource, StatusResource
@@ -36,7 +36,6 @@ def create_app(
     client: redis.Redis,
     catalog: Catalog,
     metrics: ApiMetrics | None = None,
-    log_filter: RequestIdFilter | None = None,
 ) -> falcon.App:
     traffic = RecentTraffic(client)
     metrics = metrics or ApiMetrics(recent=traffic)
@@ -53,7 +52,7 @@ def create_app(
         admission=admission,
     )
 
-    app = falcon.App(middleware=[RequestIdMiddleware(log_filter), MetricsMiddleware(metrics)], cors_enable=False)
+    app = falcon.App(middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     app.add_error_handler(redis.RedisError, handle_redis_down)

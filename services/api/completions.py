@@ -16,6 +16,7 @@ from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
+from services.api.overhead import GatewayClock
 from services.api.sse import ChunkFormat, open_stream
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, RateLimited, from_status
@@ -36,7 +37,9 @@ class CompletionResource:
         self.gateway = gateway
         self.metrics = metrics
 
-    def _job(self, body: ChatCompletionRequest | CompletionRequest, model_id: str, rid: str) -> Job:
+    def _job(
+        self, body: ChatCompletionRequest | CompletionRequest, model_id: str, rid: str, client_rid: str | None = None
+    ) -> Job:
         requested = body.requested_max_tokens()
         params = SamplingParams(
             max_tokens=requested or self.settings.default_max_tokens,
@@ -55,6 +58,7 @@ class CompletionResource:
             "params": params,
             "accepted_at": now,
             "deadline": now + self.settings.request_timeout,
+            "client_request_id": client_rid,
         }
         if isinstance(body, ChatCompletionRequest):
             messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
@@ -67,7 +71,8 @@ class CompletionResource:
         model_id = self.catalog.resolve(body.model)
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
-        job = self._job(body, model_id, rid)
+        job = self._job(body, model_id, rid, getattr(req.context, "request_id", None))
+        clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         try:
@@ -75,6 +80,7 @@ class CompletionResource:
         except RateLimited as exc:
             self.metrics.rejected(exc.code or "rate_limited")
             raise
+        clock.enqueued()
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",
             rid,
@@ -84,14 +90,15 @@ class CompletionResource:
         )
         fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
         if body.stream:
-            resp.stream = open_stream(flight, fmt, self.gateway, self.metrics)  # raises a 4xx/5xx
+            resp.stream = open_stream(flight, fmt, self.gateway, self.metrics, clock)  # raises a 4xx/5xx
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
             return
-        resp.media = self._collect(flight, fmt)
+        resp.media = self._collect(flight, fmt, clock)
+        self.metrics.gateway_overhead(model_id, clock.seconds())
 
-    def _collect(self, flight: Flight, fmt: ChunkFormat) -> dict:
+    def _collect(self, flight: Flight, fmt: ChunkFormat, clock: GatewayClock) -> dict:
         """The same events as a stream, aggregated; a client that hangs up meanwhile cancels it (the lease
         keeper notices, see leases.py)."""
         job = flight.job
@@ -108,8 +115,10 @@ class CompletionResource:
                     parts.append(event.text)
                 elif isinstance(event, Failed):
                     finished = True
+                    clock.last_event()
                     raise from_status(event.status, event.message, code=event.code, param=event.param)
                 elif isinstance(event, Done):
+                    clock.last_event()
                     if flight.gone:  # the worker stopped because the client hung up: nobody to answer
                         raise ClientGone("The client closed the connection.")
                     finished = True

@@ -8,6 +8,9 @@ import os
 import shutil
 import tempfile
 
+from gunicorn.glogging import Logger
+
+from services.common import logs
 from services.common.settings import load_settings
 
 _settings = load_settings()
@@ -21,6 +24,18 @@ keepalive = 75
 loglevel = _settings.log_level.lower()
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s'
+
+
+class JsonLogger(Logger):
+    """gunicorn's own lines (the master's boot and worker exits, the access log) through services.common.logs;
+    each worker configures its own handlers again in services.api.wsgi.create()."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        logs.configure(_settings, os.environ.get("API_REPLICA", "api"))
+
+
+logger_class = JsonLogger
 bind = [f"{_settings.host}:{_settings.api_base_port}"]
 
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -13,6 +13,8 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.registry import Collector
 
+from services.api.overhead import HEADER as OVERHEAD_HEADER
+from services.api.overhead import GatewayClock
 from services.api.traffic import RecentTraffic
 from services.common import buckets
 
@@ -50,6 +52,13 @@ class ApiMetrics:
         self.finishes = Counter(
             "api_request_finished", "Completions by finish reason.", ("model_name", "finished_reason"), registry=r
         )
+        self.overhead = Histogram(
+            "api_gateway_overhead_seconds",
+            "Time the gateway added to a completion: before enqueue, and after its last event (x-gateway-overhead-ms).",
+            ("model_name",),
+            buckets=buckets.OVERHEAD,
+            registry=r,
+        )
         self.rejects = Counter("api_admission_rejects", "Requests refused before enqueue.", ("reason",), registry=r)
 
     def first_token(self, model: str, seconds: float) -> None:
@@ -70,6 +79,9 @@ class ApiMetrics:
         if accepted_at is not None:
             self.e2e.labels(model).observe(max(0.0, time.time() - accepted_at))
 
+    def gateway_overhead(self, model: str, seconds: float) -> None:
+        self.overhead.labels(model).observe(max(0.0, seconds))
+
     def cancelled(self, model: str) -> None:
         self.finishes.labels(model, "cancelled").inc()
 
@@ -85,11 +97,15 @@ class MetricsMiddleware:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
+        req.context.gateway = GatewayClock(req.context.started)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         route = req.uri_template or "unmatched"
         status = str(resp.status_code if hasattr(resp, "status_code") else resp.status).split()[0]
         started = getattr(req.context, "started", None)
+        clock = getattr(req.context, "gateway", None)
+        if clock is not None:  # a stream's headers leave now: its value is the time before enqueue
+            resp.set_header(OVERHEAD_HEADER, clock.header())
         self.metrics.responded(route, req.method, status, None if started is None else time.perf_counter() - started)
 
 

@@ -1,33 +1,23 @@
-"""X-Request-ID: taken from nginx (or the client) or made here, echoed back and put in every log line."""
+"""X-Request-ID: taken from nginx (or the client) or made here, echoed back and put on every log line."""
 
 from __future__ import annotations
 
-import logging
-import threading
 import uuid
 
 import falcon
 
-
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to log records; gthread serves one request per thread at a time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = getattr(self.local, "id", "-")
-        return True
+from services.common import logs
 
 
 class RequestIdMiddleware:
-    def __init__(self, log_filter: RequestIdFilter | None = None) -> None:
-        self.filter = log_filter
+    """Sets the log context's request id for the thread serving the request.
+
+    It is not reset at the end: a stream's body, and gunicorn's access line, are written after Falcon's
+    middleware has finished, in the same thread; the next request on that thread sets its own.
+    """
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         rid = (req.get_header("X-Request-ID") or "")[:128] or uuid.uuid4().hex
         req.context.request_id = rid
         resp.set_header("X-Request-ID", rid)
-        if self.filter is not None:
-            self.filter.local.id = rid
+        logs.request_id.set(rid)

@@ -22,6 +22,7 @@ from services.api import shapes
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
+from services.api.overhead import GatewayClock
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Event, Failed, Started
 
@@ -91,7 +92,9 @@ def read_head(items: Iterator[Item]) -> list[Item]:
     return head
 
 
-def open_stream(flight: Flight, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics) -> Iterator[bytes]:
+def open_stream(
+    flight: Flight, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics, clock: GatewayClock | None = None
+) -> Iterator[bytes]:
     """The SSE body, or the HTTP error that answers instead of it.
 
     OpenAI answers a streamed request whose error is known before the first token (context too long,
@@ -111,13 +114,19 @@ def open_stream(flight: Flight, fmt: ChunkFormat, gateway: Gateway, metrics: Api
         _release(flight, gateway, metrics, finished=True)
         failed = last[1]
         raise from_status(failed.status, failed.message, code=failed.code, param=failed.param)
-    return stream_events(flight, fmt, itertools.chain(head, items), gateway, metrics)
+    return stream_events(flight, fmt, itertools.chain(head, items), gateway, metrics, clock)
 
 
 def stream_events(
-    flight: Flight, fmt: ChunkFormat, items: Iterable[Item], gateway: Gateway, metrics: ApiMetrics
+    flight: Flight,
+    fmt: ChunkFormat,
+    items: Iterable[Item],
+    gateway: Gateway,
+    metrics: ApiMetrics,
+    clock: GatewayClock | None = None,
 ) -> Iterator[bytes]:
-    """The committed stream: every event as a chunk, an error after the 200 as an error event."""
+    """The committed stream: every event as a chunk, an error after the 200 as an error event.
+    `clock`'s overhead goes to the histogram once the last chunk is written (headers left long before)."""
     job = flight.job
     finished = False
     first_token = True
@@ -141,6 +150,8 @@ def stream_events(
                             sse(fmt.delta(p), event_id if i == len(pieces) - 1 else None) for i, p in enumerate(pieces)
                         )
                 elif isinstance(event, Done):
+                    if clock is not None:
+                        clock.last_event()
                     metrics.finished(job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at)
                     yield sse(fmt.closing(event.finish_reason), event_id)
                     if fmt.with_usage:
@@ -168,5 +179,7 @@ def stream_events(
             log.exception("stream %s broke", job.request_id)
             yield sse(InternalError("The server had an error while streaming.").envelope())
         yield DONE_LINE
+        if clock is not None and clock.last_event_at is not None:
+            metrics.gateway_overhead(job.model, clock.seconds())
     finally:
         _release(flight, gateway, metrics, finished=finished)

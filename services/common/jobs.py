@@ -58,6 +58,9 @@ class Job(BaseModel):
     accepted_at: float = Field(description="unix time the API admitted the request")
     deadline: float = Field(description="unix time after which nobody waits for the answer")
     attempt: int = 1
+    client_request_id: str | None = Field(
+        None, description="the X-Request-ID the API answered with, so the worker's log lines carry it too"
+    )
 
     def next_attempt(self, client_request_id: str) -> Job:
         attempt = self.attempt + 1

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_prompts: bool = False
     log_dir: Path = ROOT / "run" / "logs"
+    log_format: Literal["json", "text"] = "json"
+    log_files: bool = Field(False, description="rotating files per category under LOG_DIR instead of stdout")
+    log_file_max_mb: int = Field(10, ge=1, le=10_000)
+    log_file_backups: int = Field(5, ge=0, le=1000)
 
     # engines and models
     inference_engine: EngineName = "auto"

@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 
+from services.common import logs
 from services.common.settings import settings_or_exit
 from services.stack import nginx_conf, prometheus_conf, supervise
 from services.stack.binaries import MissingBinary
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-worker", action="store_true", help="no engine worker here (it runs on another box)")
     args = parser.parse_args(argv)
     settings = settings_or_exit()
+    logs.configure(settings, "stack")  # what it prints is for the person at the console; library lines go here
     if args.command == "check":
         problems = nginx_conf.check(settings) + prometheus_conf.check()
         print("\n".join(problems) or "stack config OK", file=sys.stderr if problems else sys.stdout)

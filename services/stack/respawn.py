@@ -18,6 +18,7 @@ import threading
 
 import redis
 
+from services.common import logs
 from services.common.redis_client import connect
 from services.common.registry import Registry, default_worker_id
 from services.common.settings import settings_or_exit
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         p.error("give the command after --")
     settings = settings_or_exit()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings, f"respawn-{args.name}")
     registry = Registry(connect(settings.redis_url), settings.heartbeat_ttl)
     child = Supervisor(args.name, command)
     child.on_down = lambda _reason: forget_worker(registry, child.pid)

@@ -7,11 +7,17 @@ Redis still starting would take the whole stack down; this wrapper orders the st
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 
 import redis
+
+from services.common import logs
+from services.common.settings import settings_or_exit
+
+log = logging.getLogger("services.stack.wait")
 
 
 def redis_ready(url: str, timeout: float) -> bool:
@@ -35,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no command after --")
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    settings = settings_or_exit()
+    logs.configure(settings, "wait")
+    url = settings.redis_url
     if not redis_ready(url, args.timeout):
-        print(f"redis at {url.rsplit('@', 1)[-1]} did not answer in {args.timeout:.0f}s", file=sys.stderr)
+        log.error("redis at %s did not answer in %.0fs", url.rsplit("@", 1)[-1], args.timeout)
         return 1
     os.execvp(cmd[0], cmd)
 

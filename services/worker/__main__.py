@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from services.common import logs
 from services.common.catalog import Catalog
 from services.common.redis_client import connect
 from services.common.settings import Settings, settings_or_exit
@@ -17,6 +18,8 @@ from services.worker.detect import Facts, choose
 from services.worker.engines.base import EngineUnavailable
 from services.worker.engines.factory import ENGINES
 from services.worker.process import WorkerProcess
+
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,7 +68,7 @@ def run_check(settings: Settings, facts: Facts, engine: str, catalog: Catalog, m
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_or_exit()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings, "worker")
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
     models = args.model or [catalog.default]
     if args.probe_engine:
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_check(settings, facts, engine, catalog, models)
     choice = choose(engine, settings.device_type, facts)
     for reason in choice.reasons:
-        logging.info("engine choice: %s", reason)
+        log.info("engine choice: %s", reason)
     worker = WorkerProcess(
         settings,
         connect(settings.redis_url),
@@ -105,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker.start(models)
     except EngineUnavailable as exc:
-        logging.error("%s", exc)
+        log.error("%s", exc)
         worker.stop()
         return 1
     worker.wait()
-    logging.info("stopping: draining jobs in flight")
+    log.info("stopping: draining jobs in flight")
     worker.stop()
     return 0
 

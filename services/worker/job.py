@@ -6,11 +6,14 @@ the binding is per thread, like RQ's own `get_current_job()`.
 
 from __future__ import annotations
 
+import logging
 import threading
 
+from services.common import logs
 from services.common.jobs import Job
 from services.worker.runner import JobRunner
 
+log = logging.getLogger(__name__)
 _slot = threading.local()
 
 
@@ -22,4 +25,7 @@ def run(payload: dict) -> None:
     runner: JobRunner | None = getattr(_slot, "runner", None)
     if runner is None:
         raise RuntimeError("services.worker.job.run called outside a worker slot")
-    runner.run(Job.from_wire(payload))
+    job = Job.from_wire(payload)
+    with logs.bound(job.client_request_id or job.request_id):  # older APIs send no X-Request-ID
+        log.info("job %s: model %s, attempt %d", job.request_id, job.model, job.attempt)  # RQ's own line is off
+        runner.run(job)
