@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import statistics
 import time
 from collections import Counter
@@ -43,6 +42,39 @@ def client(base: str, **kwargs: object) -> openai.OpenAI:
 
 def access_log(stack: NativeStack) -> list[dict]:
     return [json.loads(line) for line in stack.log("nginx-access").read_text().splitlines() if line.strip()]
+
+
+def json_lines(path) -> list[dict]:
+    """A process's JSON log lines (services/common/logs.py); a line a library printed itself is skipped."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_one_request_id_from_nginx_to_the_worker_and_the_gateway_overhead(stack: NativeStack) -> None:
+    rid = f"trace-{time.monotonic_ns()}"
+    prompt = "Name three colours, secretly."
+    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
+    started = time.perf_counter()
+    reply = httpx.post(f"{stack.url}/v1/chat/completions", json=body, headers={"X-Request-ID": rid}, timeout=120)
+    total_ms = (time.perf_counter() - started) * 1000
+    assert reply.status_code == 200 and reply.headers["x-request-id"] == rid
+    overhead = float(reply.headers["x-gateway-overhead-ms"])
+    assert 0 <= overhead < total_ms, (overhead, total_ms)
+
+    def seen() -> bool:
+        api = [line for n in (1, 2) for line in json_lines(stack.log(f"api-{n}")) if line["request_id"] == rid]
+        worker = [line for line in json_lines(stack.log("worker")) if line["request_id"] == rid]
+        nginx = [e for e in access_log(stack) if e["request_id"] == rid]
+        return bool(api and worker and nginx)
+
+    wait_until(seen, 10, "the request id in the nginx, API and worker logs")
+    api = [line for n in (1, 2) for line in json_lines(stack.log(f"api-{n}")) if line["request_id"] == rid]
+    assert {"api_requests"} <= {line["category"] for line in api}
+    assert any(line.get("http", {}).get("status") == 200 for line in api)  # gunicorn's access line
+    worker = [line for line in json_lines(stack.log("worker")) if line["request_id"] == rid]
+    assert worker[0]["category"] == "model_operations" and worker[0]["proc"] == "worker"
+    everything = "".join(stack.log(name).read_text() for name in ("api-1", "api-2", "worker", "nginx-access"))
+    assert prompt not in everything and stack.settings.redis_password not in everything
+    print(f"\ngateway overhead {overhead:.2f} ms of {total_ms:.0f} ms; worker lines: {[w['message'] for w in worker]}")
 
 
 def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
@@ -127,7 +159,7 @@ def test_fifty_concurrent_requests_use_both_replicas(stack: NativeStack) -> None
     for n in (1, 2):
         address = f"127.0.0.1:{stack.settings.api_base_port + n - 1}"
         sent = {e["request_id"] for e in ours if e["upstream"] == address}
-        logged = set(re.findall(r"rid=(\S+)$", stack.log(f"api-{n}").read_text(), flags=re.M))
+        logged = {line["request_id"] for line in json_lines(stack.log(f"api-{n}"))}
         assert sent <= logged, sent - logged
 
 
