@@ -49,7 +49,7 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
     print(f"\nmodel {session.model.id}, max_tokens {options.max_tokens}, temperature 0; run took {elapsed:.0f} s")
     for name, mode in session.modes.items():
         print(f"\n### {name}: {mode.target}\n")
-        print(report.level_table(mode.levels, cpu=name.startswith(("gateway", "litellm"))))
+        print(report.level_table(mode.levels, cpu=name.startswith(("gateway", "litellm", "engine"))))
         warning = report.noise_warning(mode.levels)
         if warning:
             print(warning)

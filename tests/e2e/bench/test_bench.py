@@ -1,7 +1,8 @@
 """`python -m services.bench` end to end in a tiny configuration, so the tool cannot rot unnoticed.
 
 Direct and stack modes on the real Gemma model (one level, two requests, four tokens), then the
-gateway mode with the instant engine; the JSON must have the fields and sane values.
+gateway mode with the instant engine beside LiteLLM's proxy, then the five goal figures of issue 10;
+the JSON must have the fields and sane values. Speeds are never asserted: the printed bench judges them.
 """
 
 from __future__ import annotations
@@ -69,10 +70,30 @@ def test_direct_and_stack(tmp_path, gemma_path):
     assert list(tmp_path.glob("bench-*.png")), "the plot was written"
 
 
-def test_gateway_with_the_instant_engine(tmp_path):
+GOALS = {
+    "added_ttft_p50_ms",
+    "added_ttft_p95_ms",
+    "tokens_per_s_ratio_c1",
+    "tokens_per_s_ratio_c8",
+    "gateway_cpu_ms_per_request",
+    "requests_per_s_vs_litellm_c32",
+    "stream_tokens_per_s_per_api_core",
+}
+
+
+def test_gateway_with_the_instant_engine_beside_litellm(tmp_path):
+    """LiteLLM's proxy (its own venv under run/, installed on first use) measured level by level beside ours."""
     args = ["--gateway", "--gateway-concurrency", "1,4", "--gateway-requests", "20", "--no-plot"]
-    result = bench(tmp_path, *args)
-    assert set(result["modes"]) == {"gateway-json", "gateway-stream"}
+    result = bench(
+        tmp_path, *args, "--long-tokens", "32", "--long-requests", "4", "--long-concurrency", "2", timeout=900
+    )
+    assert set(result["modes"]) == {
+        "gateway-json",
+        "gateway-stream",
+        "litellm-json",
+        "litellm-stream",
+        "gateway-long",
+    }, result["notes"]
     for variant in ("json", "stream"):
         levels = result["modes"][f"gateway-{variant}"]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 4]
@@ -82,7 +103,40 @@ def test_gateway_with_the_instant_engine(tmp_path):
             assert level["cpu_ms_per_request"]["api"] > 0
         figures = result["figures"]["gateway"][variant]
         assert figures["peak_requests_per_s"] > 1 and figures["api_cpu_ms_per_request"] > 0
-    assert "LiteLLM" in result["_stdout"]
+        theirs = result["modes"][f"litellm-{variant}"]["levels"]
+        assert [lv["concurrency"] for lv in theirs] == [1, 4]
+        assert all(lv["success_rate"] == 1.0 and "litellm" in lv["cpu_ms_per_request"] for lv in theirs)
+        assert result["figures"]["gateway"][f"litellm-{variant}"]["peak_requests_per_s"] > 1
+    (long,) = result["modes"]["gateway-long"]["levels"]
+    assert long["success_rate"] == 1.0 and long["completion_tokens"] == 4 * 32
+    assert "LiteLLM proxy, same run (json)" in result["_stdout"]
+
+
+def test_goals_in_one_run(tmp_path, gemma_path):
+    """`--goals` prints the five figures with their goals and saves them: llama-server direct vs the stack
+    at c=1 and c=8, and the gateway vs LiteLLM at c=32. Present and numeric; their values are the bench's job."""
+    args = ["--goals", "--requests", "2", "--max-tokens", "4", "--engine-slots", "2", "--no-plot"]
+    args += ["--gateway-concurrency", "32", "--gateway-requests", "40"]
+    args += ["--long-tokens", "32", "--long-requests", "4", "--long-concurrency", "2"]
+    result = bench(tmp_path, *args, timeout=900)
+    goals = result["figures"]["goals"]
+    assert set(goals) == GOALS, result["notes"]
+    for key, figure in goals.items():
+        assert isinstance(figure["value"], float), (key, figure, result["notes"])
+        assert figure["met"] in (True, False) if figure["goal"] is not None else figure["met"] is None
+    out = result["_stdout"]
+    assert "goals (issue 10), measured side by side in this run:" in out
+    for label in (
+        "time to first token added, P50, c=1",
+        "time to first token added, P95, c=1",
+        "tokens/s, stack / llama-server, c=1",
+        "tokens/s, stack / llama-server, c=8",
+        "gateway CPU per 4-token request",
+        "gateway-only requests/s / LiteLLM's, c=32",
+        "streaming capacity: tokens/s per API core",
+    ):
+        line = next((ln for ln in out.splitlines() if ln.startswith(f"| {label}")), None)
+        assert line is not None and "| - |" not in line, (label, out[-3000:])
 
 
 def test_engines_side_by_side(tmp_path, gemma_path):
