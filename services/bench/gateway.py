@@ -10,22 +10,41 @@ gateway can carry per core of API.
 from __future__ import annotations
 
 import contextlib
+import time
 
 from services.bench.cpu import CpuMeter
 from services.bench.http_target import HttpTarget
 from services.bench.litellm_proxy import LiteLLMUnavailable, litellm_proxy
 from services.bench.load import run_level
-from services.bench.session import ModeResult, Session
+from services.bench.session import ModeResult, Session, WarmupFailed
 from services.bench.stack import private_stack
 from services.bench.target import Target
 from services.bench.workload import Workload
 
 VARIANTS = {"json": False, "stream": True}
 WARM_REQUESTS = 20  # warm every connection path and server process a little
+WARM_LIMIT_S = 60.0
 
 
 def instant_worker(model: str, slots: int) -> list[str]:
     return ["-m", "services.bench.instant_worker", "--model", model, "--slots", str(slots)]
+
+
+def warm_up(target: Target, workload: Workload) -> None:
+    """WARM_REQUESTS successes in a row: LiteLLM's health check answers from one uvicorn worker while
+    another may still be starting (and answering 401), which would otherwise count as failed requests."""
+    deadline = time.monotonic() + WARM_LIMIT_S
+    streak, index, error = 0, 0, None
+    while streak < WARM_REQUESTS:
+        if time.monotonic() > deadline:
+            raise WarmupFailed(
+                f"{target.name}: not {WARM_REQUESTS} good answers in a row in {WARM_LIMIT_S:.0f} s: {error}"
+            )
+        sample = target.send(workload, index)
+        streak, error = (streak + 1, error) if sample.ok else (0, sample.error)
+        index += 1
+        if not sample.ok:
+            time.sleep(0.2)
 
 
 def run_gateway(session: Session) -> None:
@@ -64,8 +83,7 @@ def run_gateway(session: Session) -> None:
         for variant, stream in VARIANTS.items():
             workload = Workload(model=model, max_tokens=options.gateway_tokens, stream=stream)
             for name, target, _ in sides:
-                for i in range(WARM_REQUESTS):
-                    target.send(workload, i)
+                warm_up(target, workload)
                 session.modes[f"{name}-{variant}"] = ModeResult(
                     f"{described[name]} ({variant} responses, {options.gateway_tokens} tokens)",
                     [],
