@@ -9,6 +9,7 @@ import redis
 
 from services.api import errors
 from services.api.admission import Admission
+from services.api.auth import AuthMiddleware
 from services.api.completions import ChatCompletions, Completions
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
@@ -22,6 +23,7 @@ from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
 from services.common.registry import Registry
 from services.common.settings import Settings
+from services.keys.ring import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ def create_app(
 
     app = falcon.App(middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
+    if settings.api_keys_file is not None:  # authentication before admission; no keys file, no change
+        app.add_middleware(AuthMiddleware(KeyRing(settings.api_keys_file)))
     errors.install(app)
     app.add_error_handler(redis.RedisError, handle_redis_down)
 

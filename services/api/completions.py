@@ -11,7 +11,7 @@ import uuid
 
 import falcon
 
-from services.api import shapes
+from services.api import auth, shapes
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.leases import Flight
@@ -38,7 +38,12 @@ class CompletionResource:
         self.metrics = metrics
 
     def _job(
-        self, body: ChatCompletionRequest | CompletionRequest, model_id: str, rid: str, client_rid: str | None = None
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        model_id: str,
+        rid: str,
+        client_rid: str | None = None,
+        key_name: str | None = None,
     ) -> Job:
         requested = body.requested_max_tokens()
         params = SamplingParams(
@@ -59,6 +64,7 @@ class CompletionResource:
             "accepted_at": now,
             "deadline": now + self.settings.request_timeout,
             "client_request_id": client_rid,
+            "key_name": key_name,
         }
         if isinstance(body, ChatCompletionRequest):
             messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
@@ -69,9 +75,10 @@ class CompletionResource:
         schema = ChatCompletionRequest if self.chat else CompletionRequest
         body = parse(schema, read_json_body(req, self.settings.max_request_bytes))
         model_id = self.catalog.resolve(body.model)
+        auth.require_model(req, model_id, self.catalog)
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
-        job = self._job(body, model_id, rid, getattr(req.context, "request_id", None))
+        job = self._job(body, model_id, rid, getattr(req.context, "request_id", None), req.context.get("key_name"))
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import falcon
 
-from services.api import shapes
+from services.api import auth, shapes
 from services.api.gateway import Gateway
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
@@ -21,10 +21,12 @@ class ModelsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         serving = self.gateway.serving(fresh=True)
-        resp.media = {"object": "list", "data": [self._card(m, ws) for m, ws in sorted(serving.items())]}
+        cards = [self._card(m, ws) for m, ws in sorted(serving.items()) if auth.may_use(req, m, self.catalog)]
+        resp.media = {"object": "list", "data": cards}
 
     def on_get_one(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
         canonical = self.catalog.resolve(model_id)
+        auth.require_model(req, canonical, self.catalog)
         workers = self.gateway.serving(fresh=True).get(canonical)
         if not workers:
             raise ServiceUnavailable(

@@ -46,6 +46,14 @@ class AuthenticationFailed(APIError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(APIError):
+    """A valid key that may not do this: an admin route, or a model outside its allowlist."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"

@@ -61,6 +61,7 @@ class Job(BaseModel):
     client_request_id: str | None = Field(
         None, description="the X-Request-ID the API answered with, so the worker's log lines carry it too"
     )
+    key_name: str | None = Field(None, description="the name of the caller's API key, for limits and usage")
 
     def next_attempt(self, client_request_id: str) -> Job:
         attempt = self.attempt + 1

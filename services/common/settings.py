@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     log_file_max_mb: int = Field(10, ge=1, le=10_000)
     log_file_backups: int = Field(5, ge=0, le=1000)
 
+    # access (services/keys): empty = no keys, every route open (the native stack then listens on loopback)
+    api_keys_file: Path | None = Field(None, description="JSON keys file (hashes only); re-read when it changes")
+
     # engines and models
     inference_engine: EngineName = "auto"
     device_type: DeviceType = "auto"
@@ -82,6 +85,11 @@ class Settings(BaseSettings):
     redis_bind: str = Field("127.0.0.1", description="native stack: addresses redis-server binds, space separated")
     prometheus_port: int = Field(9090, ge=1, le=65535)
     nginx_read_timeout: float = Field(360.0, gt=0, le=86_400, description="keep above REQUEST_TIMEOUT")
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("redis_url")
     @classmethod

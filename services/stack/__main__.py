@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{proc.name}: {shlex.join(proc.argv)}")
         print(f"public: {stack.public_url}\nprometheus: {stack.prometheus_url}\nlogs: {stack.layout.log_dir}")
         return 0
+    print(nginx_conf.exposure_note(settings))
     print(f"serving on {stack.public_url} (prometheus {stack.prometheus_url}); logs in {stack.layout.log_dir}")
     return supervise.run(stack.procs, stack.layout)
 

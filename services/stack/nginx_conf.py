@@ -68,9 +68,29 @@ def replica_addresses(settings: Settings) -> list[str]:
     return [f"127.0.0.1:{settings.api_base_port + i}" for i in range(settings.api_replicas)]
 
 
+OPEN_HOSTS = ("0.0.0.0", "::")
+
+
+def listen_host(settings: Settings) -> str:
+    """Where nginx listens: without API keys only on loopback, unless HOST was set explicitly."""
+    if settings.api_keys_file is None and "host" not in settings.model_fields_set:
+        return "127.0.0.1"
+    return settings.host
+
+
+def exposure_note(settings: Settings) -> str:
+    """The one line `up` prints about who can reach the service."""
+    host = listen_host(settings)
+    if settings.api_keys_file is not None:
+        return f"API keys required (API_KEYS_FILE={settings.api_keys_file}); nginx listens on {host}"
+    if host in OPEN_HOSTS:
+        return f"WARNING: no API keys and HOST={host}: anyone who reaches port {settings.port} can use every route"
+    return f"no API keys (API_KEYS_FILE is empty): nginx listens on {host} only"
+
+
 def native_values(settings: Settings, layout: Layout, *, listen: str | None = None) -> dict[str, str]:
     return {
-        "NGINX_LISTEN": listen or f"{settings.host}:{settings.port}",
+        "NGINX_LISTEN": listen or f"{listen_host(settings)}:{settings.port}",
         "NGINX_UPSTREAM_SERVERS": upstream_servers(replica_addresses(settings)),
         "NGINX_RESOLVER": "",
         "NGINX_STATE_DIR": str(layout.nginx_dir),

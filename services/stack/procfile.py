@@ -52,7 +52,7 @@ class Stack:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as an environment variable, so each child sees exactly the launcher's settings."""
-    return {name.upper(): str(value) for name, value in settings.model_dump().items()}
+    return {name.upper(): "" if value is None else str(value) for name, value in settings.model_dump().items()}
 
 
 def _waiting_for_redis(python: str, argv: list[str]) -> tuple[str, ...]:
