@@ -21,6 +21,10 @@ from services.common.jobs import JOB_FUNCTION, Job
 Command = tuple[object, ...]
 
 
+GRACE_S = 30
+"""Seconds RQ keeps a job's hash past the request's deadline."""
+
+
 @dataclass(frozen=True)
 class JobState:
     """Where RQ has a job, read atomically with the length of its event stream."""
@@ -52,13 +56,15 @@ class JobQueue:
 
     def enqueue(self, job: Job, pipe: Pipeline) -> None:
         """Add RQ's enqueue of `job` to `pipe` (RQ switches it to MULTI, so call this before adding others)."""
-        ttl = max(1, int(job.deadline - time.time()))
+        # RQ's ttl only collects the job's hash: the deadline is what ends a request, and a hash that expired
+        # first would read as a lost job (retried, then 503) instead of the timeout it is.
+        ttl = max(1, int(job.deadline - time.time())) + GRACE_S
         self.queue(job.model).enqueue(
             JOB_FUNCTION,
             job.to_wire(),
             job_id=job.request_id,
             description=job.request_id,
-            job_timeout=ttl + 30,
+            job_timeout=ttl,
             ttl=ttl,
             result_ttl=0,
             failure_ttl=self.stream_ttl,
