@@ -20,6 +20,33 @@ from services.bench.target import Target
 from services.bench.workload import Workload
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Part of a level: its samples, wall time and CPU seconds by role (`others` included)."""
+
+    samples: list[Sample]
+    wall_s: float
+    spent: dict[str, float]
+
+
+def combine(parts: list[Part], concurrency: int) -> LevelSummary:
+    """One level from parts run at different times (interleaved with another target's parts)."""
+    samples = [s for part in parts for s in part.samples]
+    wall = sum(part.wall_s for part in parts)
+    summary = summarize(samples, concurrency, wall)
+    spent: dict[str, float] = {}
+    for part in parts:
+        for role, seconds in part.spent.items():
+            spent[role] = spent.get(role, 0.0) + seconds
+    others = spent.pop("others", 0.0)
+    ok = max(1, summary.ok)
+    return dataclasses.replace(
+        summary,
+        cpu_ms_per_request={k: v * 1000 / ok for k, v in spent.items()},
+        other_cpu_cores=others / max(wall, 1e-9),
+    )
+
+
 def run_level(
     target: Target,
     workload: Workload,
@@ -36,6 +63,31 @@ def run_level(
     `meter` splits CPU by process role; without one only this process is known, so everything else
     on the machine counts as noise.
     """
+    part = run_part(
+        target,
+        workload,
+        concurrency,
+        requests,
+        first_index=first_index,
+        time_limit_s=time_limit_s,
+        meter=meter,
+        label=label,
+    )
+    return combine([part], concurrency)
+
+
+def run_part(
+    target: Target,
+    workload: Workload,
+    concurrency: int,
+    requests: int,
+    *,
+    first_index: int = 0,
+    time_limit_s: float = 600.0,
+    meter: CpuMeter | None = None,
+    label: str = "",
+) -> Part:
+    """run_level's requests, before they are summarized."""
     meter = meter or CpuMeter()
     samples: list[Sample] = []
     bar = tqdm(total=requests, desc=label or f"{target.name} c={concurrency}", unit="req", file=sys.stderr)
@@ -62,12 +114,4 @@ def run_level(
         pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C/SIGTERM: send nothing more, unwind now
     wall = time.perf_counter() - started
     bar.close()
-    summary = summarize(samples, concurrency, wall)
-    spent = meter.since(before)
-    others = spent.pop("others")
-    ok = max(1, summary.ok)
-    return dataclasses.replace(
-        summary,
-        cpu_ms_per_request={k: v * 1000 / ok for k, v in spent.items()},
-        other_cpu_cores=others / max(wall, 1e-9),
-    )
+    return Part(samples, wall, meter.since(before))

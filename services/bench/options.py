@@ -46,6 +46,7 @@ class Options:
     levels: tuple[int, ...]
     requests: int
     min_requests: int
+    rounds: int
     max_tokens: int
     model: str | None
     slots: int | None
@@ -93,6 +94,10 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--concurrency", type=int_list, default=DEFAULT_LEVELS, help="levels, e.g. 1,2,5")
     p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(N, 2 x level))")
     p.add_argument("--min-requests", type=int, help="N above (default: 8; 24 with --goals, for a TTFT P95)")
+    p.add_argument(
+        "--rounds", type=int, help="side-by-side levels run in N parts taken in turn by each side (default: 1;"
+        " --goals: 3)"
+    )  # fmt: skip
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--model", help="model id (default: DEFAULT_MODEL)")
     p.add_argument("--slots", type=int, help="private stack's worker slots (default: WORKER_SLOTS)")
@@ -103,7 +108,7 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--gateway-slots", type=int, default=16, help="instant worker slots")
     p.add_argument("--no-litellm", dest="litellm", action="store_false", help="--gateway without LiteLLM's proxy")
     p.add_argument("--long-tokens", type=int, default=1024, help="tokens per long streamed answer (--gateway)")
-    p.add_argument("--long-requests", type=int, default=48, help="long streamed answers (--gateway)")
+    p.add_argument("--long-requests", type=int, default=300, help="long streamed answers (--gateway)")
     p.add_argument("--long-concurrency", type=int, default=16, help="clients for the long answers (--gateway)")
     p.add_argument("--engines-concurrency", type=int_list, help="default: 1,4,8 (--goals: 1,8)")
     p.add_argument("--engine-slots", type=int, default=8, help="slots (parallel sequences) per engine")
@@ -133,6 +138,7 @@ def parse(argv: list[str] | None) -> Options:
         levels=a.concurrency,
         requests=a.requests,
         min_requests=a.min_requests or (24 if a.goals else 8),
+        rounds=a.rounds or (3 if a.goals else 1),
         max_tokens=a.max_tokens,
         model=a.model,
         slots=a.slots,

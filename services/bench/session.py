@@ -15,7 +15,7 @@ from services.bench import comparison
 from services.bench.cpu import CpuMeter
 from services.bench.direct_target import DirectTarget
 from services.bench.http_target import HttpTarget, require_loopback
-from services.bench.load import run_level
+from services.bench.load import combine, run_level, run_part
 from services.bench.options import Options
 from services.bench.stack import private_stack
 from services.bench.summary import LevelSummary
@@ -101,7 +101,9 @@ class Session:
     def measure(self, contenders: list[Contender], levels: Sequence[int] | None = None) -> None:
         """Levels interleaved across the contenders (direct c=1, stack c=1, direct c=2, ...): this kind
         of VM drifts by 10-20 % over minutes, and interleaving lets the drift hit every side alike.
-        Each ModeResult is registered before the first level, so a run cut short keeps what finished."""
+        With --rounds N each level is cut in N parts taken in turn (direct, stack, direct, stack, ...),
+        so even a level's own minutes are shared. Each ModeResult is registered before the first level,
+        so a run cut short keeps what finished."""
         levels = levels or self.options.levels
         workload = self.workload()
         for contender in contenders:
@@ -110,19 +112,25 @@ class Session:
         index = 0
         for level in levels:
             count = self.options.requests_at(level)
-            for contender in contenders:
-                self.modes[contender.name].levels.append(
-                    run_level(
-                        contender.target,
-                        workload,
-                        level,
-                        count,
-                        first_index=index,
-                        time_limit_s=self.options.level_time_limit,
-                        meter=contender.meter,
-                        label=f"{contender.name} c={level}",
+            rounds = max(1, min(self.options.rounds, count // level))
+            sizes = [count // rounds + (1 if r < count % rounds else 0) for r in range(rounds)]
+            parts: dict[str, list] = {c.name: [] for c in contenders}
+            for r, size in enumerate(sizes):
+                for contender in contenders:
+                    parts[contender.name].append(
+                        run_part(
+                            contender.target,
+                            workload,
+                            level,
+                            size,
+                            first_index=index + sum(sizes[:r]),
+                            time_limit_s=self.options.level_time_limit / rounds,
+                            meter=contender.meter,
+                            label=f"{contender.name} c={level}" + (f" ({r + 1}/{rounds})" if rounds > 1 else ""),
+                        )
                     )
-                )
+            for contender in contenders:
+                self.modes[contender.name].levels.append(combine(parts[contender.name], level))
             index += count
 
     # -- modes --------------------------------------------------------------------------------------
