@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -122,5 +123,9 @@ def litellm_proxy(model: str, *, tokens: int, workers: int) -> Iterator[RunningP
             "litellm", lambda: httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200, READY_TIMEOUT_S
         )
         yield RunningProxy(url, proc.pid, master_key)
-    finally:
+    except BaseException:
         launcher.stop_all()
+        print(f"bench: LiteLLM's log is in {run_dir}", file=sys.stderr)
+        raise
+    launcher.stop_all()
+    shutil.rmtree(run_dir, ignore_errors=True)  # its config holds this run's key; a failed run keeps its log
