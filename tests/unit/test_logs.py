@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,11 @@ def emit(handlers: list[logging.Handler], name: str, level: int, msg: str, *args
 
 
 @pytest.fixture()
-def sink() -> Sink:
-    return Sink(Settings(redis_url=f"redis://:{PASSWORD}@10.0.0.5:6379/0"))
+def sink() -> Iterator[Sink]:
+    """Outside any request: an earlier test's request (falcon.testing runs in this thread) left its id
+    in the thread's context, as a served request leaves it on a gunicorn thread until the next one."""
+    with logs.bound(None):
+        yield Sink(Settings(redis_url=f"redis://:{PASSWORD}@10.0.0.5:6379/0"))
 
 
 def test_a_record_is_one_json_line_with_request_id_category_and_level(sink):
