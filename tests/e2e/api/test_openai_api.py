@@ -224,7 +224,8 @@ def test_metrics_from_api_and_worker(api, client, worker):
 
 def test_streaming_client_survives_keepalives_while_queued(api, client):
     """Both slots busy: the third stream waits in the queue past SSE_KEEPALIVE, receiving keep-alives."""
-    body = {"model": MODEL, **COUNTING, "max_tokens": 120, "stream": True}
+    # long enough that the third request waits well past one keep-alive interval however fast the engine is
+    body = {"model": MODEL, **COUNTING, "max_tokens": 300, "stream": True}
     with cf.ThreadPoolExecutor(2) as pool:
         blockers = [
             pool.submit(lambda: httpx.post(f"{api.v1()}/completions", json=body, timeout=120)) for _ in range(2)
