@@ -117,7 +117,8 @@ def test_goals_in_one_run(tmp_path, gemma_path):
     at c=1 and c=8, and the gateway vs LiteLLM at c=32. Present and numeric; their values are the bench's job."""
     args = ["--goals", "--requests", "2", "--max-tokens", "4", "--engine-slots", "2", "--no-plot"]
     args += ["--gateway-concurrency", "32", "--gateway-requests", "40"]
-    args += ["--long-tokens", "32", "--long-requests", "4", "--long-concurrency", "2"]
+    # long enough that the API's CPU is read over ticks of psutil's clock, or the per-core figure has no divisor
+    args += ["--long-tokens", "512", "--long-requests", "16", "--long-concurrency", "4"]
     result = bench(tmp_path, *args, timeout=900)
     goals = result["figures"]["goals"]
     assert set(goals) == GOALS, result["notes"]
