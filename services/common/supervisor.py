@@ -105,6 +105,38 @@ class History:
         )
 
 
+class Deaths:
+    """When a process died, kept for `window` seconds: the crash-loop count and the backoff's exponent."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._times: deque[float] = deque()
+
+    def add(self) -> int:
+        """Record a death now; returns the deaths within the window."""
+        self._times.append(time.monotonic())
+        return self.recent()
+
+    def recent(self) -> int:
+        cutoff = time.monotonic() - self.window
+        while self._times and self._times[0] < cutoff:
+            self._times.popleft()
+        return len(self._times)
+
+    def only_the_last(self) -> None:
+        """Forget all but the latest: the process had run stably before it."""
+        while len(self._times) > 1:
+            self._times.popleft()
+
+
+def answers(check: Callable[[], bool]) -> bool:
+    """A readiness or health check that raises (refused, reset, timed out) is a 'no', not an error."""
+    try:
+        return bool(check())
+    except Exception:
+        return False
+
+
 class Supervisor:
     """One child process kept alive by a watcher thread.
 
@@ -138,7 +170,7 @@ class Supervisor:
         self.last_exit: str | None = None
         self.proc: subprocess.Popen | None = None
         self.started_at = time.monotonic()
-        self._deaths: deque[float] = deque()
+        self._deaths = Deaths(self.policy.window)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -148,8 +180,7 @@ class Supervisor:
         return self.proc.pid if self.proc is not None else None
 
     def recent_deaths(self) -> int:
-        cutoff = time.monotonic() - self.policy.window
-        return sum(1 for t in self._deaths if t >= cutoff)
+        return self._deaths.recent()
 
     def start(self) -> None:
         self._stop.clear()
@@ -231,7 +262,7 @@ class Supervisor:
         deadline = time.monotonic() + self.policy.ready_timeout
         assert self.proc is not None
         while self.proc.poll() is None and not self._stop.is_set():
-            if self._probe():
+            if answers(self.ready):
                 self.state = State.SERVING
                 log.info("%s (pid %d) is serving", self.name, self.proc.pid)
                 self.on_up()
@@ -247,20 +278,12 @@ class Supervisor:
                 return
             self._stop.wait(0.2)
 
-    def _probe(self) -> bool:
-        try:
-            return bool(self.ready())
-        except Exception:  # a sidecar still binding its port refuses connections: not ready yet
-            return False
-
     def _died(self, code: int) -> None:
         now = time.monotonic()
         uptime = now - self.started_at
-        self._deaths.append(now)
-        while self._deaths and self._deaths[0] < now - self.policy.window:
-            self._deaths.popleft()
+        deaths = self._deaths.add()
         self.last_exit = describe_exit(code)
-        looping = self.recent_deaths() >= self.policy.loop_after
+        looping = deaths >= self.policy.loop_after
         self.state = State.CRASH_LOOP if looping else State.RESTARTING
         advice = hint(code)
         log.error(
@@ -269,7 +292,7 @@ class Supervisor:
             self.proc.pid if self.proc else -1,
             self.last_exit,
             uptime,
-            f" [crash loop: {self.recent_deaths()} deaths in {self.policy.window:.0f} s]" if looping else "",
+            f" [crash loop: {deaths} deaths in {self.policy.window:.0f} s]" if looping else "",
             self.restarts + 1,
             f"; {advice}" if advice else "",
         )
@@ -278,7 +301,6 @@ class Supervisor:
     def _delay(self) -> float:
         """Exponential in the deaths of the current window; a child that had run stably starts afresh."""
         if time.monotonic() - self.started_at >= self.policy.stable_after:
-            self._deaths.clear()
-            self._deaths.append(time.monotonic())
-        n = max(1, self.recent_deaths())
+            self._deaths.only_the_last()
+        n = max(1, self._deaths.recent())
         return min(self.policy.cap, self.policy.first * 2 ** (n - 1))

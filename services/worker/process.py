@@ -20,7 +20,7 @@ from services.common.registry import Registry, WorkerRecord, default_worker_id
 from services.common.settings import Settings
 from services.common.supervisor import History, State
 from services.worker.engines.base import Engine, EngineUnavailable
-from services.worker.engines.factory import build_engine
+from services.worker.engines.factory import build_engine, sidecar_url
 from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import JobRunner
@@ -244,8 +244,7 @@ class WorkerProcess:
         """A sidecar at a URL (compose's llama-server, vLLM) restarts on its own; we only follow it."""
         if self.sidecar is not None or self.engine_name not in ("llama_server", "vllm"):
             return
-        fallback = self.settings.llama_server_url if self.engine_name == "llama_server" else self.settings.vllm_url
-        url = self.upstream_url or fallback
+        url = sidecar_url(self.engine_name, self.settings, self.upstream_url)
         if url:
             self.sidecar = UpstreamWatch(self.engine_name, url, on_up=self.engine_up, on_down=self.engine_down)
             self.sidecar.start()

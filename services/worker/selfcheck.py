@@ -8,6 +8,7 @@ reports the signal and the fix, so an unusable build is found in seconds by `mak
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import socket
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 from services.common.catalog import Catalog
 from services.common.jobs import SamplingParams
 from services.common.settings import Settings
-from services.common.supervisor import describe_exit, hint
+from services.common.supervisor import answers, describe_exit, hint
+from services.worker import sidecar
 from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.engines.factory import build_engine
-from services.worker.engines.llama_server_process import LlamaServerCommand, LlamaServerMissing, find_binary
+from services.worker.engines.llama_server_process import LlamaServerMissing, find_binary
 
 TOKENS = 8
 CHILD_TIMEOUT = 240.0
@@ -116,36 +118,27 @@ def probe(engine: str, model_id: str, settings: Settings, catalog: Catalog) -> i
 
 @contextlib.contextmanager
 def _engine(engine: str, model_id: str, settings: Settings, catalog: Catalog) -> Iterator[Engine]:
-    if engine != "llama_server":
-        built = build_engine(engine, model_id, catalog=catalog, settings=settings, slots=1)
-        built.load()
-        try:
-            yield built
-        finally:
-            built.unload()
-        return
-    with _llama_server(model_id, settings, catalog) as url:
+    """The engine loaded (behind a llama-server of its own for llama_server), unloaded on exit."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(_llama_server(model_id, settings, catalog)) if engine == "llama_server" else None
         built = build_engine(engine, model_id, catalog=catalog, settings=settings, slots=1, upstream_url=url)
         built.load()
-        try:
-            yield built
-        finally:
-            built.unload()
+        stack.callback(built.unload)
+        yield built
 
 
 @contextlib.contextmanager
 def _llama_server(model_id: str, settings: Settings, catalog: Catalog) -> Iterator[str]:
-    from services.worker.sidecar import healthy
-
-    path = catalog.path_for(model_id, "llama_server", settings.models_dir)
-    if path is None or not path.exists():
-        raise FileNotFoundError(f"no llama_server weights for {model_id} (run `make models`)")
-    spec = catalog.models[model_id]
-    cmd = LlamaServerCommand(path, _free_port(), slots=1, slot_context=1024, chat_template=spec.chat_format)
+    """The stack's own llama-server command for the model, on a free port with one small slot."""
+    cmd = dataclasses.replace(
+        sidecar.command(settings, catalog, model_id), port=_free_port(), slots=1, slot_context=1024
+    )
+    if not cmd.model_path.exists():
+        raise FileNotFoundError(f"{cmd.model_path} is missing (run `make models`)")
     proc = subprocess.Popen(cmd.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not _answers(healthy, cmd.url):
+        while not answers(lambda: sidecar.healthy(cmd.url)):
             if proc.poll() is not None:
                 raise subprocess.CalledProcessError(proc.returncode, cmd.argv())
             if time.monotonic() > deadline:
@@ -178,13 +171,6 @@ def _generate(engine: Engine) -> tuple[int, float]:
     if tokens == 0:
         raise RuntimeError("the engine generated no token")
     return tokens, time.monotonic() - started
-
-
-def _answers(check, url: str) -> bool:
-    try:
-        return check(url)
-    except Exception:
-        return False
 
 
 def _free_port() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +17,7 @@ import httpx
 
 from services.common.catalog import Catalog
 from services.common.settings import Settings
-from services.common.supervisor import Policy, State, Supervisor
+from services.common.supervisor import Deaths, Policy, State, Supervisor, answers
 from services.worker.engines.llama_server_process import LlamaServerCommand, find_binary
 
 log = logging.getLogger(__name__)
@@ -113,7 +112,7 @@ class UpstreamWatch:
         self.restarts = 0
         self.last_exit: str | None = None
         self.pid: int | None = None
-        self._downs: deque[float] = deque()
+        self._downs = Deaths(self.policy.window)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,15 +132,9 @@ class UpstreamWatch:
             self._thread.join(grace)
         self.state = State.STOPPED
 
-    def _answers(self) -> bool:
-        try:
-            return self.check(self.url)
-        except Exception:  # refused, reset, timed out: all mean it does not serve now
-            return False
-
     def _loop(self) -> None:
         while not self._stop.is_set():
-            up = self._answers()
+            up = answers(lambda: self.check(self.url))
             if up and self.state != State.SERVING:
                 self.state = State.SERVING
                 log.info("%s at %s serves", self.name, self.url)
@@ -151,18 +144,15 @@ class UpstreamWatch:
             self._stop.wait(self.interval)
 
     def _went_down(self) -> None:
-        now = time.monotonic()
-        self._downs.append(now)
-        while self._downs and self._downs[0] < now - self.policy.window:
-            self._downs.popleft()
+        downs = self._downs.add()
         self.restarts += 1
         self.last_exit = "stopped answering"
-        looping = len(self._downs) >= self.policy.loop_after
+        looping = downs >= self.policy.loop_after
         self.state = State.CRASH_LOOP if looping else State.RESTARTING
         log.error(
             "%s at %s stopped answering%s; its models leave the registry until it is back",
             self.name,
             self.url,
-            f" [crash loop: {len(self._downs)} times in {self.policy.window:.0f} s]" if looping else "",
+            f" [crash loop: {downs} times in {self.policy.window:.0f} s]" if looping else "",
         )
         self.on_down(self.last_exit)

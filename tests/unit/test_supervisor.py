@@ -80,7 +80,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     sup.started_at = time.monotonic()
     delays = []
     for _ in range(6):
-        sup._deaths.append(time.monotonic())
+        sup._deaths.add()
         delays.append(sup._delay())
     assert delays == [1, 2, 4, 8, 8, 8]
 

@@ -8,7 +8,7 @@ from services.common.catalog import Catalog
 from services.common.settings import Settings
 from services.worker.engines.base import Engine, EngineUnavailable
 
-__all__ = ["ENGINES", "EngineUnavailable", "build_engine", "model_path"]
+__all__ = ["ENGINES", "EngineUnavailable", "build_engine", "model_path", "sidecar_url"]
 
 ENGINES = ("llama_cpp", "llama_server", "vllm", "mlx")
 
@@ -20,6 +20,11 @@ def model_path(catalog: Catalog, model_id: str, engine: str, models_dir: Path) -
     if not path.exists():
         raise EngineUnavailable(f"{path} is missing: fetch it once with `make models`")
     return path
+
+
+def sidecar_url(engine: str, settings: Settings, explicit: str | None = None) -> str:
+    """Where a sidecar engine's server is: `--upstream-url`, else LLAMA_SERVER_URL or VLLM_URL ("" if none)."""
+    return explicit or (settings.llama_server_url if engine == "llama_server" else settings.vllm_url)
 
 
 def build_engine(
@@ -46,7 +51,7 @@ def build_engine(
     if engine in ("llama_server", "vllm"):
         from services.worker.engines.openai_http import OpenAIHTTPEngine
 
-        url = upstream_url or (settings.llama_server_url if engine == "llama_server" else settings.vllm_url)
+        url = sidecar_url(engine, settings, upstream_url)
         if not url:
             raise EngineUnavailable(f"no upstream URL for {engine}: set {engine.upper()}_URL or --upstream-url")
         return OpenAIHTTPEngine(
