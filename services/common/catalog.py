@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.errors import ModelNotFound
+from services.common.errors import InvalidRequest, ModelNotFound
 
 
 class ModelSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     id: str
     description: str = ""
+    kind: Literal["generate", "embedding"] = "generate"
+    """What the model does: generate text (chat, completions, responses) or embed it (embeddings)."""
     aliases: tuple[str, ...] = ()
     context_length: int = 4096
     chat_format: str | None = None
@@ -57,6 +59,15 @@ class Catalog:
 
     def get(self, name: str) -> ModelSpec:
         return self.models[self.resolve(name)]
+
+    def require_kind(self, model_id: str, kind: str, route: str) -> None:
+        """A 400 naming the model when it cannot serve `route` (an embedding model asked to chat, or the reverse)."""
+        spec = self.models[model_id]
+        if spec.kind != kind:
+            does = "embeds text" if spec.kind == "embedding" else "generates text"
+            raise InvalidRequest(
+                f"The model '{model_id}' {does} and cannot serve {route}.", param="model", code="model_not_supported"
+            )
 
     def path_for(self, model_id: str, engine: str, models_dir: Path) -> Path | None:
         src = self.models[model_id].source(engine) or {}
