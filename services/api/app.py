@@ -14,6 +14,7 @@ from services.api.completions import ChatCompletions, Completions
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
+from services.api.queue_wait import QueueWaitMiddleware
 from services.api.request_id import RequestIdMiddleware
 from services.api.state_metrics import StateCollector
 from services.api.status_page import StatusPage
@@ -54,7 +55,8 @@ def create_app(
         admission=admission,
     )
 
-    app = falcon.App(middleware=[RequestIdMiddleware(), MetricsMiddleware(metrics)], cors_enable=False)
+    middleware = [RequestIdMiddleware(), MetricsMiddleware(metrics), QueueWaitMiddleware()]
+    app = falcon.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     if settings.api_keys_file is not None:  # authentication before admission; no keys file, no change
         app.add_middleware(AuthMiddleware(KeyRing(settings.api_keys_file)))

@@ -17,6 +17,7 @@ from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
+from services.api.queue_wait import QueueWait
 from services.api.sse import ChunkFormat, open_stream
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, RateLimited, from_status
@@ -88,6 +89,7 @@ class CompletionResource:
             self.metrics.rejected(exc.code or "rate_limited")
             raise
         clock.enqueued()
+        wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms (queue_wait.py)
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",
             rid,
@@ -97,22 +99,22 @@ class CompletionResource:
         )
         fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
         if body.stream:
-            resp.stream = open_stream(flight, fmt, self.gateway, self.metrics, clock)  # raises a 4xx/5xx
+            resp.stream = open_stream(flight, fmt, self.gateway, self.metrics, clock, wait)  # raises a 4xx/5xx
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
             return
-        resp.media = self._collect(flight, fmt, clock)
+        resp.media = self._collect(flight, fmt, clock, wait)
         self.metrics.gateway_overhead(model_id, clock.seconds())
 
-    def _collect(self, flight: Flight, fmt: ChunkFormat, clock: GatewayClock) -> dict:
+    def _collect(self, flight: Flight, fmt: ChunkFormat, clock: GatewayClock, wait: QueueWait | None = None) -> dict:
         """The same events as a stream, aggregated; a client that hangs up meanwhile cancels it (the lease
         keeper notices, see leases.py)."""
         job = flight.job
         parts: list[str] = []
         finished = False
         try:
-            for item in self.gateway.events(flight):
+            for item in self.gateway.events(flight, wait):
                 if item is None:
                     continue
                 event = item[1]

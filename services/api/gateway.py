@@ -18,6 +18,7 @@ import redis
 from services.api.admission import Admission
 from services.api.jobqueue import JobQueue
 from services.api.leases import Flight, LeaseKeeper
+from services.api.queue_wait import SERVICE_SAMPLES, TICK_S, QueueWait, estimate
 from services.common import events, keys
 from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
 from services.common.jobs import MAX_ATTEMPTS, Job
@@ -51,6 +52,8 @@ class Gateway:
         self._cache_s = registry_cache_s
         self._serving: dict[str, list] = {}
         self._serving_at = 0.0
+        self._served: dict[str, tuple[str, float]] = {}
+        """request id -> (model, service seconds) of a finished job, pushed to Redis with its release."""
 
     def serving(self, fresh: bool = False) -> dict[str, list]:
         """model id -> live workers, cached for a second so a burst of requests costs one read."""
@@ -85,8 +88,9 @@ class Gateway:
         self.leases.hold(flight)
         return flight
 
-    def events(self, flight: Flight) -> Iterator[tuple[str, events.Event] | None]:
-        """(stream id, event) pairs until `done`/`error`; None on quiet ticks. Raises 504 at the deadline."""
+    def events(self, flight: Flight, wait: QueueWait | None = None) -> Iterator[tuple[str, events.Event] | None]:
+        """(stream id, event) pairs until `done`/`error`; None on quiet ticks. Raises 504 at the deadline.
+        `wait` learns the dequeue time; one that reports hears, every TICK_S while queued, where it stands."""
         job = flight.job
         last, seen, worker = "0-0", 0, None
         while True:
@@ -95,10 +99,13 @@ class Gateway:
             remaining = job.deadline - time.time()
             if remaining <= 0:
                 raise GatewayTimeout(f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds.")
-            block = max(1, int(min(remaining, self.keepalive) * 1000))
+            tick = TICK_S if wait is not None and wait.report and worker is None else self.keepalive
+            block = max(1, int(min(remaining, self.keepalive, tick) * 1000))
             reply = self.redis.xread({keys.stream(job.request_id): last}, block=block, count=256)
             if not reply:
                 self._check_alive(flight, worker, seen)
+                if wait is not None and wait.report and worker is None:
+                    self._locate(job, wait)
                 yield None
                 continue
             for entry_id, fields in reply[0][1]:
@@ -107,13 +114,28 @@ class Gateway:
                 event = events.decode(fields)
                 if isinstance(event, events.Started):
                     worker = event.worker
-                elif isinstance(event, events.Done) and time.time() > job.deadline:
+                    if wait is not None:
+                        wait.started(event.dequeued_at)
+                elif isinstance(event, events.Done) and "dequeued" in event.timings and "done" in event.timings:
+                    self._served[flight.rid] = (job.model, event.timings["done"] - event.timings["dequeued"])
+                if isinstance(event, events.Done) and time.time() > job.deadline:
                     raise GatewayTimeout(  # the worker stopped at the deadline: a cut-off answer is no answer
                         f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds."
                     )
                 yield last, event
                 if isinstance(event, events.Done | events.Failed):
                     return
+
+    def _locate(self, job: Job, wait: QueueWait) -> None:
+        """Position in the model's RQ queue (LPOS; RQ pops from the head) and the wait it means, in one read."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpos(self.jobs.queue(job.model).key, job.request_id)
+        pipe.lrange(keys.service_times(job.model), 0, SERVICE_SAMPLES - 1)
+        index, samples = pipe.execute()
+        wait.position = None if index is None else int(index) + 1
+        slots = sum(w.slots for w in self.serving().get(job.model, []))
+        times = [float(s) for s in samples]
+        wait.eta_s = None if wait.position is None else estimate(wait.position, times, slots)
 
     def _check_alive(self, flight: Flight, worker: str | None, seen: int) -> None:
         """A request must not hang on something dead: its client, its worker, or a job nobody runs."""
@@ -183,6 +205,12 @@ class Gateway:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrem(keys.inflight(), flight.rid)
             pipe.delete(keys.stream(job.request_id), keys.lease(job.request_id))
+            served = self._served.pop(flight.rid, None)
+            if served is not None:  # the estimate's sample rides on this round trip
+                model, seconds = served
+                pipe.lpush(keys.service_times(model), f"{max(0.0, seconds):.4f}")
+                pipe.ltrim(keys.service_times(model), 0, SERVICE_SAMPLES - 1)
+                pipe.expire(keys.service_times(model), 3600)
             if not finished:
                 self.jobs.remove(job, pipe)
             pipe.execute()

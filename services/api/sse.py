@@ -23,6 +23,7 @@ from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
+from services.api.queue_wait import QueueWait
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Event, Failed, Started
 
@@ -93,7 +94,12 @@ def read_head(items: Iterator[Item]) -> list[Item]:
 
 
 def open_stream(
-    flight: Flight, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics, clock: GatewayClock | None = None
+    flight: Flight,
+    fmt: ChunkFormat,
+    gateway: Gateway,
+    metrics: ApiMetrics,
+    clock: GatewayClock | None = None,
+    wait: QueueWait | None = None,
 ) -> Iterator[bytes]:
     """The SSE body, or the HTTP error that answers instead of it.
 
@@ -103,7 +109,9 @@ def open_stream(
     liveness checked): a job still queued then streams keep-alives as before, and a first token is never
     held back.
     """
-    items = gateway.events(flight)
+    if wait is not None:
+        wait.report = True
+    items = gateway.events(flight, wait)
     try:
         head = read_head(items)
     except BaseException:
@@ -114,7 +122,7 @@ def open_stream(
         _release(flight, gateway, metrics, finished=True)
         failed = last[1]
         raise from_status(failed.status, failed.message, code=failed.code, param=failed.param)
-    return stream_events(flight, fmt, itertools.chain(head, items), gateway, metrics, clock)
+    return stream_events(flight, fmt, itertools.chain(head, items), gateway, metrics, clock, wait)
 
 
 def stream_events(
@@ -124,12 +132,16 @@ def stream_events(
     gateway: Gateway,
     metrics: ApiMetrics,
     clock: GatewayClock | None = None,
+    wait: QueueWait | None = None,
 ) -> Iterator[bytes]:
     """The committed stream: every event as a chunk, an error after the 200 as an error event.
-    `clock`'s overhead goes to the histogram once the last chunk is written (headers left long before)."""
+    `clock`'s overhead goes to the histogram once the last chunk is written (headers left long before).
+    While the job waits, quiet ticks say where it stands (`wait`); once it starts, a stream that has
+    said so hears its final wait in one more comment."""
     job = flight.job
     finished = False
     first_token = True
+    told_queued = False
     try:
         opening = fmt.opening()
         if opening:
@@ -137,9 +149,16 @@ def stream_events(
         try:
             for item in items:
                 if item is None:
-                    yield KEEPALIVE
+                    if wait is not None and wait.waiting:
+                        told_queued = True
+                        yield wait.comment()
+                    else:
+                        yield KEEPALIVE
                     continue
                 event_id, event = item
+                if told_queued and wait is not None and not wait.waiting:
+                    told_queued = False
+                    yield wait.started_comment()
                 if isinstance(event, Delta):
                     if first_token:
                         metrics.first_token(job.model, time.time() - job.accepted_at)

@@ -11,6 +11,7 @@ import redis
 from services.api.admission import Admission
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
+from services.api.queue_view import waiting
 from services.api.traffic import RecentTraffic
 from services.common import keys
 from services.common.catalog import Catalog
@@ -59,14 +60,20 @@ class StatusResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         workers = self.gateway.registry.live()
         models = {}
+        queued_by_key: dict[str, int] = {}
         for model_id in sorted({m for w in workers for m in w.models} | {self.catalog.default}):
             serving = [w for w in workers if model_id in w.models]
+            queue = waiting(self.gateway.redis, model_id)
             models[model_id] = {
                 "workers": len(serving),
                 "slots": sum(w.slots for w in serving),
                 "busy": sum(w.busy for w in serving),
-                "queued": self.gateway.queued(model_id),
+                "queued": queue.queued,
+                "queued_by_key": queue.by_key,
+                "oldest_wait_s": queue.oldest_wait_s,
             }
+            for name, count in queue.by_key.items():
+                queued_by_key[name] = queued_by_key.get(name, 0) + count
         resp.media = {
             "object": "system.status",
             "version": VERSION,
@@ -80,6 +87,7 @@ class StatusResource:
                 "max_concurrent_models": self.settings.max_concurrent_models,
             },
             "models": models,
+            "queued_by_key": dict(sorted(queued_by_key.items())),
             "workers": [w.model_dump() | {"free_slots": w.free_slots} for w in workers],
             "traffic": self.traffic.summary(),
         }

@@ -49,3 +49,32 @@ def traffic(slice_start: int) -> str:
     """Hash of one short time slice's completion requests and time-to-first-token buckets, summed over every
     API replica for the status page; it expires by itself once older than the page looks back."""
     return f"{PREFIX}:traffic:{slice_start}"
+
+
+def service_times(model_id: str) -> str:
+    """List of a model's recent service times (seconds from dequeue to done), newest first, capped; every
+    replica pushes to it and reads it to estimate a waiting request's wait (api/queue_wait.py)."""
+    return f"{PREFIX}:service:{model_id}"
+
+
+def key_inflight(key_name: str) -> str:
+    """Sorted set of one API key's admitted request ids scored by lease expiry (renewed with the lease), for
+    the key's concurrency limit; like `inflight`, a dead replica's entries fall out within LEASE_TTL."""
+    return f"{PREFIX}:inflight:key:{key_name}"
+
+
+def limits_prefix() -> str:
+    """Prefix of the `limits` library's per-key RPM/TPM window counters (services/api/ratelimit.py)."""
+    return f"{PREFIX}:limits"
+
+
+def fair(model_id: str) -> str:
+    """Hash of one model queue's fair-share tags: `v` (virtual time), `k:<key name>` (the key's last finish
+    tag), `j:<job id>` (a waiting job's start tag). Expires when the queue has been idle a while."""
+    return f"{PREFIX}:fair:{model_id}"
+
+
+def usage(day: str) -> str:
+    """Hash of one UTC day's (YYYY-MM-DD) usage per API key: `<key name>|requests`, `|prompt_tokens`,
+    `|completion_tokens`; expires a few weeks after the day."""
+    return f"{PREFIX}:usage:{day}"

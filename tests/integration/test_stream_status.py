@@ -107,8 +107,8 @@ def test_a_first_token_commits_to_200_and_streams_everything(stack, redis_client
 
 
 def test_still_queued_after_a_keepalive_commits_to_200_and_errors_in_the_stream(stack, redis_client):
-    """Nobody takes the job: the reply commits at the first quiet tick, keep-alives flow, then the 504."""
+    """Nobody takes the job: the reply commits at the first quiet tick, queue comments flow, then the 504."""
     client, _, model = stack
     result = post(client, model)
     assert result.status_code == 200
-    assert ": keep-alive" in result.text and '"type":"timeout"' in result.text
+    assert ": queued position=1 " in result.text and '"type":"timeout"' in result.text

@@ -41,7 +41,7 @@ class FakeGateway:
         self.error = error
         self.calls: list[str] = []
 
-    def events(self, flight: Flight) -> Iterator:
+    def events(self, flight: Flight, wait: object = None) -> Iterator:
         yield from self.items
         if self.error is not None:
             raise self.error
