@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.procs import free_port, redis_command, running, wait_until, which
+from services.common.ports import free_port
+from tests.support.procs import redis_command, running, wait_until, which
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / "run" / "tests"

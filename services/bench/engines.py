@@ -26,9 +26,10 @@ from services.bench.launcher import Launcher
 from services.bench.mlx_direct import GEMMA_TEMPLATE, mlx_server
 from services.bench.options import ENGINES
 from services.bench.session import Contender, Session
-from services.bench.stack import free_port, private_stack
+from services.bench.stack import private_stack
 from services.bench.summary import LevelSummary
 from services.common.catalog import Catalog
+from services.common.ports import free_port
 from services.common.settings import ROOT
 
 

@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from services.bench.launcher import Launcher
-from services.bench.stack import free_port
+from services.common.ports import free_port
 from services.common.settings import ROOT
 
 REQUIREMENTS = Path(__file__).with_name("litellm-requirements.txt")

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from services.bench.launcher import Launcher
-from services.bench.stack import free_port
 from services.common.jobs import SamplingParams
+from services.common.ports import free_port
 from services.common.settings import ROOT
 from services.worker.engines.base import Finish, GenerationRequest
 from services.worker.engines.llama_server_process import LlamaServerCommand

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -22,34 +21,11 @@ import redis
 
 from services.bench.cpu import CpuMeter
 from services.bench.launcher import Launcher
+from services.common.ports import free_port, free_run
 from services.common.settings import ROOT, Settings, load_settings
 from services.stack.procfile import prepare
 
 READY_TIMEOUT_S = 180.0
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_run(count: int, tries: int = 50) -> int:
-    """First of `count` consecutive free ports: API replicas listen on API_BASE_PORT + i."""
-    for _ in range(tries):
-        base = free_port()
-        if base + count < 65536 and all(port_is_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 @dataclass

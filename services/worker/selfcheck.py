@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 from services.common.catalog import Catalog
 from services.common.jobs import SamplingParams
+from services.common.ports import free_port
 from services.common.settings import Settings
 from services.common.supervisor import answers, describe_exit, hint
 from services.worker import sidecar
@@ -131,7 +131,7 @@ def _engine(engine: str, model_id: str, settings: Settings, catalog: Catalog) ->
 def _llama_server(model_id: str, settings: Settings, catalog: Catalog) -> Iterator[str]:
     """The stack's own llama-server command for the model, on a free port with one small slot."""
     cmd = dataclasses.replace(
-        sidecar.command(settings, catalog, model_id), port=_free_port(), slots=1, slot_context=1024
+        sidecar.command(settings, catalog, model_id), port=free_port(), slots=1, slot_context=1024
     )
     if not cmd.model_path.exists():
         raise FileNotFoundError(f"{cmd.model_path} is missing (run `make models`)")
@@ -171,9 +171,3 @@ def _generate(engine: Engine) -> tuple[int, float]:
     if tokens == 0:
         raise RuntimeError("the engine generated no token")
     return tokens, time.monotonic() - started
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -19,6 +19,7 @@ import pytest
 
 from services.common.errors import InvalidRequest, ServiceUnavailable
 from services.common.jobs import ChatMessage, SamplingParams
+from services.common.ports import free_port
 from services.worker.engines.base import (
     ContextLengthExceeded,
     EngineError,
@@ -30,7 +31,6 @@ from services.worker.engines.factory import EngineUnavailable
 from services.worker.engines.llama_server_process import LlamaServerCommand
 from services.worker.engines.openai_http import OpenAIHTTPEngine
 from tests.engines.factories.llama_server import SLOT_CONTEXT, engine_for, llama_server
-from tests.support.procs import free_port
 
 pytestmark = pytest.mark.engine
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,9 +14,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from services.common.ports import free_port, free_run
 from services.common.settings import Settings
 from services.stack.procfile import Proc, Stack, prepare
-from tests.support.procs import free_port, stop, wait_until
+from tests.support.procs import stop, wait_until
 
 # Small, fast settings for a 2-core machine; a test may override any of them.
 E2E_SETTINGS: dict[str, object] = {
@@ -41,21 +41,11 @@ E2E_SETTINGS: dict[str, object] = {
 }
 
 
-def free_port_pair() -> int:
-    """A free port whose successor is free too, for API_BASE_PORT with two replicas."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as sock, contextlib.suppress(OSError):
-            sock.bind(("127.0.0.1", port + 1))
-            return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 def e2e_settings(run_dir: Path, **overrides: object) -> Settings:
     values = dict(E2E_SETTINGS)
     values |= {
         "port": free_port(),
-        "api_base_port": free_port_pair(),
+        "api_base_port": free_run(2),
         "worker_metrics_port": free_port(),
         "llama_server_port": free_port(),
         "prometheus_port": free_port(),

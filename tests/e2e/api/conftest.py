@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.ports import free_port
 from tests.conftest import ROOT, RUN_DIR
-from tests.support.procs import free_port, redis_command, running, wait_until, which
+from tests.support.procs import redis_command, running, wait_until, which
 
 MAX_BODY = 65536
 MODEL = "gemma-3-270m"

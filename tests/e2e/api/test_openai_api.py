@@ -10,8 +10,9 @@ import httpx
 import openai
 import pytest
 
+from services.common.ports import free_port
 from tests.e2e.api.conftest import COUNTING, MAX_BODY, base_env, start_api
-from tests.support.procs import free_port, wait_until
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-3-270m"

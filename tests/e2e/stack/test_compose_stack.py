@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from services.common.ports import free_port
 from tests.conftest import GEMMA, ROOT
-from tests.support.procs import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.ports import free_port
 from services.worker.engines.base import Engine
 from services.worker.engines.llama_server_process import LlamaServerCommand, LlamaServerMissing, find_binary
 from services.worker.engines.openai_http import OpenAIHTTPEngine
-from tests.support.procs import free_port, running, wait_until
+from tests.support.procs import running, wait_until
 
 SLOTS = 4
 SLOT_CONTEXT = 1024
