@@ -51,9 +51,11 @@ class Job(BaseModel):
     v: Literal[1] = JOB_VERSION
     request_id: str
     model: str
-    kind: Literal["chat", "completion"]
+    kind: Literal["chat", "completion", "embedding"]
     messages: tuple[ChatMessage, ...] = ()
     prompt: str = ""
+    inputs: tuple[str | tuple[int, ...], ...] = ()
+    """An embedding job's texts (or token id arrays), embedded in order; `params` is unused there."""
     params: SamplingParams
     accepted_at: float = Field(description="unix time the API admitted the request")
     deadline: float = Field(description="unix time after which nobody waits for the answer")

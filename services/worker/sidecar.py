@@ -7,6 +7,7 @@ happens, with the signal, and stop advertising the model before any client is ro
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -
         threads=settings.n_threads,
         chat_template=spec.chat_format,
         alias=model_id,
+        extra=("--embeddings",) if spec.kind == "embedding" else (),  # it then serves /v1/embeddings only
     )
 
 
@@ -74,11 +76,13 @@ def supervise(
     policy: Policy | None = None,
     binary: str | None = None,
 ) -> Supervisor:
-    """A Supervisor for `cmd` (not started yet)."""
+    """A Supervisor for `cmd` (not started yet). llama-server never talks to Redis: it gets none of its
+    settings, so the password in REDIS_URL stays with the processes that need it."""
     probe = HealthProbe()
     return Supervisor(
         "llama-server",
         cmd.argv(binary or find_binary()),
+        env={k: v for k, v in os.environ.items() if not k.startswith("REDIS_")},
         log_path=log_path,
         ready=lambda: probe(cmd.url),
         on_up=on_up,

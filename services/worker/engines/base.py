@@ -93,6 +93,23 @@ class Engine(Protocol):
         """Stream TokenChunks, then one Finish. Stop early (reason 'stop') once `cancelled()` is true."""
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per input, in input order, and the tokens the inputs took."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """An engine that embeds (llama-server started with --embeddings, vLLM serving an embedding model).
+    A separate Protocol: generating engines need not grow a method they cannot serve."""
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """Vectors for `inputs` (texts, or token id arrays), as the model pools and normalizes them."""
+
+
 def clamp_max_tokens(params: SamplingParams, prompt_tokens: int, context: int) -> int:
     """Tokens this request may generate: an explicit max_tokens that overflows the context is a 400,
     a defaulted one is cut to what fits."""

@@ -25,6 +25,7 @@ from services.common.jobs import ChatMessage
 from services.worker.engines.base import (
     CancelCheck,
     ContextLengthExceeded,
+    Embeddings,
     EngineError,
     EngineUnavailable,
     GenerationItem,
@@ -240,6 +241,28 @@ class OpenAIHTTPEngine:
         elif self.name == "vllm":
             body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
         return body
+
+    # embeddings ----------------------------------------------------------------------------------
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """The sidecar's /v1/embeddings (llama-server with --embeddings, vLLM on an embedding model), as floats:
+        the worker packs them itself, whatever the client's encoding_format."""
+        body = {"model": self.upstream_model, "input": [x if isinstance(x, str) else list(x) for x in inputs]}
+        try:
+            reply = self._json("POST", "/v1/embeddings", body | {"encoding_format": "float"})
+        except EngineError as exc:
+            if "too large to process" not in exc.message:  # llama-server's 500 for an input over its context
+                raise
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.context} tokens; an input is longer "
+                f"({exc.message.split(': ', 1)[-1]}). Please shorten it.",
+                param="input",
+            ) from exc
+        data = sorted(reply.get("data") or [], key=lambda d: d["index"])
+        if len(data) != len(inputs):
+            raise EngineError(f"{self.name} returned {len(data)} embeddings for {len(inputs)} inputs")
+        usage = reply.get("usage") or {}
+        return Embeddings([d["embedding"] for d in data], int(usage.get("prompt_tokens") or 0))
 
     # HTTP ----------------------------------------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""POST /v1/embeddings: one job on the embedding model's queue, answered as OpenAI's list of embeddings.
+
+The job takes every input of the request at once (the engine batches them); the worker sends the
+vectors as base64 float32, which is OpenAI's `encoding_format=base64` as is, and decoded to floats for
+`float`. The openai SDK asks for base64 unless told otherwise, so that path does no float printing at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Annotated, Literal
+
+import falcon
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.api import auth
+from services.api.body import read_json_body
+from services.api.gateway import Gateway
+from services.api.leases import Flight
+from services.api.metrics import ApiMetrics
+from services.api.overhead import GatewayClock
+from services.common.catalog import Catalog
+from services.common.errors import ClientGone, InvalidRequest, RateLimited, from_status
+from services.common.events import Done, Embedded, Failed, Usage, unpack_vector
+from services.common.jobs import Job, SamplingParams
+from services.common.schemas import parse
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_INPUTS = 2048
+"""OpenAI's limit on inputs per request."""
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings body; `input` is a text, texts, token ids, or lists of token ids."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    input: str | list[str] | TokenIds | list[TokenIds]
+    model: str = Field(min_length=1)
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _inputs(cls, value: str | list) -> str | list:
+        items = [value] if isinstance(value, str) else value
+        if not items or len(items) > MAX_INPUTS:
+            raise ValueError(f"send between 1 and {MAX_INPUTS} inputs")
+        if any(isinstance(x, str) and not x for x in items):
+            raise ValueError("an input must not be an empty string")
+        return value
+
+    @field_validator("encoding_format", mode="before")
+    @classmethod
+    def _nullable(cls, value: object) -> object:
+        return "float" if value is None else value
+
+    def inputs(self) -> tuple[str | tuple[int, ...], ...]:
+        if isinstance(self.input, str):
+            return (self.input,)
+        if self.input and isinstance(self.input[0], int):
+            return (tuple(self.input),)  # one array of token ids
+        return tuple(x if isinstance(x, str) else tuple(x) for x in self.input)
+
+
+def embedding_list(model: str, vectors: tuple[str, ...], encoding: str, usage: Usage) -> dict:
+    """OpenAI's response body: base64 vectors pass through, float ones are decoded."""
+    data = [
+        {"object": "embedding", "index": i, "embedding": v if encoding == "base64" else unpack_vector(v)}
+        for i, v in enumerate(vectors)
+    ]
+    tokens = usage.prompt_tokens
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class EmbeddingsResource:
+    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.gateway = gateway
+        self.metrics = metrics
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = parse(EmbeddingRequest, read_json_body(req, self.settings.max_request_bytes))
+        model_id = self.catalog.resolve(body.model)
+        auth.require_model(req, model_id, self.catalog)
+        self.catalog.require_kind(model_id, "embedding", "/v1/embeddings")
+        if body.dimensions is not None:
+            raise InvalidRequest(
+                f"The model '{model_id}' has a fixed number of dimensions; 'dimensions' is not supported.",
+                param="dimensions",
+            )
+        self.gateway.require_worker(model_id)
+        now = time.time()
+        job = Job(
+            request_id="embd-" + uuid.uuid4().hex,
+            model=model_id,
+            kind="embedding",
+            inputs=body.inputs(),
+            params=SamplingParams(max_tokens=1, max_tokens_explicit=False),
+            accepted_at=now,
+            deadline=now + self.settings.request_timeout,
+            client_request_id=getattr(req.context, "request_id", None),
+            key_name=req.context.get("key_name"),
+        )
+        clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
+        try:
+            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"))
+        except RateLimited as exc:
+            self.metrics.rejected(exc.code or "rate_limited")
+            raise
+        clock.enqueued()
+        log.info("request %s model=%s inputs=%d", job.request_id, model_id, len(job.inputs))
+        resp.media = self._collect(flight, body.encoding_format, clock)
+        self.metrics.gateway_overhead(model_id, clock.seconds())
+
+    def _collect(self, flight: Flight, encoding: str, clock: GatewayClock) -> dict:
+        job = flight.job
+        vectors: tuple[str, ...] = ()
+        finished = False
+        try:
+            for item in self.gateway.events(flight):
+                if item is None:
+                    continue
+                event = item[1]
+                if isinstance(event, Embedded):
+                    vectors = event.vectors
+                elif isinstance(event, Failed):
+                    finished = True
+                    clock.last_event()
+                    raise from_status(event.status, event.message, code=event.code, param=event.param)
+                elif isinstance(event, Done):
+                    clock.last_event()
+                    if flight.gone:
+                        raise ClientGone("The client closed the connection.")
+                    finished = True
+                    self.metrics.finished(job.model, 0, event.finish_reason, job.accepted_at)
+                    return embedding_list(job.model, vectors, encoding, event.usage)
+        finally:
+            if not finished:
+                self.metrics.cancelled(job.model)
+            self.gateway.release(flight, finished=finished)
+        raise from_status(500, "The job ended without a result.")
