@@ -16,7 +16,7 @@ from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
 from services.api.queue_wait import QueueWaitMiddleware
 from services.api.request_id import RequestIdMiddleware
-from services.api.state_metrics import StateCollector
+from services.api.state_metrics import QueueProbe, StateCollector
 from services.api.status_page import StatusPage
 from services.api.system import HealthResource, ModelCommandResource, StatusResource
 from services.api.traffic import RecentTraffic
@@ -73,6 +73,7 @@ def create_app(
     app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission, traffic))
     app.add_route("/status", StatusPage())
     app.add_route("/health", HealthResource(client, gateway))
-    state = StateCollector(registry.live, gateway.queued, tuple(catalog.models), catalog.default)
+    waiting = QueueProbe(client, lambda model: gateway.jobs.queue(model).key)
+    state = StateCollector(registry.live, waiting, tuple(catalog.models), catalog.default)
     app.add_route("/metrics", MetricsResource(metrics, state))
     return app

@@ -76,6 +76,7 @@ class CompletionResource:
         schema = ChatCompletionRequest if self.chat else CompletionRequest
         body = parse(schema, read_json_body(req, self.settings.max_request_bytes))
         model_id = self.catalog.resolve(body.model)
+        req.context.model_name = model_id  # the requests counter's model label
         auth.require_model(req, model_id, self.catalog)
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
@@ -137,7 +138,7 @@ class CompletionResource:
                     return self._body(fmt, "".join(parts), event.finish_reason, event.usage)
         finally:
             if not finished:
-                self.metrics.cancelled(job.model)
+                self.metrics.cancelled(job.model, job.deadline)
             self.gateway.release(flight, finished=finished)
         raise from_status(500, "The job ended without a result.")
 

@@ -1,5 +1,8 @@
-"""API metrics: requests by route and status, latency, time to first token, tokens, admission rejects.
+"""Gateway metrics: what only the API sees. Requests by route, status and model, requests in flight,
+admission rejects, client disconnects, and the gateway's own overhead (also the x-gateway-overhead-ms header).
 
+Latency, tokens and finish reasons are the engine-side set (`inference_*`, services/worker/metrics.py),
+measured once by the worker for every engine; the API does not count them twice.
 Under gunicorn each process writes its samples to PROMETHEUS_MULTIPROC_DIR and /metrics merges them
 (prometheus_client's multiprocess mode); without that variable the app's own registry is served.
 """
@@ -8,15 +11,28 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 
 import falcon
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.registry import Collector
 
 from services.api.overhead import HEADER as OVERHEAD_HEADER
 from services.api.overhead import GatewayClock
 from services.api.traffic import RecentTraffic
 from services.common import buckets
+
+PREFIX = "inference_gateway_"
+ADMISSION_REASONS = ("queue_full", "too_many_requests")
+"""The 429s of services/api/admission.py that every deployment can meet (keyed limits add their own)."""
 
 
 class ApiMetrics:
@@ -26,71 +42,84 @@ class ApiMetrics:
         self.registry = registry or CollectorRegistry()
         self.recent = recent
         r = self.registry
-        self.requests = Counter("api_requests", "HTTP requests.", ("route", "method", "status"), registry=r)
+        self.requests = Counter(
+            PREFIX + "requests",
+            "HTTP requests by route template, method, status and model ('' where none applies).",
+            ("route", "method", "status", "model_name"),
+            registry=r,
+        )
         self.latency = Histogram(
-            "api_request_duration_seconds",
-            "Time to the response headers.",
+            PREFIX + "request_duration_seconds",
+            "Arrival to the response headers (a stream's first token or keep-alive).",
             ("route", "method"),
             buckets=buckets.LATENCY,
             registry=r,
         )
-        self.ttft = Histogram(
-            "api_time_to_first_token_seconds",
-            "Accepted to first token, seen by the API.",
-            ("model_name",),
-            buckets=buckets.LATENCY,
+        self.in_flight = Gauge(
+            PREFIX + "requests_in_flight",
+            "Requests being answered now, streams until their last byte.",
+            ("route",),
+            multiprocess_mode="livesum",
             registry=r,
-        )
-        self.e2e = Histogram(
-            "api_e2e_request_latency_seconds",
-            "Accepted to last token, seen by the API.",
-            ("model_name",),
-            buckets=buckets.LATENCY,
-            registry=r,
-        )
-        self.tokens = Counter("api_generation_tokens", "Tokens generated for clients.", ("model_name",), registry=r)
-        self.finishes = Counter(
-            "api_request_finished", "Completions by finish reason.", ("model_name", "finished_reason"), registry=r
         )
         self.overhead = Histogram(
-            "api_gateway_overhead_seconds",
+            PREFIX + "overhead_seconds",
             "Time the gateway added to a completion: before enqueue, and after its last event (x-gateway-overhead-ms).",
             ("model_name",),
             buckets=buckets.OVERHEAD,
             registry=r,
         )
-        self.rejects = Counter("api_admission_rejects", "Requests refused before enqueue.", ("reason",), registry=r)
+        self.rejects = Counter(
+            PREFIX + "admission_rejects", "Requests refused before enqueue, by reason.", ("reason",), registry=r
+        )
+        for reason in ADMISSION_REASONS:  # at 0 from the start, so a rate reads 0 rather than nothing
+            self.rejects.labels(reason)
+        self.disconnects = Counter(
+            PREFIX + "client_disconnects",
+            "Completions whose client left before the answer ended (the generation is cancelled).",
+            ("model_name",),
+            registry=r,
+        )
 
     def first_token(self, model: str, seconds: float) -> None:
-        self.ttft.labels(model).observe(max(0.0, seconds))
+        """For the status page only: Prometheus has the worker's inference_time_to_first_token_seconds."""
         if self.recent is not None:
             self.recent.first_token(seconds)
 
-    def responded(self, route: str, method: str, status: str, seconds: float | None) -> None:
-        self.requests.labels(route, method, status).inc()
+    def responded(self, route: str, method: str, status: str, seconds: float | None, model: str = "") -> None:
+        self.requests.labels(route, method, status, model).inc()
         if seconds is not None:
             self.latency.labels(route, method).observe(seconds)
         if self.recent is not None and status.isdigit():
             self.recent.request(route, int(status))
 
     def finished(self, model: str, tokens: int, reason: str, accepted_at: float | None = None) -> None:
-        self.tokens.labels(model).inc(tokens)
-        self.finishes.labels(model, reason).inc()
-        if accepted_at is not None:
-            self.e2e.labels(model).observe(max(0.0, time.time() - accepted_at))
+        """Counted by the worker (inference_request_success_total); kept as the request path's hook."""
 
     def gateway_overhead(self, model: str, seconds: float) -> None:
         self.overhead.labels(model).observe(max(0.0, seconds))
 
-    def cancelled(self, model: str) -> None:
-        self.finishes.labels(model, "cancelled").inc()
+    def cancelled(self, model: str, deadline: float | None = None) -> None:
+        """An answer that did not end: the client left, unless its deadline had passed (a 504, counted by status)."""
+        if deadline is None or time.time() < deadline:
+            self.disconnects.labels(model).inc()
 
     def rejected(self, reason: str) -> None:
         self.rejects.labels(reason).inc()
 
 
+def _tracked(body: Iterable[bytes], gauge: Gauge) -> Iterator[bytes]:
+    """The stream, with the in-flight gauge held until its last byte; closing this closes the stream
+    (gunicorn closes the body when a client leaves), so the request path's cleanup runs as before."""
+    try:
+        yield from body
+    finally:
+        gauge.dec()
+
+
 class MetricsMiddleware:
-    """Counts every request under its route template (not the raw path, to bound label values)."""
+    """Counts every request under its route template (not the raw path, to bound label values) and the
+    model a completion resolved to (`req.context.model_name`)."""
 
     def __init__(self, metrics: ApiMetrics) -> None:
         self.metrics = metrics
@@ -99,6 +128,11 @@ class MetricsMiddleware:
         req.context.started = time.perf_counter()
         req.context.gateway = GatewayClock(req.context.started)
 
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        if resource is not None:
+            req.context.in_flight = self.metrics.in_flight.labels(req.uri_template or "unmatched")
+            req.context.in_flight.inc()
+
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         route = req.uri_template or "unmatched"
         status = str(resp.status_code if hasattr(resp, "status_code") else resp.status).split()[0]
@@ -106,7 +140,14 @@ class MetricsMiddleware:
         clock = getattr(req.context, "gateway", None)
         if clock is not None:  # a stream's headers leave now: its value is the time before enqueue
             resp.set_header(OVERHEAD_HEADER, clock.header())
-        self.metrics.responded(route, req.method, status, None if started is None else time.perf_counter() - started)
+        seconds = None if started is None else time.perf_counter() - started
+        self.metrics.responded(route, req.method, status, seconds, getattr(req.context, "model_name", ""))
+        gauge = getattr(req.context, "in_flight", None)
+        if gauge is not None:
+            if resp.stream is not None and not hasattr(resp.stream, "read"):
+                resp.stream = _tracked(resp.stream, gauge)
+            else:
+                gauge.dec()
 
 
 class MetricsResource:

@@ -78,7 +78,7 @@ Item = tuple[str, Event] | None
 def _release(flight: Flight, gateway: Gateway, metrics: ApiMetrics, *, finished: bool) -> None:
     """Give back what the request holds; an unfinished one is cancelled."""
     if not finished:
-        metrics.cancelled(flight.job.model)
+        metrics.cancelled(flight.job.model, flight.job.deadline)
     gateway.release(flight, finished=finished)
 
 

@@ -1,4 +1,13 @@
-"""Worker metrics, named after vLLM's where they mean the same, labelled by model and engine."""
+"""The engine-side metric set: the same names for every engine (llama-server, in-process llama.cpp, MLX,
+vLLM), measured by the worker around `Engine.generate`, so one dashboard serves them all.
+
+Names are vLLM's (`vllm:time_to_first_token_seconds` ...) under our one prefix, `inference_`, and mean the
+same: TTFT and end-to-end latency count from the API's acceptance (vLLM: arrival), queue time from
+acceptance to dequeue, finished requests by reason (stop, length, abort, error). Labels: model_name,
+engine and worker (the worker's registry id, so a series joins the registry's gauges). The queue's
+waiting requests are not the worker's to know: `inference_num_requests_waiting` comes from Redis
+(services/api/state_metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -10,64 +19,65 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common import buckets
 from services.common.events import Usage
 
+PREFIX = "inference_"
+LABELS = ("model_name", "engine", "worker")
+
 
 class WorkerMetrics:
-    """Owns its registry (no globals), so several workers can live in one test process."""
+    """Owns its registry (no globals), so several workers can live in one test process. `engine` may change
+    once the engine that loads is known (the worker falls back through a list)."""
 
-    def __init__(self, engine: str, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, engine: str, registry: CollectorRegistry | None = None, worker: str = "") -> None:
         self.engine = engine
+        self.worker = worker
         self.registry = registry or CollectorRegistry()
-        labels = ("model_name", "engine")
         r = self.registry
-        self._ttft = Histogram(
-            "inference_time_to_first_token_seconds",
-            "Accepted to first token.",
-            labels,
-            buckets=buckets.LATENCY,
-            registry=r,
+
+        def histogram(name: str, doc: str, bounds: tuple[float, ...]) -> Histogram:
+            return Histogram(PREFIX + name, doc, LABELS, buckets=bounds, registry=r)
+
+        self._ttft = histogram(
+            "time_to_first_token_seconds", "Accepted by the API to the first token.", buckets.LATENCY
         )
-        self._itl = Histogram(
-            "inference_inter_token_latency_seconds",
-            "Time between tokens.",
-            labels,
-            buckets=buckets.INTER_TOKEN,
-            registry=r,
-        )
-        self._e2e = Histogram(
-            "inference_e2e_request_latency_seconds",
-            "Accepted to last token.",
-            labels,
-            buckets=buckets.LATENCY,
-            registry=r,
-        )
-        self._queue = Histogram(
-            "inference_request_queue_time_seconds", "Accepted to dequeued.", labels, buckets=buckets.LATENCY, registry=r
-        )
-        self._running = Gauge("inference_num_requests_running", "Requests generating now.", labels, registry=r)
-        self._prompt = Counter("inference_prompt_tokens", "Prompt tokens processed.", labels, registry=r)
-        self._gen = Counter("inference_generation_tokens", "Tokens generated.", labels, registry=r)
+        self._itl = histogram("inter_token_latency_seconds", "Time between tokens.", buckets.INTER_TOKEN)
+        self._e2e = histogram("e2e_request_latency_seconds", "Accepted by the API to the last token.", buckets.LATENCY)
+        self._queue = histogram("request_queue_time_seconds", "Accepted by the API to dequeued.", buckets.LATENCY)
+        self._running = Gauge(PREFIX + "num_requests_running", "Requests generating now.", LABELS, registry=r)
+        self._prompt = Counter(PREFIX + "prompt_tokens", "Prompt tokens processed.", LABELS, registry=r)
+        self._gen = Counter(PREFIX + "generation_tokens", "Tokens generated.", LABELS, registry=r)
         self._success = Counter(
-            "inference_request_success", "Finished requests.", (*labels, "finished_reason"), registry=r
+            PREFIX + "request_success",
+            "Finished requests by reason: stop, length, abort (the client left or the deadline passed), error.",
+            (*LABELS, "finished_reason"),
+            registry=r,
         )
+
+    def _labels(self, model: str) -> tuple[str, str, str]:
+        return model, self.engine, self.worker
 
     def queue_time(self, model: str, seconds: float) -> None:
-        self._queue.labels(model, self.engine).observe(max(0.0, seconds))
+        self._queue.labels(*self._labels(model)).observe(max(0.0, seconds))
 
     def first_token(self, model: str, seconds: float) -> None:
-        self._ttft.labels(model, self.engine).observe(max(0.0, seconds))
+        self._ttft.labels(*self._labels(model)).observe(max(0.0, seconds))
 
     def inter_token(self, model: str, seconds: float) -> None:
-        self._itl.labels(model, self.engine).observe(max(0.0, seconds))
+        self._itl.labels(*self._labels(model)).observe(max(0.0, seconds))
 
     def finished(self, model: str, usage: Usage, seconds: float, reason: str) -> None:
-        self._e2e.labels(model, self.engine).observe(max(0.0, seconds))
-        self._prompt.labels(model, self.engine).inc(usage.prompt_tokens)
-        self._gen.labels(model, self.engine).inc(usage.completion_tokens)
-        self._success.labels(model, self.engine, reason).inc()
+        labels = self._labels(model)
+        self._e2e.labels(*labels).observe(max(0.0, seconds))
+        self._prompt.labels(*labels).inc(usage.prompt_tokens)
+        self._gen.labels(*labels).inc(usage.completion_tokens)
+        self._success.labels(*labels, reason).inc()
+
+    def failed(self, model: str) -> None:
+        """A job that ended with an error event: counted, with no latency (it produced no answer)."""
+        self._success.labels(*self._labels(model), "error").inc()
 
     @contextlib.contextmanager
     def running(self, model: str) -> Iterator[None]:
-        gauge = self._running.labels(model, self.engine)
+        gauge = self._running.labels(*self._labels(model))
         gauge.inc()
         try:
             yield

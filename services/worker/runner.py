@@ -54,9 +54,11 @@ class JobRunner:
             try:
                 self._generate(job, out, dequeued)
             except APIError as exc:
+                self.metrics.failed(job.model)
                 out.publish(Failed(exc.message, exc.type, exc.code, exc.param, exc.status))
             except Exception as exc:
                 log.exception("job %s failed", job.request_id)
+                self.metrics.failed(job.model)
                 out.publish(Failed(f"The engine failed: {type(exc).__name__}"))
 
     def _generate(self, job: Job, out: StreamPublisher, dequeued: float) -> None:
@@ -78,7 +80,8 @@ class JobRunner:
             elif isinstance(item, Finish):
                 done = time.time()
                 usage = Usage(item.prompt_tokens, item.completion_tokens)
-                self.metrics.finished(job.model, usage, done - job.accepted_at, item.reason)
+                reason = "abort" if out.cancelled() else item.reason  # engines stop as 'stop'; vLLM says abort
+                self.metrics.finished(job.model, usage, done - job.accepted_at, reason)
                 timings = {"accepted": job.accepted_at, "dequeued": dequeued, "done": done}
                 if first is not None:
                     timings["first_token"] = first

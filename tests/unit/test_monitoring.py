@@ -14,7 +14,7 @@ import yaml
 
 from monitoring import dashboards
 from services.api.metrics import ApiMetrics
-from services.api.state_metrics import StateCollector
+from services.api.state_metrics import StateCollector, Waiting
 from services.common.registry import WorkerRecord
 from services.common.settings import ROOT, Settings
 from services.stack import prometheus_conf
@@ -45,9 +45,34 @@ def exported_names() -> set[str]:
     families = [
         *ApiMetrics().registry.collect(),
         *WorkerMetrics("e").registry.collect(),
-        *StateCollector(lambda: [record], lambda m: 1, ("m",), "m").collect(),
+        *StateCollector(lambda: [record], lambda models: {m: Waiting(1, 2.0) for m in models}, ("m",), "m").collect(),
     ]
     return {f.name + suffix for f in families for suffix in suffixes[f.type]}
+
+
+def test_one_prefix_and_the_engine_set_labelled_by_model_engine_worker() -> None:
+    """Every series we export starts with `inference_`; the engine-side set is vLLM's names under it."""
+    assert all(name.startswith("inference_") for name in exported_names()), exported_names()
+    vllm_meanings = {
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "e2e_request_latency_seconds",
+        "request_queue_time_seconds",
+        "num_requests_running",
+        "prompt_tokens",
+        "generation_tokens",
+        "request_success",
+    }
+    families = {f.name: f for f in WorkerMetrics("llama_server", worker="w1").registry.collect()}
+    assert {"inference_" + n for n in vllm_meanings} <= set(families), set(families)
+    metrics = WorkerMetrics("llama_server", worker="w1")
+    metrics.first_token("m", 0.2)
+    (sample,) = [s for f in metrics.registry.collect() for s in f.samples if s.name.endswith("_count")]
+    assert {k: sample.labels[k] for k in ("model_name", "engine", "worker")} == {
+        "model_name": "m",
+        "engine": "llama_server",
+        "worker": "w1",
+    }
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:

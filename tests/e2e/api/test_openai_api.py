@@ -212,13 +212,15 @@ def test_metrics_from_api_and_worker(api, client, worker):
     client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3)
     httpx.get(f"{api.v1()}/nothing-here")
     text = httpx.get(f"{api.url}/metrics").text
-    assert 'api_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
-    assert 'api_requests_total{method="GET",route="unmatched",status="404"}' in text
-    assert "api_time_to_first_token_seconds_bucket" in text and "api_generation_tokens_total" in text
+    chat = 'inference_gateway_requests_total{method="POST",model_name="gemma-3-270m",route="/v1/chat/completions",'
+    assert chat + 'status="200"}' in text
+    assert 'inference_gateway_requests_total{method="GET",model_name="",route="unmatched",status="404"}' in text
+    assert "inference_gateway_overhead_seconds_bucket" in text and "inference_gateway_requests_in_flight" in text
+    assert "inference_num_requests_waiting" in text and "inference_queue_oldest_age_seconds" in text
     wtext = httpx.get(f"http://127.0.0.1:{worker}/metrics").text
     tokens = [ln for ln in wtext.splitlines() if ln.startswith("inference_generation_tokens_total{")]
     assert tokens and float(tokens[0].rsplit(" ", 1)[1]) >= 3
-    assert 'engine="llama_cpp"' in tokens[0] and 'model_name="gemma-3-270m"' in tokens[0]
+    assert 'engine="llama_cpp"' in tokens[0] and 'model_name="gemma-3-270m"' in tokens[0] and 'worker="' in tokens[0]
     assert "inference_time_to_first_token_seconds_bucket" in wtext
     assert "inference_request_queue_time_seconds_bucket" in wtext
 

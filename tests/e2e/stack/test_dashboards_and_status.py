@@ -80,10 +80,18 @@ def report(results: list[PanelResult], window: str) -> str:
 
 def scraped(prom: Prometheus, finished: int) -> None:
     """Wait until both sides' counters of finished requests, as Prometheus has them, reach `finished`."""
-    api = 'sum(api_requests_total{route=~"/v1/.*completions"})'
+    api = 'sum(inference_gateway_requests_total{route=~"/v1/.*completions"})'
     wait_until(lambda: prom.value(api) >= finished, 30, f"{finished} requests scraped from the API")
     worker = "sum(inference_request_success_total)"
     wait_until(lambda: prom.value(worker) >= finished, 30, f"{finished} requests scraped from the worker")
+
+
+def leave_mid_stream(stack: NativeStack) -> None:
+    """Read a streamed completion's first chunk, then hang up."""
+    body = {"model": MODEL, "stream": True, **COUNTING}
+    with httpx.stream("POST", f"{stack.url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
 
 
 def busy_moment(prom: Prometheus, timeout: float = 90) -> float:
@@ -92,9 +100,9 @@ def busy_moment(prom: Prometheus, timeout: float = 90) -> float:
     deadline, seen = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         at = time.time() - 1
-        depth = prom.value("sum(max by (model_name) (api_queue_depth))", at)
+        depth = prom.value("sum(max by (model_name) (inference_num_requests_waiting))", at)
         running = prom.value("sum(inference_num_requests_running)", at)
-        busy = prom.value("sum(max by (worker) (api_worker_busy_slots))", at)
+        busy = prom.value("sum(max by (worker) (inference_worker_busy_slots))", at)
         if depth > 0 and running > 0 and busy > 0:
             return at
         seen = f"queue {depth}, running {running}, busy slots {busy}"
@@ -112,6 +120,7 @@ def test_every_dashboard_panel_has_data(stack: NativeStack) -> None:
     reasons = load(stack, n=36, concurrency=6)
     assert set(reasons) <= {"length", "stop"}, reasons
     scraped(prom, 37)
+    leave_mid_stream(stack)  # a client that hangs up: the disconnect counter and the workers' `abort`
     # then a queue two waves deep behind busy slots, so the gauges have something to show too
     api, n = client(stack), 3 * stack.settings.llama_server_parallel
     with ThreadPoolExecutor(n) as pool:
@@ -137,6 +146,8 @@ def test_every_dashboard_panel_has_data(stack: NativeStack) -> None:
     assert first[("inference-overview.json", "Success ratio")] == 1
     assert first[("inference-overview.json", "Live workers")] == 1
     assert first[("inference-overview.json", "Queue depth")] > 0
+    assert first[("inference-overview.json", "Oldest waiting request")] > 0
+    assert first[("inference-overview.json", "Requests in flight")] > 0
     # the registry gauges come from two replicas scraped at different instants, so the free-slot figure may
     # lag the busy moment by a heartbeat; busy_moment() already required busy slots, here only the range
     assert 0 <= first[("inference-overview.json", "Free slots")] <= stack.settings.llama_server_parallel
