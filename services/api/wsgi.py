@@ -9,7 +9,7 @@ import falcon
 from services.api.app import create_app
 from services.common import logs
 from services.common.catalog import Catalog
-from services.common.redis_client import connect
+from services.common.redis_client import from_settings
 from services.common.settings import settings_or_exit
 
 
@@ -25,8 +25,8 @@ def create() -> falcon.App:
     # with LOG_FILES each gunicorn worker writes its own files, so none rotates another's
     logs.configure(settings, f"{name}-{os.getpid()}" if settings.log_files else name)
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
-    client = connect(
-        settings.redis_url,
+    client = from_settings(
+        settings,
         max_connections=settings.api_threads * 2 + 8,
         longest_block=settings.sse_keepalive,  # XREAD BLOCK waits at most one keep-alive interval
     )

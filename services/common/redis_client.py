@@ -4,6 +4,9 @@ A Redis across a network can vanish without a FIN or RST (a host gone, a NAT tha
 without a socket timeout a read on that half-open link waits forever and the thread with it. Every
 client made here has a bounded connect, a read timeout longer than any blocking command it runs, and
 TCP keepalive, which finds a dead peer on an idle pooled connection within a minute.
+
+Over a network Redis may speak TLS: a `rediss://` URL, verified against REDIS_TLS_CA_FILE (the system's
+CAs when empty), presenting REDIS_TLS_CERT_FILE/KEY_FILE where a server asks for client certificates.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import socket
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+
+from services.common.settings import Settings
 
 CONNECT_TIMEOUT_S = 3.0
 LONGEST_BLOCK_S = 5.0
@@ -31,12 +36,31 @@ def keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
+def tls_options(settings: Settings) -> dict[str, object]:
+    """redis-py's SSL options for a `rediss://` REDIS_URL (none for redis:// or unix://): the server's
+    certificate is always verified, and its name checked against the URL's host."""
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    options: dict[str, object] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if settings.redis_tls_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    if settings.redis_tls_cert_file is not None and settings.redis_tls_key_file is not None:
+        options |= {"ssl_certfile": str(settings.redis_tls_cert_file), "ssl_keyfile": str(settings.redis_tls_key_file)}
+    return options
+
+
+def from_settings(settings: Settings, **kwargs: object) -> redis.Redis:
+    """`connect` to REDIS_URL with the TLS settings that go with it."""
+    return connect(settings.redis_url, tls=tls_options(settings), **kwargs)  # type: ignore[arg-type]
+
+
 def connect(
     url: str,
     *,
     max_connections: int = 256,
     longest_block: float = LONGEST_BLOCK_S,
     socket_timeout: float | None = None,
+    tls: dict[str, object] | None = None,
 ) -> redis.Redis:
     """A pooled client whose every call is bounded in time.
 
@@ -65,5 +89,6 @@ def connect(
             ExponentialWithJitterBackoff(base=0.05, cap=0.5), RETRIES, supported_errors=(redis.ConnectionError,)
         ),
         **tcp,
+        **(tls or {}),
     )
     return redis.Redis(connection_pool=pool)

@@ -7,6 +7,7 @@ A bad value fails at start with a message that names the variable.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
 
     # access (services/keys): empty = no keys, every route open (the native stack then listens on loopback)
     api_keys_file: Path | None = Field(None, description="JSON keys file (hashes only); re-read when it changes")
+    allow_open: bool = Field(False, description="without keys, an API listening beyond loopback starts only if true")
 
     # engines and models
     inference_engine: EngineName = "auto"
@@ -56,6 +58,7 @@ class Settings(BaseSettings):
     models_dir: Path = ROOT / "models"
     worker_slots: int = Field(1, ge=1, le=256)
     worker_metrics_port: int = Field(9201, ge=0, le=65535, description="0 disables")
+    worker_metrics_host: str = Field("127.0.0.1", description="address the worker's metrics listen on")
     n_threads: int = Field(0, ge=0, le=256, description="llama.cpp threads; 0 = physical cores")
     n_ctx: int = Field(4096, ge=256, le=1_048_576)
     llama_server_url: str = ""
@@ -74,6 +77,9 @@ class Settings(BaseSettings):
 
     # redis and lifetimes
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_tls_ca_file: Path | None = Field(None, description="rediss://: CA that signed Redis's certificate")
+    redis_tls_cert_file: Path | None = Field(None, description="rediss://: certificate (server's; clients' if mutual)")
+    redis_tls_key_file: Path | None = Field(None, description="rediss://: its private key")
     stream_ttl: int = Field(600, ge=10, le=86_400)
     stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="worker: how long a token may wait for others")
     heartbeat_interval: float = Field(2.0, gt=0, le=60)
@@ -86,7 +92,7 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(9090, ge=1, le=65535)
     nginx_read_timeout: float = Field(360.0, gt=0, le=86_400, description="keep above REQUEST_TIMEOUT")
 
-    @field_validator("api_keys_file", mode="before")
+    @field_validator("api_keys_file", "redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -99,14 +105,27 @@ class Settings(BaseSettings):
         return value
 
 
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|(^|_)KEY$")
+URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def shown(name: str, value: str) -> str:
+    """A setting's value as an error may echo it: a secret's never, a URL's without its password."""
+    if SECRET_NAME.search(name):
+        return "<hidden>"
+    return URL_PASSWORD.sub(r"\1***@", value)
+
+
 def load_settings() -> Settings:
-    """Build settings from the environment, turning pydantic's report into one line per variable."""
+    """Build settings from the environment, turning pydantic's report into one line per variable (its own
+    report quotes the input: a malformed REDIS_URL would print its password)."""
     try:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{str(err['loc'][0]).upper()}={os.environ.get(str(err['loc'][0]).upper(), '')!r}: {err['msg']}"
+            f"{name}={shown(name, os.environ.get(name, ''))!r}: {err['msg']}"
             for err in exc.errors()
+            for name in [str(err["loc"][0]).upper()]
         )
         raise SettingsError(f"invalid setting: {problems}") from None
 

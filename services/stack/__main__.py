@@ -7,12 +7,13 @@ checked-in monitoring/prometheus.yml is current).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
 from services.common import logs
 from services.common.settings import settings_or_exit
-from services.stack import nginx_conf, prometheus_conf, supervise
+from services.stack import nginx_conf, prometheus_conf, redis_conf, supervise
 from services.stack.binaries import MissingBinary
 from services.stack.procfile import prepare
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("up", "config", "check"))
     parser.add_argument("--no-worker", action="store_true", help="no engine worker here (it runs on another box)")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # configs, the password file and every log the stack writes: its owner's only
     settings = settings_or_exit()
     logs.configure(settings, "stack")  # what it prints is for the person at the console; library lines go here
     if args.command == "check":
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     try:
         stack = prepare(settings, worker=not args.no_worker)
-    except (MissingBinary, nginx_conf.NginxConfigError) as exc:
+    except (MissingBinary, nginx_conf.NginxConfigError, redis_conf.RedisConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2
     if args.command == "config":

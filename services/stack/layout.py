@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,15 @@ class Layout:
         return self.log_dir / f"{name}.log"
 
     def create(self) -> None:
-        """Make the directories; state that holds secrets is readable by its owner only."""
-        for path in (self.run_dir, self.log_dir, self.nginx_dir, self.prometheus_dir):
-            path.mkdir(parents=True, exist_ok=True)
-        self.redis_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Make the directories, readable by their owner only: configs hold the Redis password and logs
+        what clients sent. The run and log directories close everything under them, whatever its mode."""
+        for path in (self.run_dir, self.log_dir, self.nginx_dir, self.prometheus_dir, self.redis_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private(path)
+
+
+def private(path: Path) -> None:
+    """chmod 0700 a directory of ours; never one shared with others (sticky, like /tmp) or someone else's."""
+    info = path.stat()
+    if info.st_uid == os.getuid() and not info.st_mode & stat.S_ISVTX:
+        path.chmod(0o700)

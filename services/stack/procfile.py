@@ -55,6 +55,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {name.upper(): "" if value is None else str(value) for name, value in settings.model_dump().items()}
 
 
+REDIS_SECRETS = ("REDIS_URL", "REDIS_PASSWORD", "REMOTE_REDIS_URL")
+
+
+def without_redis(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a process that never talks to Redis (redis-server reads its own file, nginx,
+    Prometheus): none of the variables that may hold its password."""
+    return {k: v for k, v in env.items() if k not in REDIS_SECRETS}
+
+
 def _waiting_for_redis(python: str, argv: list[str]) -> tuple[str, ...]:
     return (python, "-m", "services.stack.wait", "--", *argv)
 
@@ -153,7 +162,7 @@ def prepare(
         redis_url = redis_conf.url_with_password(settings, secret)
         env |= {"REDIS_URL": redis_url, "REDIS_PASSWORD": secret}
         redis_conf.write_conf(settings, layout, secret)
-        procs.append(Proc("redis", (require("redis-server"), str(layout.redis_conf)), dict(env)))
+        procs.append(Proc("redis", (require("redis-server"), str(layout.redis_conf)), without_redis(env)))
     else:  # a Redis elsewhere (another box's stack, a managed one): use it as given
         redis_url = settings.redis_url
     procs += api_procs(settings, layout, env, python)
@@ -164,11 +173,16 @@ def prepare(
     listen_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     public_url = f"http://{listen_host}:{settings.port}"
     procs.append(
-        Proc("nginx", tuple(nginx_conf.command(require("nginx"), layout)), dict(env), f"{public_url}/nginx/health")
+        Proc(
+            "nginx",
+            tuple(nginx_conf.command(require("nginx"), layout)),
+            without_redis(env),
+            f"{public_url}/nginx/health",
+        )
     )
     sidecar_runs = any("--spawn-llama-server" in p.argv for p in procs)
     prometheus_conf.write_native(settings, layout, scrape_interval=scrape_interval, llama_server=sidecar_runs)
     prometheus_url = f"http://127.0.0.1:{settings.prometheus_port}"
     argv = prometheus_conf.command(require("prometheus"), settings, layout)
-    procs.append(Proc("prometheus", tuple(argv), dict(env), f"{prometheus_url}/-/ready"))
+    procs.append(Proc("prometheus", tuple(argv), without_redis(env), f"{prometheus_url}/-/ready"))
     return Stack(tuple(procs), layout, redis_url, public_url, prometheus_url)

@@ -1,5 +1,7 @@
 """The native stack's redis-server: always password-protected, configured by a file so the password
-never shows in `ps`, and bound to loopback unless REDIS_BIND adds an address other hosts can reach."""
+never shows in `ps`, and bound to loopback unless REDIS_BIND adds an address other hosts can reach.
+With a `rediss://` REDIS_URL it speaks TLS only (no plain port), with REDIS_TLS_CERT_FILE/KEY_FILE as its
+certificate; clients verify it against REDIS_TLS_CA_FILE, and a client certificate is checked if sent."""
 
 from __future__ import annotations
 
@@ -14,10 +16,14 @@ from services.stack.layout import Layout
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+class RedisConfigError(ValueError):
+    """The settings cannot make a working redis.conf; the message names the setting to change."""
+
+
 def is_local(settings: Settings) -> bool:
     """The stack runs its own redis-server only when REDIS_URL points at this machine."""
     parts = urlsplit(settings.redis_url)
-    return parts.scheme == "redis" and (parts.hostname or "127.0.0.1") in LOCAL_HOSTS
+    return parts.scheme in ("redis", "rediss") and (parts.hostname or "127.0.0.1") in LOCAL_HOSTS
 
 
 def port(settings: Settings) -> int:
@@ -52,7 +58,7 @@ def url_with_password(settings: Settings, secret: str, host: str | None = None) 
 def config(settings: Settings, layout: Layout, secret: str) -> str:
     """redis.conf text. The queue and streams are short-lived, so no snapshots: a restart starts clean."""
     lines = [
-        f"port {port(settings)}",
+        *_listen(settings),
         f"bind {settings.redis_bind}",
         "protected-mode yes",
         f"requirepass {_quoted(secret)}",
@@ -63,6 +69,23 @@ def config(settings: Settings, layout: Layout, secret: str) -> str:
         'logfile ""',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _listen(settings: Settings) -> list[str]:
+    """`port N`, or for rediss:// `port 0` (no plain TCP at all) and the TLS port with its files."""
+    if not settings.redis_url.startswith("rediss://"):
+        return [f"port {port(settings)}"]
+    if settings.redis_tls_cert_file is None or settings.redis_tls_key_file is None:
+        raise RedisConfigError("a rediss:// REDIS_URL on this machine needs REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE")
+    lines = [
+        "port 0",
+        f"tls-port {port(settings)}",
+        f"tls-cert-file {_quoted(str(settings.redis_tls_cert_file))}",
+        f"tls-key-file {_quoted(str(settings.redis_tls_key_file))}",
+    ]
+    if settings.redis_tls_ca_file is None:
+        return [*lines, "tls-auth-clients no"]
+    return [*lines, f"tls-ca-cert-file {_quoted(str(settings.redis_tls_ca_file))}", "tls-auth-clients optional"]
 
 
 def _quoted(value: str) -> str:

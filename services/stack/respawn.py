@@ -19,7 +19,7 @@ import threading
 import redis
 
 from services.common import logs
-from services.common.redis_client import connect
+from services.common.redis_client import from_settings
 from services.common.registry import Registry, default_worker_id
 from services.common.settings import settings_or_exit
 from services.common.supervisor import Supervisor
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give the command after --")
     settings = settings_or_exit()
     logs.configure(settings, f"respawn-{args.name}")
-    registry = Registry(connect(settings.redis_url), settings.heartbeat_ttl)
+    registry = Registry(from_settings(settings), settings.heartbeat_ttl)
     child = Supervisor(args.name, command)
     child.on_down = lambda _reason: forget_worker(registry, child.pid)
     stopping = threading.Event()

@@ -15,14 +15,15 @@ import time
 import redis
 
 from services.common import logs
+from services.common.redis_client import tls_options
 from services.common.settings import settings_or_exit
 
 log = logging.getLogger("services.stack.wait")
 
 
-def redis_ready(url: str, timeout: float) -> bool:
+def redis_ready(url: str, timeout: float, tls: dict[str, object] | None = None) -> bool:
     deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, **(tls or {}))
     while time.monotonic() < deadline:
         try:
             return bool(client.ping())
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_or_exit()
     logs.configure(settings, "wait")
     url = settings.redis_url
-    if not redis_ready(url, args.timeout):
+    if not redis_ready(url, args.timeout, tls_options(settings)):
         log.error("redis at %s did not answer in %.0fs", url.rsplit("@", 1)[-1], args.timeout)
         return 1
     os.execvp(cmd[0], cmd)

@@ -10,7 +10,7 @@ import sys
 
 from services.common import logs
 from services.common.catalog import Catalog
-from services.common.redis_client import connect
+from services.common.redis_client import from_settings
 from services.common.settings import Settings, settings_or_exit
 from services.common.supervisor import History
 from services.worker import selfcheck, sidecar
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("engine choice: %s", reason)
     worker = WorkerProcess(
         settings,
-        connect(settings.redis_url),
+        from_settings(settings),
         catalog,
         engines=choice.engines,
         device=choice.device,
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_id=args.worker_id,
         upstream_url=upstream_url,
         metrics_port=settings.worker_metrics_port if args.metrics_port is None else args.metrics_port,
+        metrics_host=settings.worker_metrics_host,
         history=History.from_env(os.environ),
     )
     if cmd is not None:

@@ -52,6 +52,7 @@ class WorkerProcess:
         worker_id: str | None = None,
         upstream_url: str | None = None,
         metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
         engine_factory: EngineFactory = build_engine,
         history: History | None = None,
         loop_after: int = 3,
@@ -65,10 +66,11 @@ class WorkerProcess:
         self.id = worker_id or default_worker_id(socket.gethostname(), os.getpid())
         self.upstream_url = upstream_url
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.registry = Registry(client, settings.heartbeat_ttl)
         self.engine_factory = engine_factory
         self.engine_name = engines[0] if engines else "none"
-        self.metrics = WorkerMetrics(self.engine_name, worker=self.id)
+        self.metrics = WorkerMetrics(self.engine_name)
         self.served: dict[str, Served] = {}
         self.started_at = time.time()
         self._stop = threading.Event()  # asked to stop (signal): the main thread starts the drain
@@ -225,7 +227,7 @@ class WorkerProcess:
 
     def start(self, models: list[str], *, sidecar_wait: float = 120.0) -> None:
         if self.metrics_port:
-            start_http_server(self.metrics_port, registry=self.metrics.registry)
+            start_http_server(self.metrics_port, addr=self.metrics_host, registry=self.metrics.registry)
         if self.sidecar is not None:
             self.sidecar.start()
             if not self.sidecar.wait_ready(sidecar_wait):

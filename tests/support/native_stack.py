@@ -15,6 +15,7 @@ import httpx
 import redis
 
 from services.common.ports import free_port, free_run
+from services.common.redis_client import tls_options
 from services.common.settings import Settings
 from services.stack.procfile import Proc, Stack, prepare
 from tests.support.procs import stop, wait_until
@@ -85,7 +86,8 @@ class NativeStack:
         popen = spawn(proc, self.log(name))
         self.procs[name] = popen
         if name == "redis":
-            wait_until(lambda: redis.Redis.from_url(self.redis_url).ping(), timeout, name, popen)
+            ping = redis.Redis.from_url(self.redis_url, **tls_options(self.settings)).ping  # type: ignore[arg-type]
+            wait_until(ping, timeout, name, popen)
         elif proc.ready_url:
             # any HTTP answer means it listens (an API's /health may say 503 until a worker beats)
             wait_until(lambda: httpx.get(proc.ready_url, timeout=2).status_code > 0, timeout, name, popen)
@@ -103,8 +105,9 @@ class NativeStack:
             stop(self.procs.pop(name))
 
     def model_served(self) -> bool:
-        models = httpx.get(f"{self.url}/v1/models", timeout=5).json()
-        return any(m["id"] == self.settings.default_model for m in models.get("data", []))
+        """Through nginx, from /health, which needs no key when the stack has API keys."""
+        health = httpx.get(f"{self.url}/health", timeout=5).json()
+        return self.settings.default_model in health.get("models", [])
 
 
 def spawn(proc: Proc, log: Path, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
