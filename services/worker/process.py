@@ -70,7 +70,7 @@ class WorkerProcess:
         self.registry = Registry(client, settings.heartbeat_ttl)
         self.engine_factory = engine_factory
         self.engine_name = engines[0] if engines else "none"
-        self.metrics = WorkerMetrics(self.engine_name)
+        self.metrics = WorkerMetrics(self.engine_name, worker=self.id)
         self.served: dict[str, Served] = {}
         self.started_at = time.time()
         self._stop = threading.Event()  # asked to stop (signal): the main thread starts the drain
