@@ -15,11 +15,13 @@ from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
 from services.api.queue_wait import QueueWaitMiddleware
+from services.api.ratelimit import RateLimiter, RateLimitHeaders
 from services.api.request_id import RequestIdMiddleware
 from services.api.state_metrics import QueueProbe, StateCollector
 from services.api.status_page import StatusPage
 from services.api.system import HealthResource, ModelCommandResource, StatusResource
 from services.api.traffic import RecentTraffic
+from services.api.usage import UsageBook, UsageCollector, UsageResource
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
 from services.common.registry import Registry
@@ -43,8 +45,15 @@ def create_app(
     traffic = RecentTraffic(client)
     metrics = metrics or ApiMetrics(recent=traffic)
     registry = Registry(client, settings.heartbeat_ttl)
+    limiter = RateLimiter(client, settings)
+    usage = UsageBook(client, retention_days=settings.usage_retention_days)
     admission = Admission(
-        client, max_inflight=settings.max_concurrent_requests, max_queue_depth=settings.max_queue_depth
+        client,
+        max_inflight=settings.max_concurrent_requests,
+        max_queue_depth=settings.max_queue_depth,
+        limiter=limiter,
+        fair_share=settings.fair_share,
+        usage=usage,
     )
     gateway = Gateway(
         client,
@@ -60,6 +69,7 @@ def create_app(
     app.req_options.strip_url_path_trailing_slash = True
     if settings.api_keys_file is not None:  # authentication before admission; no keys file, no change
         app.add_middleware(AuthMiddleware(KeyRing(settings.api_keys_file)))
+        app.add_middleware(RateLimitHeaders(limiter))  # x-ratelimit-* on every keyed response
     errors.install(app)
     app.add_error_handler(redis.RedisError, handle_redis_down)
 
@@ -71,9 +81,12 @@ def create_app(
     app.add_route("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway))
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
     app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission, traffic))
+    app.add_route("/v1/usage", UsageResource(usage))
     app.add_route("/status", StatusPage())
     app.add_route("/health", HealthResource(client, gateway))
     waiting = QueueProbe(client, lambda model: gateway.jobs.queue(model).key)
     state = StateCollector(registry.live, waiting, tuple(catalog.models), catalog.default)
-    app.add_route("/metrics", MetricsResource(metrics, state))
+    metrics_resource = MetricsResource(metrics, state)
+    metrics_resource.state.register(UsageCollector(usage))
+    app.add_route("/metrics", metrics_resource)
     return app

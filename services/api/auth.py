@@ -2,7 +2,7 @@
 
 With no keys file configured (API_KEYS_FILE empty) this middleware is not installed and nothing changes.
 With one, every `/v1` route needs a valid, unexpired key (401 `invalid_api_key`, as OpenAI answers), and
-the admin routes (load, unload, system status, metrics) need an admin key, unless the request reached this
+the admin routes (load, unload, system status, usage, metrics) need an admin key, unless the request reached this
 process directly from loopback: nginx always connects from loopback in the native stack, so a request that
 came through it (it sets X-Real-IP and X-Forwarded-For) never counts as local, whatever its client sent.
 The key's record is left on `req.context.api_key` and its name on `req.context.key_name` for limits and usage.
@@ -19,7 +19,7 @@ from services.common.errors import AuthenticationFailed, ModelNotFound, Permissi
 from services.keys.ring import KeyRing
 from services.keys.store import ApiKey
 
-ADMIN_ROUTES = frozenset({"/v1/models/load", "/v1/models/unload", "/v1/system/status", "/metrics"})
+ADMIN_ROUTES = frozenset({"/v1/models/load", "/v1/models/unload", "/v1/system/status", "/v1/usage", "/metrics"})
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 

@@ -85,11 +85,12 @@ class CompletionResource:
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         try:
-            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"))
+            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
         except RateLimited as exc:
             self.metrics.rejected(exc.code or "rate_limited")
             raise
         clock.enqueued()
+        req.context.quota = flight.admitted.quota if flight.admitted else None  # x-ratelimit-* (ratelimit.py)
         wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms (queue_wait.py)
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",

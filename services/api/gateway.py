@@ -23,6 +23,7 @@ from services.common import events, keys
 from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
 from services.common.jobs import MAX_ATTEMPTS, Job
 from services.common.registry import Registry
+from services.keys.store import ApiKey
 
 log = logging.getLogger(__name__)
 STRANDED_TICKS = 2
@@ -74,17 +75,18 @@ class Gateway:
     def queued(self, model_id: str) -> int:
         return self.jobs.queued(model_id)
 
-    def submit(self, job: Job, client: socket.socket | None = None) -> Flight:
+    def submit(self, job: Job, client: socket.socket | None = None, key: ApiKey | None = None) -> Flight:
         """Admit, take the lease and enqueue in one round trip (429 if not admitted); from then on this
-        process renews the lease while the client is there."""
-        self.admission.admit(
+        process renews the lease while the client is there. `key`: the caller's, for its limits."""
+        admitted = self.admission.admit(
             job.request_id,
             job,
             queue_key=self.jobs.queue(job.model).key,
             enqueue=self.jobs.enqueue_commands(job),
             lease_ttl=self.leases.ttl,
+            key=key,
         )
-        flight = Flight(job.request_id, job, client)
+        flight = Flight(job.request_id, job, client, admitted=admitted)
         self.leases.hold(flight)
         return flight
 
@@ -118,6 +120,8 @@ class Gateway:
                         wait.started(event.dequeued_at)
                 elif isinstance(event, events.Done) and "dequeued" in event.timings and "done" in event.timings:
                     self._served[flight.rid] = (job.model, event.timings["done"] - event.timings["dequeued"])
+                if isinstance(event, events.Done):
+                    flight.usage = event.usage  # the key's usage and TPM, counted at release (admission.py)
                 if isinstance(event, events.Done) and time.time() > job.deadline:
                     raise GatewayTimeout(  # the worker stopped at the deadline: a cut-off answer is no answer
                         f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds."
@@ -213,6 +217,7 @@ class Gateway:
                 pipe.expire(keys.service_times(model), 3600)
             if not finished:
                 self.jobs.remove(job, pipe)
+            self.admission.release(pipe, flight)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not release %s: %s", flight.rid, exc)

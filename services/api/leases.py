@@ -1,6 +1,6 @@
 """Leases that are leases: each API process renews the leases of its requests in flight while their
 clients are connected, so a replica that dies lets go of its generations and admission slots within
-LEASE_TTL rather than at REQUEST_TIMEOUT.
+LEASE_TTL rather than at REQUEST_TIMEOUT. A key's concurrency entries are renewed in the same round.
 
 One daemon thread per process renews everything it holds in one pipelined round trip every LEASE_TTL/3,
 so one late round still leaves a margin. The same round looks at each client's socket: gunicorn's
@@ -17,11 +17,16 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
 from services.common import keys
+from services.common.events import Usage
 from services.common.jobs import Job
+
+if TYPE_CHECKING:
+    from services.api.admission import Admitted
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,16 @@ class Flight:
     """Set by the keeper when the client hung up; the request thread then releases everything."""
     suspect: int = 0
     """Quiet ticks in a row on which the job looked stranded (see Gateway's liveness check)."""
+    admitted: Admitted | None = None
+    """Its key's limits and charge, and its queue position at admission (admission.py)."""
+    usage: Usage | None = None
+    """The tokens its `done` event reported, for the key's usage and TPM correction at release."""
+
+    @property
+    def key_concurrency(self) -> str | None:
+        """The key whose concurrency set holds this request (renewed with the lease), if any."""
+        limits = self.admitted.limits if self.admitted else None
+        return limits.name if limits is not None and limits.concurrency else None
 
 
 def hung_up(sock: socket.socket) -> bool:
@@ -116,6 +131,7 @@ class LeaseKeeper:
         expiry = self.expiry()
         pipe = self.redis.pipeline(transaction=False)
         renewed = 0
+        per_key: set[str] = set()
         for flight in flights:
             lease = keys.lease(flight.job.request_id)
             if not flight.gone and flight.client is not None and hung_up(flight.client):
@@ -126,8 +142,13 @@ class LeaseKeeper:
                 continue
             pipe.pexpire(lease, self.ttl_ms)
             pipe.zadd(keys.inflight(), {flight.rid: expiry}, xx=True)
+            if flight.key_concurrency:
+                pipe.zadd(keys.key_inflight(flight.key_concurrency), {flight.rid: expiry}, xx=True)
+                per_key.add(flight.key_concurrency)
             renewed += 1
         if renewed:
             pipe.pexpire(keys.inflight(), self.ttl_ms + 60_000)
+        for name in per_key:
+            pipe.pexpire(keys.key_inflight(name), self.ttl_ms + 60_000)
         pipe.execute()
         return renewed

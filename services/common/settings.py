@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # access (services/keys): empty = no keys, every route open (the native stack then listens on loopback)
     api_keys_file: Path | None = Field(None, description="JSON keys file (hashes only); re-read when it changes")
     allow_open: bool = Field(False, description="without keys, an API listening beyond loopback starts only if true")
+    key_default_rpm: int = Field(0, ge=0, le=10_000_000, description="requests/min of a key without its own; 0 = none")
+    key_default_tpm: int = Field(0, ge=0, le=1_000_000_000, description="tokens/min of a key without its own; 0 = none")
+    key_default_concurrency: int = Field(0, ge=0, le=100_000, description="requests in flight per key; 0 = none")
+    fair_share: bool = Field(True, description="serve a model's waiting jobs fairly across keys (api/admission.py)")
+    usage_retention_days: int = Field(35, ge=1, le=3650, description="days a day's usage per key is kept in Redis")
 
     # engines and models
     inference_engine: EngineName = "auto"

@@ -49,7 +49,8 @@ def parse_expiry(text: str) -> datetime:
 
 
 class ApiKey(BaseModel):
-    """One key's record. rpm, tpm and concurrency are kept for the per-key limits that come next."""
+    """One key's record. rpm, tpm, concurrency: its limits (None = the KEY_DEFAULT_* settings; see
+    services/api/ratelimit.py); priority: its weight in fair share (2 gets two turns for every one of a 1)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
@@ -61,6 +62,7 @@ class ApiKey(BaseModel):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     concurrency: int | None = Field(None, ge=1)
+    priority: int = Field(1, ge=1, le=100)
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def expired(self, now: datetime | None = None) -> bool:
@@ -122,17 +124,44 @@ def create(
     models: tuple[str, ...] | None = None,
     expires: datetime | None = None,
     admin: bool = False,
+    **limits: int | None,
 ) -> str:
-    """Add a key named `name` and return the key itself, which is stored nowhere."""
+    """Add a key named `name` and return the key itself, which is stored nowhere. `limits`: rpm, tpm,
+    concurrency, priority (None leaves the default)."""
     key = new_key()
     with editing(path) as keys:
         if any(k.name == name for k in keys):
             raise KeyFileError(f"a key named {name!r} exists; revoke it first or pick another name")
+        given = {field: value for field, value in limits.items() if value is not None}
         record = ApiKey(
-            name=name, sha256=digest(key), shown=key[:SHOWN_CHARS], models=models, expires=expires, admin=admin
+            name=name,
+            sha256=digest(key),
+            shown=key[:SHOWN_CHARS],
+            models=models,
+            expires=expires,
+            admin=admin,
+            **given,
         )
         keys.append(record)
     return key
+
+
+LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "priority")
+
+
+def set_limits(path: Path, name: str, **limits: int | None) -> ApiKey:
+    """Change a key's limits in place (0 clears rpm, tpm or concurrency back to the defaults); its key stays."""
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise KeyFileError(f"not a limit: {', '.join(sorted(unknown))}")
+    with editing(path) as keys:
+        index = next((i for i, k in enumerate(keys) if k.name == name), None)
+        if index is None:
+            raise KeyFileError(f"no key is named {name!r}")
+        update = {f: (None if v == 0 and f != "priority" else v) for f, v in limits.items() if v is not None}
+        record = ApiKey.model_validate({**keys[index].model_dump(), **update})
+        keys[index] = record
+    return record
 
 
 def revoke(path: Path, name: str) -> None:
