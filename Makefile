@@ -10,7 +10,7 @@ UP_EXTRAS ?= llama-server,model,embedding-model
 TEST_EXTRAS ?= llama-server,model,embedding-model,llama-cpp,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 # The status page's browser test drives Debian's Chromium (Playwright, no browser download).
-APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium
+APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl
 
 .PHONY: up test venv-up venv-test system system-test models models-mlx self-check lint format bench bench-builds clean
 
