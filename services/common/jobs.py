@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,10 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
     role: str
     content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """An assistant turn's calls, OpenAI-shaped ({id, type, function: {name, arguments}})."""
+    tool_call_id: str | None = None
+    """A `tool` turn: which call this is the result of."""
 
 
 class SamplingParams(BaseModel):
@@ -42,6 +46,18 @@ class SamplingParams(BaseModel):
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    """Vendor extras (extra_body): None leaves the engine's own choice."""
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: dict[str, Any] | None = None
+    """OpenAI's response_format ({"type": "json_object"} or {"type": "json_schema", "json_schema": {...}})."""
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    """Constraints on what may be decoded travel with the sampling: every engine gets them in one place."""
 
 
 class Job(BaseModel):
@@ -64,6 +80,9 @@ class Job(BaseModel):
         None, description="the X-Request-ID the API answered with, so the worker's log lines carry it too"
     )
     key_name: str | None = Field(None, description="the name of the caller's API key, for limits and usage")
+    traceparent: str | None = Field(
+        None, description="W3C trace context of the API's span (services/common/tracing.py), when tracing is on"
+    )
 
     def next_attempt(self, client_request_id: str) -> Job:
         attempt = self.attempt + 1

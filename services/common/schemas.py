@@ -1,7 +1,10 @@
 """OpenAI request bodies, validated once at the boundary (fields in OpenAI's order).
 
 Strict types: `"stream": "yes"` or `"max_tokens": "10"` is a 400 naming the field, as OpenAI does.
-Unknown fields are ignored, as vLLM does, so clients that send extra OpenAI options still work.
+Every OpenAI parameter that changes the answer is parsed here and either honored or refused with a 400
+naming it (`logit_bias`, `echo`, `suffix`; an engine refuses what it cannot do, e.g. tools in-process).
+Fields nobody here knows are still ignored, as vLLM does: SDKs send bookkeeping (`store`, `metadata`,
+`service_tier`) that does not change the answer, and refusing it would break them for nothing.
 `null` for a parameter OpenAI documents as nullable means "not sent": its default applies, so inside
 the service the types stay plain (a float temperature, never None).
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from services.common.errors import InvalidRequest
 
@@ -48,10 +51,90 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.-]+$")]
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+
+
+class FunctionDefinition(_Body):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionRef(_Body):
+    name: FunctionName
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: FunctionRef
+
+
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Body):
+    """A call in an assistant turn the client sends back (the conversation so far)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class JSONSchemaFormat(_Body):
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise InvalidRequest(
+                "Missing required parameter: 'response_format.json_schema'.", param="response_format.json_schema"
+            )
+        return self
+
+    def to_wire(self) -> dict[str, Any] | None:
+        """OpenAI's shape for the engines, or None for plain text (nothing to enforce)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        assert self.json_schema is not None
+        spec = self.json_schema.model_dump(by_alias=True, exclude_none=True)
+        spec.setdefault("schema", {"type": "object"})
+        return {"type": "json_schema", "json_schema": spec}
+
+
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_turns(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs the tool_call_id it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     @field_validator("content")
     @classmethod
@@ -100,6 +183,18 @@ class _SamplingBody(_Body):
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     user: str | None = None
+    # vendor extras (extra_body), as vLLM and llama-server name them: None leaves the engine's default
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
 
     @field_validator("frequency_penalty", "n", "presence_penalty", "stream", "temperature", "top_p", mode="before")
     @classmethod
@@ -119,13 +214,6 @@ class _SamplingBody(_Body):
             raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return value
 
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("n > 1 is not supported; send n separate requests")
-        return value
-
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None or self.stop == "":
             return ()
@@ -138,7 +226,42 @@ class _SamplingBody(_Body):
 class ChatCompletionRequest(_SamplingBody):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False
     max_completion_tokens: PositiveInt | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Tool] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @field_validator("logprobs", "parallel_tool_calls", mode="before")
+    @classmethod
+    def _nullable_flags(cls, value: Any, info: ValidationInfo) -> Any:
+        return _default_if_null(cls, value, info)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        """OpenAI's cross-field rules, each a 400 naming the parameter."""
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true.", param="top_logprobs")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequest("tool_choice is only allowed when tools are specified.", param="tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {
+            t.function.name for t in self.tools or ()
+        }:
+            raise InvalidRequest(
+                f"tool_choice names the function '{choice.function.name}', which is not in tools.", param="tool_choice"
+            )
+        if self.tools and self.response_format and self.response_format.type != "text" and choice != "none":
+            raise InvalidRequest(
+                "response_format cannot be combined with tools unless tool_choice is 'none'.", param="response_format"
+            )
+        return self
+
+    def tool_choice_wire(self) -> str | dict[str, Any] | None:
+        choice = self.tool_choice
+        return choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -148,6 +271,7 @@ class CompletionRequest(_SamplingBody):
     model: str = Field(min_length=1)
     prompt: str | list[str]
     echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     suffix: str | None = None
 
     @field_validator("echo", mode="before")
@@ -157,9 +281,9 @@ class CompletionRequest(_SamplingBody):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("send exactly one prompt per request (a string or a list of one string)")
+    def _some_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:  # n x prompts is bounded by MAX_N (api/fanout.py)
+            raise ValueError("send at least one prompt")
         return value
 
     @field_validator("echo")
@@ -178,6 +302,10 @@ class CompletionRequest(_SamplingBody):
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def prompts(self) -> tuple[str, ...]:
+        """Every prompt of the request: OpenAI answers n choices for each, prompt by prompt."""
+        return (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

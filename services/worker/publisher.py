@@ -61,11 +61,19 @@ class StreamPublisher:
         pipe.expire(self.key, self.ttl)
         pipe.execute()
 
-    def delta(self, text: str, tokens: int) -> None:
-        """Generated text: the first delta goes at once (time to first token), later ones at the next flush."""
-        if self.flusher is None or self._first or self.flusher.interval <= 0:
+    def delta(
+        self,
+        text: str,
+        tokens: int,
+        *,
+        tool_calls: tuple[dict, ...] | None = None,
+        logprobs: tuple[dict, ...] | None = None,
+    ) -> None:
+        """Generated text: the first delta goes at once (time to first token), later ones at the next flush.
+        One with tool calls or logprobs goes at once too: batching joins texts, which would lose their places."""
+        if self.flusher is None or self._first or self.flusher.interval <= 0 or tool_calls or logprobs:
             self._first = False
-            self.publish(events.Delta(text, tokens))
+            self.publish(events.Delta(text, tokens, tool_calls=tool_calls, logprobs=logprobs))
             return
         self._raise_if_failed()
         self.flusher.add(self, text, tokens)

@@ -11,10 +11,11 @@ import time
 
 import redis
 
-from services.common.errors import APIError
-from services.common.events import Done, Failed, Started, Usage
+from services.common import tracing
+from services.common.errors import APIError, InvalidRequest
+from services.common.events import Done, Embedded, Failed, Started, Usage, pack_vector
 from services.common.jobs import Job
-from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
+from services.worker.engines.base import Embedder, Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
 from services.worker.publisher import StreamPublisher
@@ -34,6 +35,7 @@ class JobRunner:
         stream_ttl: int,
         metrics: WorkerMetrics,
         flusher: DeltaFlusher | None = None,
+        traces: tracing.Tracing | None = None,
     ) -> None:
         self.engine = engine
         self.redis = client
@@ -41,6 +43,7 @@ class JobRunner:
         self.stream_ttl = stream_ttl
         self.metrics = metrics
         self.flusher = flusher or DeltaFlusher(client)
+        self.traces = traces or tracing.Tracing()
 
     def run(self, job: Job) -> None:
         out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline, flusher=self.flusher)
@@ -50,9 +53,9 @@ class JobRunner:
             return
         self.metrics.queue_time(job.model, dequeued - job.accepted_at)
         out.publish(Started(self.worker_id, dequeued))
-        with self.metrics.running(job.model):
+        with self.traces.job(job, dequeued, self.engine.name, self.worker_id), self.metrics.running(job.model):
             try:
-                self._generate(job, out, dequeued)
+                (self._embed if job.kind == "embedding" else self._generate)(job, out, dequeued)
             except APIError as exc:
                 self.metrics.failed(job.model)
                 out.publish(Failed(exc.message, exc.type, exc.code, exc.param, exc.status))
@@ -60,6 +63,17 @@ class JobRunner:
                 log.exception("job %s failed", job.request_id)
                 self.metrics.failed(job.model)
                 out.publish(Failed(f"The engine failed: {type(exc).__name__}"))
+
+    def _embed(self, job: Job, out: StreamPublisher, dequeued: float) -> None:
+        """One call for all inputs (the engine batches them); the vectors as base64 float32, then `done`."""
+        if not isinstance(self.engine, Embedder):
+            raise InvalidRequest(f"The {self.engine.name} engine cannot embed text.", param="model")
+        result = self.engine.embed(job.inputs)
+        done = time.time()
+        usage = Usage(result.prompt_tokens, 0)
+        self.metrics.finished(job.model, usage, done - job.accepted_at, "stop")
+        out.publish(Embedded(tuple(pack_vector(v) for v in result.vectors)))
+        out.publish(Done("stop", usage, {"accepted": job.accepted_at, "dequeued": dequeued, "done": done}))
 
     def _generate(self, job: Job, out: StreamPublisher, dequeued: float) -> None:
         prompt = job.prompt
@@ -72,15 +86,23 @@ class JobRunner:
                 now = time.time()
                 if first is None:
                     first = now
+                    tracing.event("first_token")
                     self.metrics.first_token(job.model, now - job.accepted_at)
                 elif item.tokens:
                     self.metrics.inter_token(job.model, (now - last) / item.tokens)
                 last = now
-                out.delta(item.text, item.tokens)
+                out.delta(item.text, item.tokens, tool_calls=item.tool_calls, logprobs=item.logprobs)
             elif isinstance(item, Finish):
                 done = time.time()
                 usage = Usage(item.prompt_tokens, item.completion_tokens)
                 reason = "abort" if out.cancelled() else item.reason  # engines stop as 'stop'; vLLM says abort
+                tracing.annotate(
+                    {
+                        "gen_ai.response.finish_reasons": (reason,),
+                        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                        "gen_ai.usage.output_tokens": usage.completion_tokens,
+                    }
+                )
                 self.metrics.finished(job.model, usage, done - job.accepted_at, reason)
                 timings = {"accepted": job.accepted_at, "dequeued": dequeued, "done": done}
                 if first is not None:

@@ -31,6 +31,7 @@ def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -
     if path is None:
         raise ValueError(f"models.yaml has no llama_server weights for {model_id}")
     spec = catalog.models[model_id]
+    template = (spec.source("llama_server") or {}).get("chat_template_file")
     return LlamaServerCommand(
         path,
         settings.llama_server_port,
@@ -38,6 +39,7 @@ def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -
         slot_context=min(settings.n_ctx, spec.context_length),
         threads=settings.n_threads,
         chat_template=spec.chat_format,
+        chat_template_file=settings.models_dir / template if template else None,
         alias=model_id,
         extra=("--embeddings",) if spec.kind == "embedding" else (),  # it then serves /v1/embeddings only
     )

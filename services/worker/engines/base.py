@@ -31,13 +31,17 @@ class TokenChunk:
 
     text: str
     tokens: int
+    tool_calls: tuple[dict, ...] | None = None
+    """Streamed tool-call deltas in OpenAI's shape (index, then id/type/name once, arguments in pieces)."""
+    logprobs: tuple[dict, ...] | None = None
+    """OpenAI chat logprobs entries for this chunk's tokens, when the request asked for them."""
 
 
 @dataclass(frozen=True)
 class Finish:
     """The last item of every generation."""
 
-    reason: Literal["stop", "length"]
+    reason: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
 

@@ -7,6 +7,7 @@ of sampled tokens, cancellation is checked between tokens, and stop strings neve
 from __future__ import annotations
 
 import codecs
+import json
 import logging
 import os
 import queue
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from services.common.jobs import ChatMessage
+from services.worker.engines import features
 from services.worker.engines.base import (
     CancelCheck,
     EngineError,
@@ -44,6 +46,22 @@ def fold_system(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
         else:
             turns.insert(0, {"role": "user", "content": system})
     return turns
+
+
+FEATURES = frozenset({"response_format", "top_k", "min_p", "repetition_penalty"})
+"""What llama-cpp-python serves here; tools and logprobs are a 400 (the sidecar engine has them)."""
+
+
+def grammar_for(response_format: dict | None):
+    """llama.cpp's grammar for OpenAI's response_format: its JSON grammar, or one built from the schema."""
+    if response_format is None:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if response_format["type"] == "json_object":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    schema = response_format["json_schema"].get("schema") or {"type": "object"}
+    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
 
 
 class LlamaCppEngine:
@@ -127,6 +145,7 @@ class LlamaCppEngine:
         return self._formatter(messages=turns).prompt
 
     def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
+        features.require(request.params, self.name, FEATURES)
         llm = self._pool.get()
         try:
             yield from self._generate(llm, request, cancelled)
@@ -148,12 +167,13 @@ class LlamaCppEngine:
             prompt,
             temp=params.temperature,
             top_p=params.top_p,
-            top_k=0 if params.temperature > 0 else 1,
-            min_p=0.0,
-            repeat_penalty=1.0,
+            top_k=(0 if params.temperature > 0 else 1) if params.top_k is None else max(params.top_k, 0),
+            min_p=params.min_p or 0.0,
+            repeat_penalty=params.repetition_penalty or 1.0,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
             reset=True,
+            grammar=grammar_for(params.response_format),
         )
         for token in tokens:
             if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):

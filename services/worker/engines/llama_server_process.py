@@ -60,6 +60,8 @@ class LlamaServerCommand:
     slot_context: int = 4096
     threads: int = 0
     chat_template: str | None = None
+    chat_template_file: Path | None = None
+    """A Jinja template to use instead of the GGUF's own (one that renders tools; --jinja parses the calls)."""
     alias: str | None = None
     host: str = "127.0.0.1"
     metrics: bool = True
@@ -78,7 +80,9 @@ class LlamaServerCommand:
         ]  # fmt: skip
         if self.threads > 0:
             cmd += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
-        if self.chat_template:  # a built-in name is read as a literal Jinja template unless Jinja is off
+        if self.chat_template_file:
+            cmd += ["--jinja", "--chat-template-file", str(self.chat_template_file)]
+        elif self.chat_template:  # a built-in name is read as a literal Jinja template unless Jinja is off
             cmd += ["--no-jinja", "--chat-template", self.chat_template]
         if self.alias:
             cmd += ["--alias", self.alias]

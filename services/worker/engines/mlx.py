@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.jobs import ChatMessage
+from services.worker.engines import features
 from services.worker.engines.base import (
     CancelCheck,
     EngineError,
@@ -99,6 +100,7 @@ class MLXEngine:
         return ids
 
     def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
+        features.require(request.params, self.name, frozenset())  # plain sampling only: the rest is a 400
         if self._loop is None:
             raise EngineError("the MLX engine is not loaded")
         loop, params = self._loop, request.params

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from services.common.errors import APIError
-from services.common.jobs import ChatMessage
+from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines.base import (
     CancelCheck,
     ContextLengthExceeded,
@@ -31,6 +31,7 @@ from services.worker.engines.base import (
     GenerationItem,
     GenerationRequest,
 )
+from services.worker.engines.forced_tools import ForcedTools
 from services.worker.engines.upstream import (
     CompletionStream,
     error_from_response,
@@ -185,8 +186,18 @@ class OpenAIHTTPEngine:
                 param="max_tokens",
             )
         max_tokens = p.max_tokens if p.max_tokens_explicit else min(p.max_tokens, self.context)
+        forced = ForcedTools.of(p) if self.name == "llama_server" else None  # vLLM enforces them itself
+        if forced is not None:
+            yield from forced.translate(self._generate(request, max_tokens, cancelled, forced))
+        else:
+            yield from self._generate(request, max_tokens, cancelled, None)
+
+    def _generate(
+        self, request: GenerationRequest, max_tokens: int, cancelled: CancelCheck, forced: ForcedTools | None
+    ) -> Iterator[GenerationItem]:
+        p = request.params
         path = "/v1/chat/completions" if request.messages else "/v1/completions"
-        body = self._body(request, max_tokens)
+        body = self._body(request, max_tokens, forced)
         explicit = p.max_tokens_explicit
         stream = CompletionStream(self.name, context=self.context, max_tokens=max_tokens, explicit=explicit)
         opened = False
@@ -215,7 +226,7 @@ class OpenAIHTTPEngine:
                 stream.finished = "stop"
                 break
 
-    def _body(self, request: GenerationRequest, max_tokens: int) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, max_tokens: int, forced: ForcedTools | None = None) -> dict[str, Any]:
         p = request.params
         body: dict[str, Any] = {
             "model": self.upstream_model,
@@ -240,6 +251,8 @@ class OpenAIHTTPEngine:
             body |= _llama_server_sampling(p.temperature)
         elif self.name == "vllm":
             body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
+        body |= _extras(p, self.name)
+        body |= _decoding(p, bool(request.messages), forced)
         return body
 
     # embeddings ----------------------------------------------------------------------------------
@@ -310,5 +323,48 @@ def _llama_server_sampling(temperature: float) -> dict[str, Any]:
     return {"top_k": 0, "min_p": 0.0}
 
 
-def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
+def _extras(p: SamplingParams, engine: str) -> dict[str, Any]:
+    """Vendor sampling extras under each server's own names (llama-server says repeat_penalty)."""
+    out: dict[str, Any] = {}
+    if p.top_k is not None:
+        out["top_k"] = max(p.top_k, 0) if engine == "llama_server" else p.top_k  # off: llama.cpp 0, vLLM -1
+    if p.min_p is not None:
+        out["min_p"] = p.min_p
+    if p.repetition_penalty is not None:
+        out["repeat_penalty" if engine == "llama_server" else "repetition_penalty"] = p.repetition_penalty
+    return out
+
+
+def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None) -> dict[str, Any]:
+    """logprobs, response_format and tools as OpenAI spells them: both sidecars read them so.
+    A forced tool choice is sent as its JSON schema instead, the tools still shown to the template."""
+    out: dict[str, Any] = {}
+    if p.logprobs:
+        if chat:
+            out |= {"logprobs": True, "top_logprobs": p.top_logprobs}
+        else:
+            out["logprobs"] = p.top_logprobs  # the legacy completions parameter: how many alternatives
+    if p.response_format is not None:
+        out["response_format"] = p.response_format
+    if p.tools:
+        out["tools"] = list(forced.tools if forced else p.tools)
+        if forced is not None:
+            out["response_format"] = forced.response_format()
+        elif p.tool_choice is not None:
+            out["tool_choice"] = p.tool_choice
+            out["parallel_tool_calls"] = p.parallel_tool_calls
+    return out
+
+
+def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """OpenAI's message shapes: an assistant turn's tool calls (content null without text), a tool result's id."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        turn: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            turn["tool_calls"] = list(m.tool_calls)
+            turn["content"] = m.content or None
+        if m.tool_call_id is not None:
+            turn["tool_call_id"] = m.tool_call_id
+        out.append(turn)
+    return out

@@ -124,12 +124,15 @@ class CompletionStream:
         if self.prompt_tokens is None:
             self._learn_prompt(event)
         for choice in event.get("choices") or []:
+            delta = choice.get("delta") or {}
             text = choice.get("text")
             if text is None:
-                text = (choice.get("delta") or {}).get("content")
-            self._count(event, bool(text))
-            if text:
-                yield TokenChunk(text, self.seen - self.sent)
+                text = delta.get("content")
+            calls = tool_call_deltas(delta.get("tool_calls"))
+            logprobs = logprob_entries(choice.get("logprobs"))
+            self._count(event, bool(text or calls))
+            if text or calls or logprobs:
+                yield TokenChunk(text or "", self.seen - self.sent, tool_calls=calls, logprobs=logprobs)
                 self.sent = self.seen
             if choice.get("finish_reason"):
                 self.finished = choice["finish_reason"]
@@ -168,8 +171,59 @@ class CompletionStream:
         if completion > self.sent:
             yield TokenChunk("", completion - self.sent)
             self.sent = completion
-        reason: Literal["stop", "length"] = "length" if self.finished == "length" else "stop"
+        reason: Literal["stop", "length", "tool_calls"] = (
+            self.finished if self.finished in ("length", "tool_calls") else "stop"  # type: ignore[assignment]
+        )
         yield Finish(reason, int(usage.get("prompt_tokens", self.prompt_tokens or 0)), self.sent)
+
+
+def tool_call_deltas(calls: list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:
+    """A sidecar's streamed tool-call deltas in OpenAI's exact shape: ids `call_...`, index on each.
+    llama-server makes up ids of its own style; the prefix is how OpenAI's look, and the same id stays
+    the same in every chunk and in the assistant turn the client sends back."""
+    if not calls:
+        return None
+    out = []
+    for position, call in enumerate(calls):
+        delta: dict[str, Any] = {"index": call.get("index", position)}
+        if call.get("id"):
+            delta["id"] = call["id"] if str(call["id"]).startswith("call_") else f"call_{call['id']}"
+            delta["type"] = "function"
+        fn = call.get("function") or {}
+        delta["function"] = {k: fn[k] for k in ("name", "arguments") if fn.get(k) is not None}
+        delta["function"].setdefault("arguments", "")
+        out.append(delta)
+    return tuple(out)
+
+
+def logprob_entries(logprobs: dict[str, Any] | None) -> tuple[dict[str, Any], ...] | None:
+    """OpenAI chat logprobs entries from either shape a sidecar sends: chat's `content` list (llama-server
+    answers completions that way too) or the legacy completions lists (vLLM's /v1/completions)."""
+    if not logprobs:
+        return None
+    if "content" in logprobs:
+        return tuple(_entry(e) for e in logprobs["content"] or ())
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+    return tuple(
+        {
+            "token": token,
+            "logprob": value,
+            "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in (top or {}).items()],
+        }
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    )
+
+
+def _entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """One token's entry as OpenAI writes it (llama-server adds token ids, which OpenAI does not send)."""
+    out = {k: entry.get(k) for k in ("token", "logprob", "bytes")}
+    out["top_logprobs"] = [
+        {k: t.get(k) for k in ("token", "logprob", "bytes")} for t in entry.get("top_logprobs") or ()
+    ]
+    return out
 
 
 def _stream_error(event: dict[str, Any], upstream: str) -> APIError:

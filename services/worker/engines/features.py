@@ -1,0 +1,34 @@
+"""Which request features an engine serves: one that it cannot is a 400 naming the parameter, never a
+silent answer without it (prose where a tool call was asked for, free text where JSON was)."""
+
+from __future__ import annotations
+
+from services.common.errors import InvalidRequest
+from services.common.jobs import SamplingParams
+
+ALL = frozenset({"tools", "response_format", "logprobs", "top_logprobs", "top_k", "min_p", "repetition_penalty"})
+
+
+def used(params: SamplingParams) -> list[str]:
+    """The features a request asks for, in the order a client would read about them."""
+    asked = {
+        "tools": bool(params.tools) and params.tool_choice != "none",
+        "response_format": params.response_format is not None,
+        "logprobs": params.logprobs,
+        "top_logprobs": params.top_logprobs > 0,
+        "top_k": params.top_k is not None,
+        "min_p": params.min_p is not None,
+        "repetition_penalty": params.repetition_penalty is not None,
+    }
+    return [name for name, on in asked.items() if on]
+
+
+def require(params: SamplingParams, engine: str, supported: frozenset[str]) -> None:
+    """Raise the 400 for the first feature `engine` does not serve."""
+    for name in used(params):
+        if name not in supported:
+            raise InvalidRequest(
+                f"The '{name}' parameter is not supported by the {engine} engine serving this model.",
+                param=name,
+                code="unsupported_parameter",
+            )
