@@ -59,6 +59,8 @@ class AuthMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.api_key = None
         req.context.key_name = None
+        if req.method == "OPTIONS":
+            return  # a CORS preflight carries no key; Falcon's OPTIONS responder only lists the methods
         admin_route = req.path.rstrip("/") in ADMIN_ROUTES
         if not (admin_route or req.path.startswith("/v1")):
             return  # /health, /status (its page fetches /v1/system/status, which is checked)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     log_files: bool = Field(False, description="rotating files per category under LOG_DIR instead of stdout")
     log_file_max_mb: int = Field(10, ge=1, le=10_000)
     log_file_backups: int = Field(5, ge=0, le=1000)
+    otel_exporter_otlp_endpoint: str = Field(
+        "", description="tracing: OTLP/HTTP collector base URL (spans to <url>/v1/traces); empty = off"
+    )
 
     # access (services/keys): empty = no keys, every route open (the native stack then listens on loopback)
     api_keys_file: Path | None = Field(None, description="JSON keys file (hashes only); re-read when it changes")
@@ -79,6 +82,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     sse_keepalive: float = Field(5.0, gt=0, le=300)
     lease_ttl: float = Field(10.0, ge=1, le=300, description="seconds a request's lease outlives its API process")
+    max_n: int = Field(8, ge=1, le=128, description="choices one request may ask for: n, times a prompt list's length")
+    cors_origins: str = Field("", description="origins browsers may call the API from, comma-separated; * any")
 
     # redis and lifetimes
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -1,0 +1,244 @@
+"""POST /v1/responses: OpenAI's Responses API over the same queue and engines, as one chat job.
+
+`instructions` become a system turn before `input` (a text, or message items); the answer is one
+`message` output item with one `output_text` part. Nothing is stored: `store: true` and
+`previous_response_id` are refused with a 400 that says so, as are tools until the engines get them.
+Streaming sends OpenAI's typed events (responses_stream.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import falcon
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.api import auth
+from services.api.body import read_json_body
+from services.api.gateway import Gateway
+from services.api.leases import Flight
+from services.api.metrics import ApiMetrics
+from services.api.overhead import GatewayClock
+from services.api.responses_stream import message_item, open_response_stream
+from services.common.catalog import Catalog
+from services.common.errors import ClientGone, InvalidRequest, RateLimited, from_status
+from services.common.events import Delta, Done, Failed, Usage
+from services.common.jobs import ChatMessage, Job, SamplingParams
+from services.common.schemas import parse
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class InputText(_Body):
+    """A text part of a message; `output_text` is how an earlier assistant turn comes back."""
+
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class InputMessage(_Body):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[InputText]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ResponseRequest(_Body):
+    """OpenAI's Responses body, the part a text model can serve; other fields are ignored as elsewhere."""
+
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[InputMessage], Field(min_length=1)]
+    instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _nullable(cls, value: object) -> object:
+        return False if value is None else value
+
+    def messages(self) -> tuple[ChatMessage, ...]:
+        turns = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
+        if isinstance(self.input, str):
+            turns.append(ChatMessage(role="user", content=self.input))
+        else:  # a developer turn is a system turn to the chat templates our engines apply
+            turns += [
+                ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.input
+            ]
+        return tuple(turns)
+
+
+def refuse_unsupported(body: ResponseRequest) -> None:
+    """What this service cannot do answers a 400 naming the parameter, never a silent drop."""
+    if body.store:
+        raise InvalidRequest("Responses are not stored here; send store: false (or leave it out).", param="store")
+    if body.previous_response_id:
+        raise InvalidRequest(
+            "Responses are not stored here, so previous_response_id cannot be used; send the whole conversation "
+            "as input.",
+            param="previous_response_id",
+        )
+    if body.tools:
+        raise InvalidRequest("Tools are not supported on /v1/responses yet.", param="tools")
+
+
+def response_usage(usage: Usage) -> dict:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def response_object(
+    rid: str,
+    created: int,
+    model: str,
+    body: ResponseRequest,
+    params: SamplingParams,
+    *,
+    status: str,
+    output: list[dict],
+    usage: Usage | None = None,
+) -> dict:
+    """OpenAI's Response object, in its field order; `status` is in_progress, completed or incomplete."""
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": params.temperature,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": params.top_p,
+        "truncation": "disabled",
+        "usage": response_usage(usage) if usage is not None else None,
+        "user": body.user,
+        "metadata": body.metadata or {},
+    }
+
+
+class ResponsesResource:
+    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.gateway = gateway
+        self.metrics = metrics
+
+    def _job(self, body: ResponseRequest, model_id: str, rid: str, req: falcon.Request) -> Job:
+        params = SamplingParams(
+            max_tokens=body.max_output_tokens or self.settings.default_max_tokens,
+            max_tokens_explicit=body.max_output_tokens is not None,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+        )
+        now = time.time()
+        return Job(
+            request_id=rid,
+            model=model_id,
+            kind="chat",
+            messages=body.messages(),
+            params=params,
+            accepted_at=now,
+            deadline=now + self.settings.request_timeout,
+            client_request_id=getattr(req.context, "request_id", None),
+            key_name=req.context.get("key_name"),
+        )
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = parse(ResponseRequest, read_json_body(req, self.settings.max_request_bytes))
+        model_id = self.catalog.resolve(body.model)
+        auth.require_model(req, model_id, self.catalog)
+        self.catalog.require_kind(model_id, "generate", "/v1/responses")
+        refuse_unsupported(body)
+        self.gateway.require_worker(model_id)
+        rid = "resp_" + uuid.uuid4().hex
+        job = self._job(body, model_id, rid, req)
+        clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
+        if self.settings.log_prompts:
+            log.info("request %s input: %s", rid, job.messages)
+        try:
+            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"))
+        except RateLimited as exc:
+            self.metrics.rejected(exc.code or "rate_limited")
+            raise
+        clock.enqueued()
+        log.info("request %s model=%s stream=%s", rid, model_id, body.stream)
+
+        def build(status: str, output: list[dict], usage: Usage | None = None) -> dict:
+            return response_object(
+                rid, int(job.accepted_at), model_id, body, job.params, status=status, output=output, usage=usage
+            )
+
+        if body.stream:
+            resp.stream = open_response_stream(flight, build, self.gateway, self.metrics)  # raises a 4xx/5xx
+            resp.content_type = "text/event-stream; charset=utf-8"
+            resp.set_header("Cache-Control", "no-cache")
+            resp.set_header("X-Accel-Buffering", "no")
+            return
+        resp.media = self._collect(flight, build, clock)
+        self.metrics.gateway_overhead(model_id, clock.seconds())
+
+    def _collect(self, flight: Flight, build, clock: GatewayClock) -> dict:
+        job = flight.job
+        parts: list[str] = []
+        finished = False
+        try:
+            for item in self.gateway.events(flight):
+                if item is None:
+                    continue
+                event = item[1]
+                if isinstance(event, Delta):
+                    if not parts:
+                        self.metrics.first_token(job.model, time.time() - job.accepted_at)
+                    parts.append(event.text)
+                elif isinstance(event, Failed):
+                    finished = True
+                    clock.last_event()
+                    raise from_status(event.status, event.message, code=event.code, param=event.param)
+                elif isinstance(event, Done):
+                    clock.last_event()
+                    if flight.gone:
+                        raise ClientGone("The client closed the connection.")
+                    finished = True
+                    self.metrics.finished(
+                        job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at
+                    )
+                    status = "incomplete" if event.finish_reason == "length" else "completed"
+                    item_id = "msg_" + job.request_id.removeprefix("resp_")
+                    return build(status, [message_item(item_id, "".join(parts), status)], event.usage)
+        finally:
+            if not finished:
+                self.metrics.cancelled(job.model)
+            self.gateway.release(flight, finished=finished)
+        raise from_status(500, "The job ended without a result.")
