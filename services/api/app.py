@@ -26,6 +26,7 @@ from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
 from services.common.registry import Registry
 from services.common.settings import Settings
+from services.common.tracing import Tracing, TracingMiddleware
 from services.keys.ring import KeyRing
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def create_app(
     )
 
     middleware = [RequestIdMiddleware(), MetricsMiddleware(metrics), QueueWaitMiddleware()]
+    traces = Tracing.from_settings(settings, "inference-api")
+    if traces.enabled:  # off: not even a middleware call
+        middleware.insert(1, TracingMiddleware(traces))  # after the request id, which the span records
     app = falcon.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     if settings.api_keys_file is not None:  # authentication before admission; no keys file, no change

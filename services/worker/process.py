@@ -19,6 +19,7 @@ from services.common.catalog import Catalog
 from services.common.registry import Registry, WorkerRecord, default_worker_id
 from services.common.settings import Settings
 from services.common.supervisor import History, State
+from services.common.tracing import Tracing
 from services.worker.engines.base import Engine, EngineUnavailable
 from services.worker.engines.factory import build_engine, sidecar_url
 from services.worker.flusher import DeltaFlusher
@@ -80,6 +81,7 @@ class WorkerProcess:
         self.history = history or History()
         self.loop_after = loop_after
         self.flusher = DeltaFlusher(client, interval=settings.stream_flush_ms / 1000)
+        self.traces = Tracing.from_settings(settings, "inference-worker")
         """One pipeline per flush for every slot of every model this process serves."""
         self.sidecar: EngineProcess | None = None
         """The process behind the engine: a llama-server this worker runs and restarts (set before start()),
@@ -123,6 +125,7 @@ class WorkerProcess:
                 stream_ttl=self.settings.stream_ttl,
                 metrics=self.metrics,
                 flusher=self.flusher,
+                traces=self.traces,
             )
             slots = Slots(self.redis, model_id, runner, count=engine.capacity(), worker_id=self.id)
             slots.start()
