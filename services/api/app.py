@@ -11,12 +11,14 @@ from services.api import errors
 from services.api.admission import Admission
 from services.api.auth import AuthMiddleware
 from services.api.completions import ChatCompletions, Completions
+from services.api.embeddings import EmbeddingsResource
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
 from services.api.queue_wait import QueueWaitMiddleware
 from services.api.ratelimit import RateLimiter, RateLimitHeaders
 from services.api.request_id import RequestIdMiddleware
+from services.api.responses import ResponsesResource
 from services.api.state_metrics import QueueProbe, StateCollector
 from services.api.status_page import StatusPage
 from services.api.system import HealthResource, ModelCommandResource, StatusResource
@@ -35,6 +37,19 @@ log = logging.getLogger(__name__)
 def handle_redis_down(req: falcon.Request, resp: falcon.Response, ex: redis.RedisError, params: dict) -> None:
     log.warning("redis error on %s %s: %s", req.method, req.path, ex)
     errors.render(resp, ServiceUnavailable("The queue (Redis) is unavailable; retry shortly.", retry_after=2))
+
+
+EXPOSED = ("X-Request-ID", "Retry-After", "x-should-retry", "x-gateway-overhead-ms", "x-queue-wait-ms",
+           "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+           "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")  # fmt: skip
+"""Our response headers a browser page may read (CORS hides all but a safelisted few)."""
+
+
+def cors(origins: str) -> falcon.CORSMiddleware:
+    """CORS_ORIGINS: `*`, or origins separated by commas. Preflights are answered by Falcon's own OPTIONS
+    responder (the auth middleware lets them through: browsers send no key with a preflight)."""
+    allowed = "*" if origins.strip() == "*" else [o.strip() for o in origins.split(",") if o.strip()]
+    return falcon.CORSMiddleware(allow_origins=allowed, expose_headers=EXPOSED)
 
 
 def create_app(
@@ -69,6 +84,8 @@ def create_app(
     traces = Tracing.from_settings(settings, "inference-api")
     if traces.enabled:  # off: not even a middleware call
         middleware.insert(1, TracingMiddleware(traces))  # after the request id, which the span records
+    if settings.cors_origins:  # first, so that its headers reach every answer, errors and 401s included
+        middleware.insert(0, cors(settings.cors_origins))
     app = falcon.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     if settings.api_keys_file is not None:  # authentication before admission; no keys file, no change
@@ -80,6 +97,8 @@ def create_app(
     models = ModelsResource(catalog, gateway)
     app.add_route("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, metrics))
     app.add_route("/v1/completions", Completions(settings, catalog, gateway, metrics))
+    app.add_route("/v1/embeddings", EmbeddingsResource(settings, catalog, gateway, metrics))
+    app.add_route("/v1/responses", ResponsesResource(settings, catalog, gateway, metrics))
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway))
     app.add_route("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway))
