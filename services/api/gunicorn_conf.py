@@ -10,6 +10,7 @@ import tempfile
 
 from gunicorn.glogging import Logger
 
+from services.api.exposure import open_problem
 from services.common import logs
 from services.common.settings import load_settings
 
@@ -44,6 +45,9 @@ if _own_metrics_dir:
 
 
 def on_starting(server) -> None:
+    problem = open_problem(_settings, server.cfg.address)
+    if problem:  # before any socket is bound; gunicorn prints "Error: ..." and exits with status 1
+        raise RuntimeError(problem)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)

@@ -3,6 +3,9 @@
 No build chain and no package data (the page lives in this module, so a wheel carries it). The script
 builds the DOM with textContent only, so nothing read from Redis can become markup, and the Content
 Security Policy allows exactly this script and style (by hash) and requests to this origin.
+
+With API keys on, /v1/system/status needs an admin key (or a direct loopback call): on a 401 or 403 the
+page asks for one and keeps it in this tab's sessionStorage only, sending it as a Bearer header.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ th { font-size: 12px; color: #667; font-weight: 600; }
 .chart polyline { fill: none; stroke: #d9822b; stroke-width: 2; vector-effect: non-scaling-stroke; }
 .legend { font-size: 12px; color: #667; }
 #error { display: none; background: #c0392b; color: #fff; padding: 8px 20px; }
+#keyform { display: none; padding: 8px 20px; background: #fff3cd; }
+#keyform input { width: 24em; }
 """
 
 SCRIPT = """
@@ -145,7 +150,8 @@ function render(s) {
   const mt = $("models");
   mt.replaceChildren();
   for (const [id, m] of models) {
-    const tr = row([id, m.workers, m.slots, m.busy, Math.max(0, m.slots - m.busy), m.queued]);
+    const byKey = Object.entries(m.queued_by_key || {}).map(([k, n]) => k + ": " + n).join(", ") || "-";
+    const tr = row([id, m.workers, m.slots, m.busy, Math.max(0, m.slots - m.busy), byKey, m.queued]);
     tr.dataset.model = id;
     mt.append(tr);
   }
@@ -164,9 +170,30 @@ function render(s) {
   chart(t.series, t.slice_seconds);
 }
 
+const KEY_ITEM = "inference-status-key";
+
+function askForKey(why) {
+  $("keyform").style.display = "block";
+  $("keywhy").textContent = why;
+}
+
+$("keyform").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, $("key").value.trim());
+  $("key").value = "";
+  $("keyform").style.display = "none";
+});
+
 async function poll() {
   try {
-    const resp = await fetch("/v1/system/status", { cache: "no-store" });
+    const key = sessionStorage.getItem(KEY_ITEM);
+    const headers = key ? { Authorization: "Bearer " + key } : {};
+    const resp = await fetch("/v1/system/status", { cache: "no-store", headers: headers });
+    if (resp.status === 401 || resp.status === 403) {
+      askForKey(resp.status === 401 ? "This service has API keys: give an admin key."
+        : "That key is not an admin key.");
+      throw new Error("HTTP " + resp.status);
+    }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     render(await resp.json());
     $("error").style.display = "none";
@@ -201,13 +228,16 @@ BODY = """<!doctype html>
 <header><h1>Inference status</h1><span class="muted" id="version"></span><span class="muted" id="updated">loading</span>
 </header>
 <div id="error"></div>
+<form id="keyform"><span id="keywhy"></span> <input id="key" type="password" autocomplete="off"
+ aria-label="admin API key"> <button type="submit">Use key</button> (kept in this tab only)</form>
 <main>
 <div class="cards" id="cards"></div>
 <h2>Traffic, last 5 minutes</h2>
 <div class="chart"><svg id="chart" viewBox="0 0 300 90" preserveAspectRatio="none"></svg>
 <div class="legend" id="chart-legend"></div></div>
 <h2>Models</h2>
-<table><thead><tr><th>Model</th><th>Workers</th><th>Slots</th><th>Busy</th><th>Free</th><th>Queued</th></tr></thead>
+<table><thead><tr><th>Model</th><th>Workers</th><th>Slots</th><th>Busy</th><th>Free</th><th>Queued by key</th>
+<th>Queued</th></tr></thead>
 <tbody id="models"></tbody></table>
 <h2>Workers</h2>
 <table><thead><tr><th>Worker</th><th>Host</th><th>Engine</th><th>Device</th><th>Models</th><th>State</th>

@@ -14,19 +14,24 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from functools import cache
 from pathlib import Path
 
 import pytest
+import redis
 
+from services.api.exposure import open_problem
+from services.common.ports import free_port
 from services.common.settings import Settings
 from services.stack import nginx_conf, prometheus_conf
 from services.stack.layout import Layout
 from tests.conftest import ROOT
-from tests.support.procs import which
+from tests.support.procs import wait_until, which
 
 SECRETS = {"REDIS_PASSWORD": "compose-test-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-test-secret"}
+KEYS = {"API_KEYS_FILE": "run/keys/api-keys.json"}
 MAC = ROOT / "compose" / "docker-compose.mac.yml"
 ALL_PROFILES = ("--profile", "gpu", "--profile", "llama-cpp")
 
@@ -49,7 +54,8 @@ def compose_command() -> tuple[str, ...]:
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "REMOTE_REDIS_URL"}
+    outer = {*SECRETS, *KEYS, "REMOTE_REDIS_URL", "ALLOW_OPEN"}  # this shell's own must not leak in
+    clean = {k: v for k, v in os.environ.items() if k not in outer}
     return subprocess.run(
         [*compose_command(), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True, text=True, check=False, cwd=ROOT, env={**clean, **(env or {})},
@@ -133,7 +139,8 @@ def test_mac_overlay_runs_all_but_the_engine_worker() -> None:
     assert set(services) == {"redis", "api", "nginx", "prometheus", "grafana"}
     (port,) = services["redis"]["ports"]
     assert port["target"] == 6379 and port["host_ip"] == "127.0.0.1"
-    assert "--requirepass" in services["redis"]["command"]
+    assert "requirepass" in " ".join(services["redis"]["command"])
+    assert SECRETS["REDIS_PASSWORD"] not in json.dumps(services["redis"]["command"])
 
 
 def test_nginx_environment_fills_the_template(full: dict, tmp_path: Path) -> None:
@@ -173,3 +180,73 @@ def test_dockerfile_runs_unprivileged() -> None:
 def test_generated_monitoring_config_is_current() -> None:
     assert prometheus_conf.check() == []
     assert Settings().nginx_read_timeout > Settings().request_timeout
+
+
+def test_the_redis_password_is_on_no_command_line(full: dict) -> None:
+    for name, service in full["services"].items():
+        argv = [*(service.get("entrypoint") or []), *(service.get("command") or [])]
+        argv += service.get("healthcheck", {}).get("test", [])
+        assert SECRETS["REDIS_PASSWORD"] not in json.dumps(argv), name
+
+
+def test_compose_s_redis_command_writes_its_password_to_a_file(full: dict, tmp_path: Path) -> None:
+    """The redis service's own shell command, run here with this machine's redis-server: a password with a
+    quote, a backslash and a space reaches the config intact, and neither its argv nor its environment holds it."""
+    server = which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    redis_service = full["services"]["redis"]
+    assert redis_service["entrypoint"] == ["/bin/sh", "-c"] and redis_service["user"] == "redis"
+    (script,) = redis_service["command"]
+    script = script.replace("$$", "$")  # `config` keeps compose's escape; the container gets one `$`
+    port = free_port()
+    conf = tmp_path / "redis.conf"
+    script = script.replace("/tmp/redis.conf", str(conf)).replace("dir /data", f"dir {tmp_path}")
+    script = script.replace("exec redis-server", f"exec {server}") + f" --port {port} --bind 127.0.0.1"
+    password = 'a "quoted" back\\slash pass'
+    env = {"PATH": "/usr/bin:/bin", "REDIS_PASSWORD": password, "REDISCLI_AUTH": password}
+    proc = subprocess.Popen(["/bin/sh", "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
+        wait_until(client.ping, 20, "compose's redis command", proc)
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+        assert password not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert password not in Path(f"/proc/{proc.pid}/environ").read_bytes().decode(errors="replace")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, password="wrong", socket_timeout=2).ping()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def api_settings(environment: dict[str, str]) -> Settings:
+    """The settings a compose API replica builds from its environment."""
+    fields = {name.upper(): name for name in Settings.model_fields}
+    return Settings(**{fields[k]: v for k, v in environment.items() if k in fields and v is not None})
+
+
+def test_without_keys_compose_s_api_refuses_to_start_unless_open_on_purpose() -> None:
+    """The replicas bind 0.0.0.0:8000 (the Dockerfile's CMD): with no keys and no ALLOW_OPEN=true they exit."""
+    assert '--bind", "0.0.0.0:8000' in (ROOT / "compose" / "Dockerfile").read_text()
+    bind = [("0.0.0.0", 8000)]
+    plain = resolved()["services"]["api"]
+    assert plain["environment"]["ALLOW_OPEN"] == "false" and not plain["environment"]["API_KEYS_FILE"]
+    assert "refusing to start" in (open_problem(api_settings(plain["environment"]), bind) or "")
+    opened = compose("config", "--format", "json", env=SECRETS | {"ALLOW_OPEN": "true"})
+    assert opened.returncode == 0, opened.stderr
+    assert open_problem(api_settings(json.loads(opened.stdout)["services"]["api"]["environment"]), bind) is None
+    keyed = compose("config", "--format", "json", env=SECRETS | KEYS)
+    api = json.loads(keyed.stdout)["services"]["api"]
+    assert api["environment"]["API_KEYS_FILE"] == "/keys/api-keys.json"
+    assert open_problem(api_settings(api["environment"]), bind) is None
+    assert any(v["target"] == "/keys" and v.get("read_only") for v in api["volumes"])
+
+
+def test_prometheus_scrapes_the_api_with_a_token_and_workers_listen_for_it(full: dict) -> None:
+    services = full["services"]
+    script = " ".join(services["prometheus"]["command"])
+    assert "/prometheus/scrape.token" in script and "/keys/prometheus.token" in script
+    assert "--config.file=/etc/prometheus/prometheus.yml" in script
+    for name in ("worker-llamacpp", "worker-llamaserver", "worker-vllm"):
+        assert services[name]["environment"]["WORKER_METRICS_HOST"] == "0.0.0.0", name
+    assert Settings().worker_metrics_host == "127.0.0.1", "outside compose: loopback"

@@ -100,7 +100,7 @@ def test_alert_rules_fire_in_promtool_unit_tests() -> None:
 
 
 def test_compose_and_native_prometheus_configs_load_the_rules(tmp_path: Path) -> None:
-    promtool("check", "config", str(MONITORING / "prometheus.yml"))
+    assert prometheus_conf.check() == []  # promtool on the compose config, its scrape token a temp file
     layout = Layout(tmp_path / "run", tmp_path / "run" / "logs")
     path = prometheus_conf.write_native(Settings(), layout)
     assert yaml.safe_load(path.read_text())["rule_files"] == [str(ALERTS)]

@@ -15,6 +15,7 @@ import pytest
 
 from services.keys import store
 from tests.conftest import RUN_DIR
+from tests.support.browser import browser_page
 from tests.support.native_stack import NativeStack, e2e_settings, native_stack
 
 pytestmark = pytest.mark.e2e
@@ -91,3 +92,23 @@ def test_a_waiting_stream_hears_where_it_stands_and_the_sdk_ignores_it(stack) ->
     # the official client saw only chunks: the comments dispatched nothing
     assert sdk_wait > 1.0 and chunks and chunks[-1].choices[0].finish_reason == "length"
     assert all(c.object == "text_completion" for c in chunks)
+
+
+def test_the_status_page_asks_for_an_admin_key_and_shows_the_queue_per_key(stack, tmp_path) -> None:
+    """Through nginx with keys on, the page's poll is refused until an admin key is given in the page."""
+    running, made = stack
+    with browser_page(tmp_path / "profile") as page:
+        page.goto(f"{running.url}/status")
+        form = page.locator("#keyform")
+        form.wait_for(state="visible", timeout=20_000)
+        assert "admin key" in page.locator("#keywhy").inner_text()
+        page.fill("#key", made["team-a"])  # a key, but not an admin's
+        page.click("#keyform button")
+        page.locator("#keywhy", has_text="not an admin").wait_for(timeout=20_000)
+        page.fill("#key", made["ops"])
+        page.click("#keyform button")
+        page.locator('tr[data-model="gemma-3-270m"]').wait_for(timeout=20_000)
+        assert not form.is_visible()
+        header = page.locator("table").first.inner_text()
+        assert "Queued by key" in header
+        assert made["ops"] not in page.content(), "the key stays out of the page"
