@@ -252,7 +252,7 @@ class OpenAIHTTPEngine:
         elif self.name == "vllm":
             body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
         body |= _extras(p, self.name)
-        body |= _decoding(p, bool(request.messages), forced)
+        body |= _decoding(p, bool(request.messages), forced, self.name)
         return body
 
     # embeddings ----------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def _extras(p: SamplingParams, engine: str) -> dict[str, Any]:
     return out
 
 
-def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None) -> dict[str, Any]:
+def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None, engine: str) -> dict[str, Any]:
     """logprobs, response_format and tools as OpenAI spells them: both sidecars read them so.
     A forced tool choice is sent as its JSON schema instead, the tools still shown to the template."""
     out: dict[str, Any] = {}
@@ -346,6 +346,8 @@ def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None) -> dict
             out["logprobs"] = p.top_logprobs  # the legacy completions parameter: how many alternatives
     if p.response_format is not None:
         out["response_format"] = p.response_format
+        if not chat and engine == "llama_server":  # its /v1/completions reads only its own json_schema
+            out["json_schema"] = (p.response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
     if p.tools:
         out["tools"] = list(forced.tools if forced else p.tools)
         if forced is not None:

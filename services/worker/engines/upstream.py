@@ -66,6 +66,8 @@ def error_from_body(status: int, body: Any, upstream: str) -> APIError:
         if "context" in kind or "context length" in message.lower():
             return ContextLengthExceeded(message, param=param or "max_tokens")
         return InvalidRequest(message, param=param)
+    if "requires --jinja" in message:  # llama-server running a built-in template (Gemma) cannot render tools
+        return InvalidRequest(f"This model's chat template cannot render tools ({upstream}: {message}).", param="tools")
     if status == 413:
         return PayloadTooLarge(message)
     if status in (429, 503):
