@@ -110,7 +110,7 @@ class EmbeddingsResource:
         )
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         try:
-            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"))
+            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
         except RateLimited as exc:
             self.metrics.rejected(exc.code or "rate_limited")
             raise
@@ -143,6 +143,6 @@ class EmbeddingsResource:
                     return embedding_list(job.model, vectors, encoding, event.usage)
         finally:
             if not finished:
-                self.metrics.cancelled(job.model)
+                self.metrics.cancelled(job.model, job.deadline)
             self.gateway.release(flight, finished=finished)
         raise from_status(500, "The job ended without a result.")

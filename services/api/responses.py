@@ -1,8 +1,10 @@
 """POST /v1/responses: OpenAI's Responses API over the same queue and engines, as one chat job.
 
-`instructions` become a system turn before `input` (a text, or message items); the answer is one
+`instructions` become a system turn before `input` (a text, or items); the answer's text is one
 `message` output item with one `output_text` part. Nothing is stored: `store: true` and
-`previous_response_id` are refused with a 400 that says so, as are tools until the engines get them.
+`previous_response_id` are refused with a 400 that says so. Function tools go to the engine as the chat
+API's tools; its calls come back as `function_call` output items, and `function_call` and
+`function_call_output` input items become the assistant and tool turns of the chat.
 Streaming sends OpenAI's typed events (responses_stream.py).
 """
 
@@ -14,7 +16,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import falcon
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.api import auth
 from services.api.body import read_json_body
@@ -22,12 +24,12 @@ from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
-from services.api.responses_stream import message_item, open_response_stream
+from services.api.responses_stream import Build, ResponseOutput, final_status, open_response_stream
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, InvalidRequest, RateLimited, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
-from services.common.schemas import parse
+from services.common.schemas import FunctionName, parse
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,51 @@ class InputMessage(_Body):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class FunctionCallItem(_Body):
+    """A call the model made earlier, sent back with the conversation."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutput(_Body):
+    """The caller's result of a call, matched by `call_id`."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str
+
+
+class FunctionTool(_Body):
+    """A Responses function tool: the chat API's `function` object, flattened."""
+
+    type: Literal["function"]
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def chat_wire(self) -> dict[str, Any]:
+        return {"type": "function", "function": self.model_dump(exclude_none=True, exclude={"type"})}
+
+
+class FunctionChoice(_Body):
+    type: Literal["function"]
+    name: str
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutput
+
+
 class ResponseRequest(_Body):
     """OpenAI's Responses body, the part a text model can serve; other fields are ignored as elsewhere."""
 
     model: str = Field(min_length=1)
-    input: str | Annotated[list[InputMessage], Field(min_length=1)]
+    input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
@@ -65,7 +107,9 @@ class ResponseRequest(_Body):
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
 
@@ -74,15 +118,55 @@ class ResponseRequest(_Body):
     def _nullable(cls, value: object) -> object:
         return False if value is None else value
 
+    @model_validator(mode="after")
+    def _tool_choice(self) -> ResponseRequest:
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequest("tool_choice is only allowed when tools are specified.", param="tool_choice")
+        if isinstance(choice, FunctionChoice) and choice.name not in {t.name for t in self.tools or ()}:
+            raise InvalidRequest(
+                f"tool_choice names the function '{choice.name}', which is not in tools.", param="tool_choice"
+            )
+        return self
+
     def messages(self) -> tuple[ChatMessage, ...]:
+        """The chat our engines template: instructions first, calls folded into assistant turns, outputs
+        as `tool` turns (a developer turn is a system turn to the chat templates they apply)."""
         turns = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
-        if isinstance(self.input, str):
-            turns.append(ChatMessage(role="user", content=self.input))
-        else:  # a developer turn is a system turn to the chat templates our engines apply
-            turns += [
-                ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.input
-            ]
+        items = [InputMessage(role="user", content=self.input)] if isinstance(self.input, str) else self.input
+        calls: list[dict[str, Any]] = []
+        for item in items:
+            if isinstance(item, FunctionCallItem):
+                calls.append(
+                    {
+                        "id": item.call_id,
+                        "type": "function",
+                        "function": {"name": item.name, "arguments": item.arguments},
+                    }
+                )
+                continue
+            if calls:
+                turns.append(ChatMessage(role="assistant", content="", tool_calls=tuple(calls)))
+                calls = []
+            if isinstance(item, FunctionCallOutput):
+                turns.append(ChatMessage(role="tool", content=item.output, tool_call_id=item.call_id))
+            else:
+                turns.append(ChatMessage(role="system" if item.role == "developer" else item.role, content=item.text()))
+        if calls:
+            turns.append(ChatMessage(role="assistant", content="", tool_calls=tuple(calls)))
         return tuple(turns)
+
+    def tool_params(self) -> dict[str, Any]:
+        """SamplingParams' tool fields, in the chat API's shapes the engines take."""
+        if not self.tools:
+            return {}
+        choice = self.tool_choice
+        wire = {"type": "function", "function": {"name": choice.name}} if isinstance(choice, FunctionChoice) else choice
+        return {
+            "tools": tuple(t.chat_wire() for t in self.tools),
+            "tool_choice": wire,
+            "parallel_tool_calls": True if self.parallel_tool_calls is None else self.parallel_tool_calls,
+        }
 
 
 def refuse_unsupported(body: ResponseRequest) -> None:
@@ -95,8 +179,6 @@ def refuse_unsupported(body: ResponseRequest) -> None:
             "as input.",
             param="previous_response_id",
         )
-    if body.tools:
-        raise InvalidRequest("Tools are not supported on /v1/responses yet.", param="tools")
 
 
 def response_usage(usage: Usage) -> dict:
@@ -107,6 +189,11 @@ def response_usage(usage: Usage) -> dict:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens,
     }
+
+
+def _choice(body: ResponseRequest) -> str | dict:
+    choice = body.tool_choice
+    return choice.model_dump() if isinstance(choice, FunctionChoice) else choice or "auto"
 
 
 def response_object(
@@ -132,14 +219,14 @@ def response_object(
         "max_output_tokens": body.max_output_tokens,
         "model": model,
         "output": output,
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": body.parallel_tool_calls is not False,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
         "store": False,
         "temperature": params.temperature,
         "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": _choice(body),
+        "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()],
         "top_p": params.top_p,
         "truncation": "disabled",
         "usage": response_usage(usage) if usage is not None else None,
@@ -161,6 +248,7 @@ class ResponsesResource:
             max_tokens_explicit=body.max_output_tokens is not None,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
+            **body.tool_params(),
         )
         now = time.time()
         return Job(
@@ -188,7 +276,7 @@ class ResponsesResource:
         if self.settings.log_prompts:
             log.info("request %s input: %s", rid, job.messages)
         try:
-            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"))
+            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
         except RateLimited as exc:
             self.metrics.rejected(exc.code or "rate_limited")
             raise
@@ -209,9 +297,10 @@ class ResponsesResource:
         resp.media = self._collect(flight, build, clock)
         self.metrics.gateway_overhead(model_id, clock.seconds())
 
-    def _collect(self, flight: Flight, build, clock: GatewayClock) -> dict:
+    def _collect(self, flight: Flight, build: Build, clock: GatewayClock) -> dict:
         job = flight.job
-        parts: list[str] = []
+        output = ResponseOutput(job.request_id)
+        first_token = True
         finished = False
         try:
             for item in self.gateway.events(flight):
@@ -219,9 +308,11 @@ class ResponsesResource:
                     continue
                 event = item[1]
                 if isinstance(event, Delta):
-                    if not parts:
+                    if first_token:
+                        first_token = False
                         self.metrics.first_token(job.model, time.time() - job.accepted_at)
-                    parts.append(event.text)
+                    for _ in output.feed(event):
+                        pass
                 elif isinstance(event, Failed):
                     finished = True
                     clock.last_event()
@@ -234,11 +325,12 @@ class ResponsesResource:
                     self.metrics.finished(
                         job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at
                     )
-                    status = "incomplete" if event.finish_reason == "length" else "completed"
-                    item_id = "msg_" + job.request_id.removeprefix("resp_")
-                    return build(status, [message_item(item_id, "".join(parts), status)], event.usage)
+                    status = final_status(event)
+                    for _ in output.close(status):
+                        pass
+                    return build(status, output.items(status), event.usage)
         finally:
             if not finished:
-                self.metrics.cancelled(job.model)
+                self.metrics.cancelled(job.model, job.deadline)
             self.gateway.release(flight, finished=finished)
         raise from_status(500, "The job ended without a result.")

@@ -1,11 +1,14 @@
-"""The Responses API's streamed events, from a chat job's events.
+"""The Responses API's output items and streamed events, from a chat job's events.
 
 OpenAI's order, each an SSE `event:` line plus a JSON body with `type` and a rising `sequence_number`:
-response.created, response.in_progress, response.output_item.added, response.content_part.added, then
-response.output_text.delta per token, and response.output_text.done, response.content_part.done,
-response.output_item.done and response.completed (response.incomplete when max_output_tokens cut it).
-An error after the 200 is an `error` event; there is no `[DONE]` line in this API. As for chat, the
-200 waits for the first token or a quiet tick, so an error known before it is an HTTP status.
+response.created and response.in_progress; for the text, response.output_item.added and
+response.content_part.added before its first response.output_text.delta; for each tool call,
+response.output_item.added (a `function_call` item) and its response.function_call_arguments.delta;
+at the end response.output_text.done, response.content_part.done, response.function_call_arguments.done
+and response.output_item.done per item, then response.completed (response.incomplete when
+max_output_tokens cut it). An error after the 200 is an `error` event; there is no `[DONE]` line in
+this API. As for chat, the 200 waits for the first token or a quiet tick, so an error known before it
+is an HTTP status.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.sse import KEEPALIVE, Item, read_head
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
-from services.common.events import Delta, Done, Failed, Usage
+from services.common.events import Delta, Done, Failed
 
 log = logging.getLogger(__name__)
 Build = Callable[..., dict]
@@ -41,9 +44,111 @@ class EventWriter:
         return f"event: {kind}\ndata: {json.dumps(body, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
 
 
+def silent(kind: str, **fields: object) -> bytes:
+    """The non-streaming path builds the same items and writes no events."""
+    return b""
+
+
+class ResponseOutput:
+    """The output items as the deltas arrive: a `message` once text comes, a `function_call` per tool call,
+    numbered in the order they began (output_index). `emit` writes the events that announce each step."""
+
+    def __init__(self, rid: str, emit: Callable[..., bytes] = silent) -> None:
+        self.key = rid.removeprefix("resp_")
+        self.emit = emit
+        self.text: list[str] | None = None
+        self.text_index = -1
+        self.calls: list[dict] = []
+        """Function call items in call order, each with its output_index under '_at'."""
+        self._next = 0
+
+    def _open(self) -> int:
+        self._next += 1
+        return self._next - 1
+
+    def _where(self) -> dict:
+        return {"item_id": f"msg_{self.key}", "output_index": self.text_index, "content_index": 0}
+
+    def feed(self, event: Delta) -> Iterator[bytes]:
+        for piece in event.chunks():
+            if self.text is None:
+                self.text, self.text_index = [], self._open()
+                yield self.emit(
+                    "response.output_item.added", output_index=self.text_index, item=self._message(None, "in_progress")
+                )
+                yield self.emit("response.content_part.added", **self._where(), part=text_part(""))
+            self.text.append(piece)
+            yield self.emit("response.output_text.delta", **self._where(), delta=piece, logprobs=[])
+        for delta in event.tool_calls or ():
+            yield from self._call_delta(delta)
+
+    def _call_delta(self, delta: dict) -> Iterator[bytes]:
+        index, fn = delta.get("index", 0), delta.get("function") or {}
+        while len(self.calls) <= index:
+            n = len(self.calls)
+            call = {"id": f"fc_{self.key}_{n}", "type": "function_call", "status": "in_progress", "arguments": ""}
+            self.calls.append(call | {"call_id": f"call_{self.key[:24]}_{n}", "name": "", "_at": self._open()})
+        call = self.calls[index]
+        call["call_id"] = delta.get("id") or call["call_id"]
+        call["name"] = fn.get("name") or call["name"]
+        if not call.get("_announced"):
+            call["_announced"] = True
+            yield self.emit("response.output_item.added", output_index=call["_at"], item=_public(call))
+        if fn.get("arguments"):
+            call["arguments"] += fn["arguments"]
+            yield self.emit("response.function_call_arguments.delta", item_id=call["id"], output_index=call["_at"],
+                            delta=fn["arguments"])  # fmt: skip
+
+    def close(self, status: str) -> Iterator[bytes]:
+        """Finish every item: text and arguments done, each item done (an answer with neither gets an empty message)."""
+        if self.text is None and not self.calls:
+            self.text, self.text_index = [], self._open()
+            yield self.emit(
+                "response.output_item.added", output_index=self.text_index, item=self._message(None, "in_progress")
+            )
+            yield self.emit("response.content_part.added", **self._where(), part=text_part(""))
+        if self.text is not None:
+            text = "".join(self.text)
+            yield self.emit("response.output_text.done", **self._where(), text=text, logprobs=[])
+            yield self.emit("response.content_part.done", **self._where(), part=text_part(text))
+            yield self.emit("response.output_item.done", output_index=self.text_index, item=self._message(text, status))
+        for call in self.calls:
+            call["status"] = "completed"
+            yield self.emit("response.function_call_arguments.done", item_id=call["id"], output_index=call["_at"],
+                            arguments=call["arguments"], name=call["name"])  # fmt: skip
+            yield self.emit("response.output_item.done", output_index=call["_at"], item=_public(call))
+
+    def items(self, status: str) -> list[dict]:
+        out = [(call["_at"], _public(call)) for call in self.calls]
+        if self.text is not None:
+            out.append((self.text_index, self._message("".join(self.text), status)))
+        return [item for _, item in sorted(out, key=lambda pair: pair[0])]
+
+    def _message(self, text: str | None, status: str) -> dict:
+        return message_item(f"msg_{self.key}", text, status)
+
+
+def _public(call: dict) -> dict:
+    return {k: v for k, v in call.items() if not k.startswith("_")}
+
+
+def message_item(item_id: str, text: str | None, status: str) -> dict:
+    """The assistant's `message` output item; `text` None while no part was added yet."""
+    content = [] if text is None else [text_part(text)]
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def final_status(done: Done) -> str:
+    return "incomplete" if done.finish_reason == "length" else "completed"
+
+
 def _release(flight: Flight, gateway: Gateway, metrics: ApiMetrics, *, finished: bool) -> None:
     if not finished:
-        metrics.cancelled(flight.job.model)
+        metrics.cancelled(flight.job.model, flight.job.deadline)
     gateway.release(flight, finished=finished)
 
 
@@ -67,16 +172,13 @@ def response_events(
     flight: Flight, build: Build, items: Iterable[Item], gateway: Gateway, metrics: ApiMetrics
 ) -> Iterator[bytes]:
     job = flight.job
-    item_id = "msg_" + job.request_id.removeprefix("resp_")
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     emit = EventWriter()
-    parts: list[str] = []
+    output = ResponseOutput(job.request_id, emit)
+    first_token = True
     finished = False
     try:
         yield emit("response.created", response=build("in_progress", []))
         yield emit("response.in_progress", response=build("in_progress", []))
-        yield emit("response.output_item.added", output_index=0, item=message_item(item_id, None, "in_progress"))
-        yield emit("response.content_part.added", **where, part=text_part(""))
         try:
             for item in items:
                 if item is None:
@@ -84,18 +186,18 @@ def response_events(
                     continue
                 event = item[1]
                 if isinstance(event, Delta):
-                    if not parts:
+                    if first_token:
+                        first_token = False
                         metrics.first_token(job.model, time.time() - job.accepted_at)
-                    pieces = event.chunks()
-                    parts += pieces
-                    if pieces:
-                        yield b"".join(
-                            emit("response.output_text.delta", **where, delta=p, logprobs=[]) for p in pieces
-                        )
+                    chunk = b"".join(output.feed(event))
+                    if chunk:
+                        yield chunk
                 elif isinstance(event, Done):
                     finished = True
                     metrics.finished(job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at)
-                    yield from _closing(emit, build, where, "".join(parts), event.finish_reason, event.usage)
+                    status = final_status(event)
+                    yield b"".join(output.close(status))
+                    yield emit(f"response.{status}", response=build(status, output.items(status), event.usage))
                 elif isinstance(event, Failed):
                     finished = True
                     yield emit("error", code=event.code, message=event.message, param=event.param)
@@ -111,23 +213,3 @@ def response_events(
             yield emit("error", code=err.code, message=err.message, param=None)
     finally:
         _release(flight, gateway, metrics, finished=finished)
-
-
-def _closing(emit: EventWriter, build: Build, where: dict, text: str, finish: str, usage: Usage) -> Iterator[bytes]:
-    status = "incomplete" if finish == "length" else "completed"
-    item_id = where["item_id"]
-    yield emit("response.output_text.done", **where, text=text, logprobs=[])
-    yield emit("response.content_part.done", **where, part=text_part(text))
-    message = message_item(item_id, text, status)
-    yield emit("response.output_item.done", output_index=0, item=message)
-    yield emit(f"response.{status}", response=build(status, [message], usage))
-
-
-def message_item(item_id: str, text: str | None, status: str) -> dict:
-    """The assistant's `message` output item; `text` None while no part was added yet."""
-    content = [] if text is None else [text_part(text)]
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
-
-
-def text_part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}

@@ -1,5 +1,6 @@
-"""The native stack (nginx, two API replicas, Redis, the Gemma worker on its llama-server) plus a second
-worker serving the embedding model on its own llama-server --embeddings, with CORS on for one origin."""
+"""The native stack (nginx, two API replicas, Redis, the Gemma worker on its llama-server) plus two more
+workers as `make up` would run them, each with its own llama-server: the embedding model (--embeddings)
+and SmolLM2, the chat model with a tools template. CORS is on for one origin."""
 
 from __future__ import annotations
 
@@ -18,21 +19,23 @@ from tests.support.native_stack import NativeStack, e2e_settings, native_stack, 
 from tests.support.procs import stop, wait_until
 
 EMBEDDER = "all-minilm-l6-v2"
+CHAT = "smollm2-135m-instruct"
 ORIGIN = "https://app.example.com"
 MINILM = ROOT / "models" / "all-minilm-l6-v2-f16.gguf"
+SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def embedding_worker(stack: NativeStack):
-    """The worker `make up` would run for the embedding model: its own llama-server child, own ports."""
+def extra_worker(stack: NativeStack, model: str, name: str):
+    """A worker for `model` with its own llama-server child on its own port."""
     env = dict(stack.stack.proc("worker").env)
     env |= {
         "LLAMA_SERVER_PORT": str(free_port()),
         "LLAMA_SERVER_PARALLEL": "2",
-        "LOG_DIR": str(stack.settings.run_dir / "logs-embedder"),
+        "LOG_DIR": str(stack.settings.run_dir / f"logs-{name}"),
     }
-    argv = [sys.executable, "-m", "services.worker", "--model", EMBEDDER, "--slots", "2"]
+    argv = [sys.executable, "-m", "services.worker", "--model", model, "--slots", "2"]
     argv += ["--metrics-port", "0", "--spawn-llama-server"]
-    return spawn(Proc("embedder", tuple(argv), env), stack.log("embedder"))
+    return spawn(Proc(name, tuple(argv), env), stack.log(name))
 
 
 def serves(url: str, model: str) -> bool:
@@ -41,16 +44,19 @@ def serves(url: str, model: str) -> bool:
 
 @pytest.fixture(scope="package")
 def stack(gemma_path: object) -> Iterator[NativeStack]:
-    if not MINILM.exists():
-        pytest.fail(f"{MINILM} is missing: run `make models` (make test does)")
+    for path in (MINILM, SMOLLM2):
+        if not path.exists():
+            pytest.fail(f"{path} is missing: run `make models` (make test does)")
     settings = e2e_settings(RUN_DIR / f"surface-{time.strftime('%H%M%S')}", cors_origins=ORIGIN, max_n=8)
     with native_stack(settings) as running:
-        embedder = embedding_worker(running)
+        extra = [extra_worker(running, EMBEDDER, "embedder"), extra_worker(running, CHAT, "chat")]
         try:
-            wait_until(lambda: serves(running.url, EMBEDDER), 120, "the embedding worker", embedder)
+            for model, proc in zip((EMBEDDER, CHAT), extra, strict=True):
+                wait_until(lambda m=model: serves(running.url, m), 120, f"the {model} worker", proc)
             yield running
         finally:
-            stop(embedder)
+            for proc in extra:
+                stop(proc)
 
 
 @pytest.fixture(scope="package")

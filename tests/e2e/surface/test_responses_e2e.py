@@ -1,11 +1,16 @@
-"""/v1/responses through the whole stack, driven by the openai SDK's `responses.create`, streaming and not."""
+"""/v1/responses through the whole stack, driven by the openai SDK's `responses.create`, streaming and not;
+text on Gemma 270M, function tools on SmolLM2 (a forced choice is enforced by the grammar, so the call's
+shape is certain however small the model)."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import openai
 import pytest
 
+from tests.e2e.surface.conftest import CHAT
 from tests.support.native_stack import NativeStack
 
 pytestmark = pytest.mark.e2e
@@ -93,3 +98,88 @@ def test_a_streamed_error_before_the_first_token_is_an_http_status(client: opena
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model=MODEL, input="hi", max_output_tokens=100_000, stream=True)
     assert info.value.body["code"] == "context_length_exceeded"
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 40}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_a_forced_function_tool_is_a_function_call_item(client: openai.OpenAI) -> None:
+    r = client.responses.create(
+        model=CHAT,
+        input=ASK,
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=60,
+        temperature=0,
+    )
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert len(calls) == 1 and r.status == "completed"
+    call = calls[0]
+    assert call.name == "get_weather" and call.call_id and call.id.startswith("fc_")
+    assert set(json.loads(call.arguments)) == {"city"}  # the grammar enforces the schema
+    assert r.tools[0].name == "get_weather" and r.tool_choice.name == "get_weather"
+
+    # the round trip: the call and its output go back as input items, and the model answers in text
+    follow = client.responses.create(
+        model=CHAT,
+        input=[
+            *ASK,
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature_c": 21}'},
+        ],
+        tools=[WEATHER],
+        tool_choice="none",
+        max_output_tokens=30,
+        temperature=0,
+    )
+    assert follow.output[0].type == "message" and follow.output_text
+    assert follow.usage.input_tokens > r.usage.input_tokens  # the call and its result reached the prompt
+
+
+def test_streamed_function_call_events(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model=CHAT,
+            input=ASK,
+            tools=[WEATHER],
+            tool_choice="required",
+            max_output_tokens=60,
+            temperature=0,
+            stream=True,
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    added = next(e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call")
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert "".join(deltas) == done.arguments and json.loads(done.arguments)["city"]
+    final = events[-1].response
+    call = next(item for item in final.output if item.type == "function_call")
+    assert call.id == added.item.id == done.item_id and call.arguments == done.arguments
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+    ],
+)
+def test_tools_it_cannot_serve_are_400(stack: NativeStack, extra: dict, param: str) -> None:
+    r = httpx.post(f"{stack.url}/v1/responses", json={"model": CHAT, "input": "hi"} | extra, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
