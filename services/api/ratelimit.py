@@ -105,12 +105,13 @@ def duration(seconds: float) -> str:
 
 
 def estimate_tokens(job: Job) -> int:
-    """Prompt estimate + max_tokens: what the request may use at most, roughly."""
+    """Prompt estimate + max_tokens: what the request may use at most, roughly (an embedding job: its inputs)."""
     if job.kind == "chat":
-        prompt = sum(len(m.content) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in job.messages)
-    else:
-        prompt = len(job.prompt) // CHARS_PER_TOKEN
-    return prompt + job.params.max_tokens
+        return sum(len(m.content) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in job.messages) + job.params.max_tokens
+    if job.kind == "completion":
+        return len(job.prompt) // CHARS_PER_TOKEN + job.params.max_tokens
+    inputs = getattr(job, "inputs", ())
+    return sum(len(i) // CHARS_PER_TOKEN + 1 if isinstance(i, str) else len(i) for i in inputs)
 
 
 class RateLimiter:
