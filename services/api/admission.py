@@ -198,7 +198,8 @@ class Admission:
         job = flight.job
         if job.key_name:
             pipe.zrem(keys.key_inflight(job.key_name), flight.rid)
-        pipe.hdel(keys.fair(job.model), f"j:{job.request_id}", f"o:{job.request_id}")
+        ids = {job.request_id, flight.rid}  # a retried request's first attempt left its tag under its own id
+        pipe.hdel(keys.fair(job.model), *(f"{field}:{i}" for i in sorted(ids) for field in ("j", "o")))
         if flight.usage is not None and job.key_name and self.usage is not None:
             self.usage.record(pipe, job.key_name, flight.usage)
         quota = flight.admitted.quota if flight.admitted is not None else None
