@@ -122,6 +122,10 @@ def test_tokens_are_charged_then_settled_to_the_tokens_used(stack) -> None:
     assert int(too_many.headers["Retry-After"]) >= 1 and too_many.headers["x-ratelimit-limit-tokens"] == "200"
     never = complete(running.url, made["tok"], max_tokens=500)
     assert never.status_code == 429 and "too large" in never.json()["error"]["message"]
+    body = {**COUNTING, "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", f"{running.url}/v1/completions", json=body, headers=auth(made["tok"]), timeout=60) as sse:
+        assert sse.status_code == 200 and sse.headers["x-ratelimit-limit-tokens"] == "200", "streams carry them too"
+        assert "data: [DONE]" in sse.read().decode()
 
 
 def test_concurrent_requests_per_key(stack) -> None:
