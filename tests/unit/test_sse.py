@@ -8,6 +8,7 @@ import pytest
 from openai._streaming import SSEDecoder
 
 from services.api.leases import Flight
+from services.api.queue_wait import QueueWait
 from services.api.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
 from services.common.errors import APIError, InvalidRequest, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage
@@ -27,6 +28,18 @@ def test_keepalive_between_events_with_ids_dispatches_nothing():
 
 def test_keepalive_before_the_first_event():
     assert decoded(KEEPALIVE + sse({"a": 1}) + DONE_LINE) == ['{"a":1}', "[DONE]"]
+
+
+def test_queue_comments_dispatch_nothing_in_the_openai_decoder():
+    """The visible queue's comment lines, after an event with an id (the case that breaks with a blank line)."""
+    wait = QueueWait(accepted_at=time.time() - 2.5, position=3, eta_s=4.25)
+    assert wait.comment().startswith(b": queued position=3 eta_s=4.2 waited_ms=") and wait.comment().endswith(b"\n")
+    unknown = QueueWait(accepted_at=time.time())
+    assert unknown.comment().startswith(b": queued position=? eta_s=? ")
+    wait.started(wait.accepted_at + 3.0)
+    raw = sse({"a": 1}, "1-0") + unknown.comment() + wait.comment() + wait.started_comment() + sse({"b": 2}) + DONE_LINE
+    assert decoded(raw) == ['{"a":1}', '{"b":2}', "[DONE]"]
+    assert wait.started_comment() == b": started queue_wait_ms=3000\n" and wait.ms() == 3000
 
 
 def test_unicode_passes_unescaped():
