@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.catalog import Catalog
 from services.common.settings import ROOT, Settings
 from services.stack import nginx_conf, prometheus_conf, redis_conf, sidecar
 from services.stack.binaries import require
@@ -140,6 +141,29 @@ def engine_procs(
     return [worker]
 
 
+def embedder_procs(settings: Settings, env: Mapping[str, str], python: str, binary: Path | None) -> list[Proc]:
+    """The worker for EMBEDDING_MODEL (/v1/embeddings), its own llama-server --embeddings as its child on
+    EMBEDDING_SERVER_PORT; none when the setting is empty, llama-server is missing or the weights are not
+    fetched (`make models` converts them), so a stack without them still starts."""
+    if not settings.embedding_model or binary is None:
+        return []
+    catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
+    model_id = catalog.resolve(settings.embedding_model)
+    path = catalog.path_for(model_id, "llama_server", settings.models_dir)
+    if path is None or not path.exists():
+        return []
+    argv = [
+        python, "-m", "services.worker",
+        "--engine", "llama_server",
+        "--model", model_id,
+        "--slots", str(settings.llama_server_parallel),
+        "--metrics-port", "0",
+        "--spawn-llama-server",
+    ]  # fmt: skip
+    env = {**env, "LLAMA_SERVER_PORT": str(settings.embedding_server_port)}
+    return [Proc("embedder", _waiting_for_redis(python, _respawned(python, "embedder", argv)), env)]
+
+
 def prepare(
     settings: Settings,
     *,
@@ -151,7 +175,7 @@ def prepare(
     find_llama_server: Callable[[], Path | None] = llama_server_binary,
 ) -> Stack:
     """Write configs under RUN_DIR and list the processes: redis, API replicas, llama-server (where it is
-    the engine), worker, nginx, prometheus. `facts` describe the machine (probed when not given);
+    the engine), worker, the embedding worker, nginx, prometheus. `facts` describe the machine (probed when not given);
     `find_llama_server` says where llama-server is, or None."""
     layout = Layout(settings.run_dir, settings.log_dir)
     layout.create()
@@ -168,7 +192,9 @@ def prepare(
     procs += api_procs(settings, layout, env, python)
     if worker:
         facts = facts or Facts.probe(vllm_url=settings.vllm_url, llama_server_url=settings.llama_server_url)
-        procs += engine_procs(settings, env, python, facts, find_llama_server())
+        binary = find_llama_server()
+        procs += engine_procs(settings, env, python, facts, binary)
+        procs += embedder_procs(settings, env, python, binary)
     nginx_conf.write_native(settings, layout)
     listen_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     public_url = f"http://{listen_host}:{settings.port}"

@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cmd is not None:
         settings.log_dir.mkdir(parents=True, exist_ok=True)
+        own = cmd.alias == catalog.resolve(settings.default_model)  # another model (the embedder) logs apart
+        log_name = "llama-server.log" if own else f"llama-server-{cmd.alias}.log"
         worker.sidecar = sidecar.supervise(
-            cmd, log_path=settings.log_dir / "llama-server.log", on_up=worker.engine_up, on_down=worker.engine_down
+            cmd, log_path=settings.log_dir / log_name, on_up=worker.engine_up, on_down=worker.engine_down
         )
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker._stop.set())

@@ -39,6 +39,7 @@ E2E_SETTINGS: dict[str, object] = {
     "heartbeat_ttl": 3,
     "sse_keepalive": 5,
     "log_level": "INFO",
+    "embedding_model": "",  # no embedding worker unless a test asks for one (tests/e2e/surface)
 }
 
 
@@ -49,6 +50,7 @@ def e2e_settings(run_dir: Path, **overrides: object) -> Settings:
         "api_base_port": free_run(2),
         "worker_metrics_port": free_port(),
         "llama_server_port": free_port(),
+        "embedding_server_port": free_port(),
         "prometheus_port": free_port(),
         "redis_url": f"redis://127.0.0.1:{free_port()}/0",
         "redis_password": "e2e-" + os.urandom(8).hex(),

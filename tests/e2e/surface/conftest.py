@@ -1,6 +1,6 @@
-"""The native stack (nginx, two API replicas, Redis, the Gemma worker on its llama-server) plus two more
-workers as `make up` would run them, each with its own llama-server: the embedding model (--embeddings)
-and SmolLM2, the chat model with a tools template. CORS is on for one origin."""
+"""The native stack as `make up` runs it (nginx, two API replicas, Redis, the Gemma worker and the embedding
+worker, each with its own llama-server, --embeddings for the latter) plus a worker for SmolLM2, the chat
+model with a tools template. CORS is on for one origin."""
 
 from __future__ import annotations
 
@@ -47,16 +47,17 @@ def stack(gemma_path: object) -> Iterator[NativeStack]:
     for path in (MINILM, SMOLLM2):
         if not path.exists():
             pytest.fail(f"{path} is missing: run `make models` (make test does)")
-    settings = e2e_settings(RUN_DIR / f"surface-{time.strftime('%H%M%S')}", cors_origins=ORIGIN, max_n=8)
+    run = RUN_DIR / f"surface-{time.strftime('%H%M%S')}"
+    settings = e2e_settings(run, cors_origins=ORIGIN, max_n=8, embedding_model=EMBEDDER)
     with native_stack(settings) as running:
-        extra = [extra_worker(running, EMBEDDER, "embedder"), extra_worker(running, CHAT, "chat")]
+        assert "embedder" in running.procs, "the stack starts the embedding worker itself"
+        chat = extra_worker(running, CHAT, "chat")
         try:
-            for model, proc in zip((EMBEDDER, CHAT), extra, strict=True):
-                wait_until(lambda m=model: serves(running.url, m), 120, f"the {model} worker", proc)
+            wait_until(lambda: serves(running.url, EMBEDDER), 120, "the embedding worker", running.procs["embedder"])
+            wait_until(lambda: serves(running.url, CHAT), 120, "the chat worker", chat)
             yield running
         finally:
-            for proc in extra:
-                stop(proc)
+            stop(chat)
 
 
 @pytest.fixture(scope="package")

@@ -1,0 +1,43 @@
+"""The native stack's embedding worker: started where its weights and llama-server are, with its own port."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from services.common.settings import ROOT, Settings
+from services.stack.procfile import prepare
+from services.worker.detect import Facts
+
+BINARY = Path("/usr/bin/true")
+LINUX = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=True)
+
+
+def stack_procs(tmp_path: Path, binary: Path | None = BINARY, *, weights: bool = True, **changes) -> dict:
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "models" / "models.yaml", models / "models.yaml")
+    if weights:
+        (models / "all-minilm-l6-v2-f16.gguf").write_bytes(b"GGUF")
+    settings = Settings(
+        run_dir=tmp_path / "run", log_dir=tmp_path / "logs", redis_password="pw", models_dir=models,
+        models_file=models / "models.yaml", embedding_server_port=8299, **changes,
+    )  # fmt: skip
+    stack = prepare(settings, base_env={}, facts=LINUX, find_llama_server=lambda: binary)
+    return {p.name: p for p in stack.procs}
+
+
+def test_the_embedder_runs_beside_the_worker(tmp_path: Path) -> None:
+    procs = stack_procs(tmp_path)
+    assert list(procs) == ["redis", "api-1", "api-2", "worker", "embedder", "nginx", "prometheus"]
+    argv = " ".join(procs["embedder"].argv)
+    assert "--model all-minilm-l6-v2 " in argv and "--engine llama_server " in argv
+    assert "--spawn-llama-server" in argv and "services.stack.respawn embedder" in argv
+    assert procs["embedder"].env["LLAMA_SERVER_PORT"] == "8299" != procs["worker"].env["LLAMA_SERVER_PORT"]
+
+
+def test_no_embedder_without_the_setting_the_weights_or_llama_server(tmp_path: Path) -> None:
+    assert "embedder" not in stack_procs(tmp_path, embedding_model="")
+    assert "embedder" not in stack_procs(tmp_path, binary=None)
+    (tmp_path / "bare").mkdir()
+    assert "embedder" not in stack_procs(tmp_path / "bare", weights=False)
