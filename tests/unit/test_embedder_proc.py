@@ -41,3 +41,14 @@ def test_no_embedder_without_the_setting_the_weights_or_llama_server(tmp_path: P
     assert "embedder" not in stack_procs(tmp_path, binary=None)
     (tmp_path / "bare").mkdir()
     assert "embedder" not in stack_procs(tmp_path / "bare", weights=False)
+
+
+def test_compose_runs_the_embedder_beside_the_default_engine() -> None:
+    from tests.unit.test_compose_files import resolved
+
+    services = resolved()["services"]
+    server = " ".join(services["llama-server-embed"]["command"])
+    assert "--model /models/all-minilm-l6-v2-f16.gguf" in server and "--embeddings" in server
+    worker = " ".join(services["worker-embed"]["command"])
+    assert "--upstream-url http://llama-server-embed:8080 --model all-minilm-l6-v2" in worker
+    assert services["worker-embed"]["depends_on"]["llama-server-embed"]["condition"] == "service_healthy"
