@@ -12,11 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import yaml
 
+from services.common.ports import free_port
 from services.keys import store
+from services.stack import prometheus_conf
+from services.stack.binaries import require
 from tests.conftest import RUN_DIR
 from tests.support.browser import browser_page
 from tests.support.native_stack import NativeStack, e2e_settings, native_stack
+from tests.support.procs import running as running_proc
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 COUNTING = {"prompt": "1, 2, 3, 4, 5,", "temperature": 0}
@@ -112,3 +118,36 @@ def test_the_status_page_asks_for_an_admin_key_and_shows_the_queue_per_key(stack
         header = page.locator("table").first.inner_text()
         assert "Queued by key" in header
         assert made["ops"] not in page.content(), "the key stays out of the page"
+
+
+def test_prometheus_scrapes_with_keys_on(stack, tmp_path) -> None:
+    """The stack's own Prometheus scrapes each replica from loopback without a key; a Prometheus scraping
+    through nginx (as compose's does over its network) needs the scrape token, sent as compose's generated
+    config sends it (`authorization: credentials_file`), and an admin's: a user's key or none is refused."""
+    running, made = stack
+    targets = httpx.get(f"{running.stack.prometheus_url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+    api = [t for t in targets if t["labels"]["job"] == "api"]
+    assert len(api) == 2 and all(t["health"] == "up" for t in api), api
+    (compose_api,) = [job for job in prometheus_conf.compose()["scrape_configs"] if job["job_name"] == "api"]
+    jobs = []
+    for name, key in (("admin", made["ops"]), ("user", made["team-a"]), ("none", None)):
+        job = {"job_name": name, "static_configs": [{"targets": [running.url.removeprefix("http://")]}]}
+        if key is not None:
+            (tmp_path / f"{name}.token").write_text(key + "\n")
+            path = str(tmp_path / f"{name}.token")
+            job["authorization"] = compose_api["authorization"] | {"credentials_file": path}
+        jobs.append(job)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
+    port = free_port()
+    argv = [require("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}"]
+    argv.append(f"--web.listen-address=127.0.0.1:{port}")
+    with running_proc(argv, log=tmp_path / "prometheus.log") as proc:
+
+        def scraped() -> dict[str, str] | None:
+            found = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            health = {t["labels"]["job"]: t["health"] for t in found}
+            return health if len(health) == 3 and "unknown" not in health.values() else None
+
+        wait_until(lambda: scraped() is not None, 60, "three scrapes", proc)
+        assert scraped() == {"admin": "up", "user": "down", "none": "down"}
