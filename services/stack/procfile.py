@@ -16,7 +16,7 @@ from pathlib import Path
 
 from services.common.catalog import Catalog
 from services.common.settings import ROOT, Settings
-from services.stack import nginx_conf, prometheus_conf, redis_conf, sidecar
+from services.stack import exporters, nginx_conf, prometheus_conf, redis_conf, sidecar
 from services.stack.binaries import require
 from services.stack.layout import Layout
 from services.worker.detect import Facts
@@ -186,6 +186,8 @@ def prepare(
         redis_url = redis_conf.url_with_password(settings, secret)
         env |= {"REDIS_URL": redis_url, "REDIS_PASSWORD": secret}
         redis_conf.write_conf(settings, layout, secret)
+        if settings.redis_url.startswith("rediss://"):  # the certificate and key are the server's: its clients
+            env |= {"REDIS_TLS_CERT_FILE": "", "REDIS_TLS_KEY_FILE": ""}  # verify it with the CA, present none
         procs.append(Proc("redis", (require("redis-server"), str(layout.redis_conf)), without_redis(env)))
     else:  # a Redis elsewhere (another box's stack, a managed one): use it as given
         redis_url = settings.redis_url
@@ -206,8 +208,13 @@ def prepare(
             f"{public_url}/nginx/health",
         )
     )
+    found = exporters.native(settings, env, redis_url)  # Redis's and nginx's, where installed
+    procs += [Proc(e.name, e.argv, e.env, e.ready_url) for e in found]
     sidecar_runs = any("--spawn-llama-server" in p.argv for p in procs)
-    prometheus_conf.write_native(settings, layout, scrape_interval=scrape_interval, llama_server=sidecar_runs)
+    jobs = [e.scrape_job() for e in found]
+    prometheus_conf.write_native(
+        settings, layout, scrape_interval=scrape_interval, llama_server=sidecar_runs, extra=jobs
+    )
     prometheus_url = f"http://127.0.0.1:{settings.prometheus_port}"
     argv = prometheus_conf.command(require("prometheus"), settings, layout)
     procs.append(Proc("prometheus", tuple(argv), without_redis(env), f"{prometheus_url}/-/ready"))

@@ -107,3 +107,20 @@ def test_tls_redis_conf_and_client_options(tmp_path: Path) -> None:
 
 def test_worker_metrics_listen_on_loopback_unless_configured() -> None:
     assert Settings().worker_metrics_host == "127.0.0.1"
+
+
+def test_a_local_tls_redis_keeps_its_key_to_itself(tmp_path: Path) -> None:
+    """With a local rediss:// URL the certificate settings are the server's: redis-server reads them from its
+    config, and the API and the worker only verify it with the CA (they present no certificate of its)."""
+    certs = {name: tmp_path / name for name in ("ca.pem", "server.pem", "server.key")}
+    settings = Settings(
+        run_dir=tmp_path / "run", log_dir=tmp_path / "logs", redis_url="rediss://127.0.0.1:6390/0",
+        redis_tls_ca_file=certs["ca.pem"], redis_tls_cert_file=certs["server.pem"],
+        redis_tls_key_file=certs["server.key"],
+    )  # fmt: skip
+    stack = prepare(settings, base_env={"PATH": "/usr/bin:/bin"}, facts=LINUX, find_llama_server=lambda: None)
+    for name in ("api-1", "worker"):
+        env = stack.proc(name).env
+        assert env["REDIS_URL"].startswith("rediss://") and env["REDIS_TLS_CA_FILE"] == str(certs["ca.pem"])
+        assert not env["REDIS_TLS_KEY_FILE"] and not env["REDIS_TLS_CERT_FILE"], name
+    assert str(certs["server.key"]) in stack.layout.redis_conf.read_text()
