@@ -1,8 +1,8 @@
 """Who waits in a model's queue, per API key, for /v1/system/status.
 
 Read from RQ's own records in one round trip: the queue list (head first) and each waiting job's data,
-whose payload (common/jobs.py) names the caller's key. The queue is bounded by MAX_QUEUE_DEPTH, so the
-read is too; an admin route pays it, never a completion.
+whose payload (common/jobs.py) names the caller's key. An admin route pays it, never a completion, and it
+reads at most WALK jobs from the head: those beyond are counted under UNREAD.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from services.common.jobs import Job
 
 ANONYMOUS = "(no key)"
 """The name a waiting job without a key is counted under (a stack without API keys)."""
+UNREAD = "(not read)"
+WALK = 1000
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,20 @@ def decode_job(raw: bytes | None) -> Job | None:
 
 
 def waiting(client: redis.Redis, model_id: str, *, now: float | None = None) -> Waiting:
-    ids = client.lrange(_queue_key(model_id), 0, -1)
     pipe = client.pipeline(transaction=False)
+    pipe.llen(_queue_key(model_id))
+    pipe.lrange(_queue_key(model_id), 0, WALK - 1)
+    length, ids = pipe.execute()
     for job_id in ids:
         pipe.hget(RQJob.key_for(job_id.decode() if isinstance(job_id, bytes) else job_id), "data")
     jobs = [decode_job(raw) for raw in pipe.execute()] if ids else []
     by_key = Counter((j.key_name if j is not None and j.key_name else ANONYMOUS) for j in jobs)
+    if length > len(ids):
+        by_key[UNREAD] = length - len(ids)
     accepted = [j.accepted_at for j in jobs if j is not None]
     now = time.time() if now is None else now
     oldest = round(max(0.0, now - min(accepted)), 3) if accepted else None
-    return Waiting(len(ids), dict(sorted(by_key.items())), oldest)
+    return Waiting(int(length), dict(sorted(by_key.items())), oldest)
 
 
 def _queue_key(model_id: str) -> str:

@@ -14,6 +14,7 @@ import falcon.testing
 import pytest
 from rq import Queue
 
+from services.api import queue_view
 from services.api.app import create_app
 from services.api.jobqueue import JobQueue
 from services.api.queue_wait import HEADER
@@ -148,3 +149,11 @@ def test_system_status_shows_the_queue_per_model_and_key(stack, redis_client, re
     assert queue["queued_by_key"] == {"(no key)": 1, "team-a": 3, "team-b": 1}
     assert 9.5 <= queue["oldest_wait_s"] < 30
     assert status["queued_by_key"]["team-a"] == 3
+
+
+def test_a_long_queue_is_read_up_to_its_walk(stack, redis_client, monkeypatch):
+    client, model = stack
+    monkeypatch.setattr(queue_view, "WALK", 3)
+    redis_client.rpush(Queue(keys.queue_name(model), connection=redis_client).key, *[f"x{i}" for i in range(5)])
+    queue = client.simulate_get("/v1/system/status").json["models"][model]
+    assert queue["queued"] == 5 and queue["queued_by_key"] == {"(no key)": 3, "(not read)": 2}
