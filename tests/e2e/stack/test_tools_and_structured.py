@@ -135,15 +135,19 @@ def test_a_tool_call_round_trip(client: openai.OpenAI) -> None:
 
 def test_required_tool_choice_among_several_tools(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=[WEATHER, TIME], tool_choice="required", max_tokens=80, temperature=0
+        model=MODEL,
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        parallel_tool_calls=False,  # one call: a bounded answer (with parallel calls a tiny model may go on)
+        max_tokens=120,
+        temperature=0,
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
-    calls = choice.message.tool_calls or []
-    assert calls and all(c.function.name in ("get_weather", "get_time") for c in calls)
-    assert len({c.id for c in calls}) == len(calls)
-    for c in calls:
-        assert "city" in json.loads(c.function.arguments)
+    (call,) = choice.message.tool_calls or []
+    assert call.id.startswith("call_") and call.function.name in ("get_weather", "get_time")
+    assert "city" in json.loads(call.function.arguments)
 
 
 def test_streamed_tool_calls_come_as_openai_deltas(client: openai.OpenAI) -> None:
