@@ -95,6 +95,7 @@ class Gateway:
         `wait` learns the dequeue time; one that reports hears, every TICK_S while queued, where it stands."""
         job = flight.job
         last, seen, worker = "0-0", 0, None
+        checked = time.monotonic()
         while True:
             if flight.job is not job:  # retried: read the new attempt's stream from its start
                 job, last, seen, worker = flight.job, "0-0", 0, None
@@ -105,7 +106,13 @@ class Gateway:
             block = max(1, int(min(remaining, self.keepalive, tick) * 1000))
             reply = self.redis.xread({keys.stream(job.request_id): last}, block=block, count=256)
             if not reply:
-                self._check_alive(flight, worker, seen)
+                # liveness every keep-alive, as without queue ticks (a dequeued job's grace is STRANDED_TICKS of
+                # them); a hang-up is seen on every tick
+                if time.monotonic() - checked >= self.keepalive * 0.9 or tick >= self.keepalive:
+                    self._check_alive(flight, worker, seen)
+                    checked = time.monotonic()
+                elif flight.gone:
+                    raise ClientGone("The client closed the connection.")
                 if wait is not None and wait.report and worker is None:
                     self._locate(job, wait)
                 yield None
