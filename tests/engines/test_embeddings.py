@@ -1,4 +1,5 @@
-"""Embeddings on a real llama-server (--embeddings) serving all-MiniLM-L6-v2 as models/fetch.py converts it.
+"""Embeddings on a real llama-server (--embeddings) serving all-MiniLM-L6-v2 as models/fetch.py converts it,
+and on in-process llama.cpp (llama-cpp-python) from the same GGUF.
 
 The converted GGUF is checked against the model itself: a plain numpy BERT over the package's own
 safetensors and tokenizer (the sentence-transformers recipe: mean pooling, then L2 normalization)
@@ -16,10 +17,11 @@ import httpx
 import numpy as np
 import pytest
 
-from services.common.errors import APIError
+from services.common.errors import APIError, InvalidRequest
 from services.common.events import pack_vector, unpack_vector
 from services.common.ports import free_port
-from services.worker.engines.base import Embedder
+from services.worker.engines.base import ContextLengthExceeded, Embedder
+from services.worker.engines.llama_cpp import LlamaCppEngine
 from services.worker.engines.llama_server_process import LlamaServerCommand
 from services.worker.engines.openai_http import OpenAIHTTPEngine
 from tests.conftest import ROOT
@@ -136,3 +138,31 @@ def test_vectors_travel_as_openai_base64() -> None:
     packed = pack_vector(vector)
     assert np.frombuffer(__import__("base64").b64decode(packed), dtype="<f4").tolist() == unpack_vector(packed)
     assert unpack_vector(packed) == [float(np.float32(x)) for x in vector]
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Iterator[LlamaCppEngine]:
+    eng = LlamaCppEngine(MINILM, chat_format=None, slots=1, n_ctx=512, n_threads=2, embedding=True)
+    eng.load()
+    yield eng
+    eng.unload()
+
+
+def test_in_process_llama_cpp_embeds_as_llama_server_does(engine: OpenAIHTTPEngine, in_process: LlamaCppEngine) -> None:
+    served, local = engine.embed(TEXTS), in_process.embed(TEXTS)
+    assert local.prompt_tokens == served.prompt_tokens
+    for a, b in zip(served.vectors, local.vectors, strict=True):
+        assert float(np.dot(a, b)) > 0.9999
+
+
+def test_in_process_limits_are_400s(in_process: LlamaCppEngine) -> None:
+    with pytest.raises(ContextLengthExceeded) as err:
+        in_process.embed(["word " * 800])
+    assert err.value.param == "input"
+    with pytest.raises(InvalidRequest) as err:
+        in_process.embed([[101, 102]])
+    assert err.value.param == "input"
+    generating = LlamaCppEngine(MINILM, chat_format=None, slots=1, n_ctx=512)
+    with pytest.raises(InvalidRequest) as err:
+        generating.embed(["x"])
+    assert err.value.param == "model"

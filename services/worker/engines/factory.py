@@ -47,6 +47,7 @@ def build_engine(
             slots=slots,
             n_ctx=min(settings.n_ctx, spec.context_length),
             n_threads=settings.n_threads,
+            embedding=spec.kind == "embedding",
         )
     if engine in ("llama_server", "vllm"):
         from services.worker.engines.openai_http import OpenAIHTTPEngine

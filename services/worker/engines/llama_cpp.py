@@ -15,10 +15,13 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from services.common.errors import InvalidRequest
 from services.common.jobs import ChatMessage
 from services.worker.engines import features
 from services.worker.engines.base import (
     CancelCheck,
+    ContextLengthExceeded,
+    Embeddings,
     EngineError,
     Finish,
     GenerationItem,
@@ -48,8 +51,8 @@ def fold_system(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return turns
 
 
-FEATURES = frozenset({"response_format", "top_k", "min_p", "repetition_penalty"})
-"""What llama-cpp-python serves here; tools and logprobs are a 400 (the sidecar engine has them)."""
+FEATURES = frozenset({"response_format", "logprobs", "top_logprobs", "top_k", "min_p", "repetition_penalty"})
+"""What llama-cpp-python serves here; tools are a 400 (the sidecar engine has them)."""
 
 
 def grammar_for(response_format: dict | None):
@@ -64,6 +67,28 @@ def grammar_for(response_format: dict | None):
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
 
 
+def logprob_entry(llm, token: int, piece: bytes, top: int) -> dict:
+    """OpenAI's logprobs entry for a token just sampled: log-softmax of the logits it was drawn from, which
+    llama-cpp-python keeps in the row of the last evaluated position until the token itself is evaluated."""
+    import numpy as np
+
+    logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+    logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+    best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
+    best = best[np.argsort(-logprobs[best])]
+
+    def text(i: int, raw: bytes | None = None) -> tuple[str, list[int]]:
+        raw = llm.detokenize([int(i)], special=False) if raw is None else raw
+        return raw.decode(errors="replace"), list(raw)
+
+    tok, raw = text(token, piece)
+    tops = []
+    for i in best:
+        t, b = text(i)
+        tops.append({"token": t, "logprob": float(logprobs[i]), "bytes": b})
+    return {"token": tok, "logprob": float(logprobs[token]), "bytes": raw, "top_logprobs": tops}
+
+
 class LlamaCppEngine:
     """In-process llama.cpp; `slots` contexts let that many requests run at once."""
 
@@ -71,9 +96,18 @@ class LlamaCppEngine:
     templates_chat = False
 
     def __init__(
-        self, model_path: Path, *, chat_format: str | None, slots: int, n_ctx: int, n_threads: int = 0
+        self,
+        model_path: Path,
+        *,
+        chat_format: str | None,
+        slots: int,
+        n_ctx: int,
+        n_threads: int = 0,
+        embedding: bool = False,
     ) -> None:
         self.model_path = model_path
+        self.embedding = embedding
+        """An embedding model (models.yaml kind: embedding): its contexts embed and never generate."""
         self.chat_format = chat_format
         self.slots = slots
         self.n_ctx = n_ctx
@@ -92,7 +126,8 @@ class LlamaCppEngine:
                 n_ctx=self.n_ctx,
                 n_threads=self.n_threads,
                 n_threads_batch=self.n_threads,
-                n_batch=512,
+                n_batch=max(512, self.n_ctx) if self.embedding else 512,  # an input is embedded in one batch
+                embedding=self.embedding,
                 verbose=False,
             )
             self._contexts.append(llm)
@@ -107,6 +142,24 @@ class LlamaCppEngine:
             self.n_ctx,
             self.n_threads,
         )
+
+    def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
+        """Normalized vectors from one slot's context, as llama-server gives them (texts only here)."""
+        if not self.embedding:
+            raise InvalidRequest(f"{self.model_path.name} generates text and cannot embed it.", param="model")
+        if any(not isinstance(x, str) for x in inputs):
+            raise InvalidRequest("Token id inputs need the llama_server engine; send texts.", param="input")
+        llm = self._pool.get()
+        try:
+            vectors, tokens = llm.embed(list(inputs), normalize=True, truncate=False, return_count=True)
+        except ValueError as exc:  # "Requested tokens (N) exceed batch size of M"
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {self.n_ctx} tokens; an input is longer ({exc}).",
+                param="input",
+            ) from exc
+        finally:
+            self._pool.put(llm)
+        return Embeddings(vectors, tokens)
 
     def _make_formatter(self, llm):
         from llama_cpp import llama_chat_format
@@ -163,6 +216,7 @@ class LlamaCppEngine:
         stops = StopMatcher(params.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced, pending_tokens, reason = 0, 0, "length"
+        pending_lp: list[dict] | None = [] if params.logprobs else None
         tokens = llm.generate(
             prompt,
             temp=params.temperature,
@@ -181,10 +235,14 @@ class LlamaCppEngine:
                 break
             produced += 1
             pending_tokens += 1
-            text = stops.feed(decoder.decode(llm.detokenize([token], special=False)))
+            piece = llm.detokenize([token], special=False)
+            if pending_lp is not None:
+                pending_lp.append(logprob_entry(llm, token, piece, params.top_logprobs))
+            text = stops.feed(decoder.decode(piece))
             if text:
-                yield TokenChunk(text, pending_tokens)
+                yield TokenChunk(text, pending_tokens, logprobs=tuple(pending_lp) if pending_lp else None)
                 pending_tokens = 0
+                pending_lp = [] if pending_lp is not None else None
             if stops.stopped or cancelled():
                 reason = "stop"
                 break
@@ -193,5 +251,5 @@ class LlamaCppEngine:
         tokens.close()
         tail = "" if stops.stopped else stops.flush() + decoder.decode(b"", final=True)
         if tail or pending_tokens:
-            yield TokenChunk(tail, pending_tokens)
+            yield TokenChunk(tail, pending_tokens, logprobs=tuple(pending_lp) if pending_lp and tail else None)
         yield Finish(reason, len(prompt), produced)
