@@ -20,7 +20,7 @@ from services.worker.engines.features import ALL
 
 FACTORIES = sorted(p.stem for p in (Path(__file__).parent / "factories").glob("*.py") if p.stem != "__init__")
 SERVED = {
-    "llama_cpp": {"response_format", "top_k", "min_p", "repetition_penalty"},
+    "llama_cpp": {"response_format", "logprobs", "top_logprobs", "top_k", "min_p", "repetition_penalty"},
     "llama_server": set(ALL),
     "mlx": set(),
 }
@@ -104,6 +104,10 @@ def test_logprobs_match_the_tokens(engine: Engine) -> None:
     assert len(entries) == finish.completion_tokens == 5
     assert "".join(e["token"] for e in entries) == text
     assert all(len(e["top_logprobs"]) == 3 and e["logprob"] <= 0 for e in entries)
+    for e in entries:  # greedy: each token is its distribution's most likely, alternatives in descending order
+        assert e["top_logprobs"][0]["token"] == e["token"] and e["top_logprobs"][0]["logprob"] == e["logprob"]
+        assert e["top_logprobs"][0]["logprob"] > e["top_logprobs"][2]["logprob"]
+    assert len({round(e["logprob"], 4) for e in entries}) > 1  # real distributions, not a uniform placeholder
     assert set(entries[0]) == {"token", "logprob", "bytes", "top_logprobs"}  # OpenAI's keys, no token ids
 
 
