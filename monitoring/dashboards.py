@@ -146,6 +146,46 @@ def overview() -> db.Dashboard:
                 width=8,
             )
         )
+        .with_row(db.Row("Redis and nginx (their exporters)"))
+        .with_panel(
+            graph(
+                "Redis and nginx up",
+                "short",
+                [("max(redis_up)", "redis"), ("max(nginx_up)", "nginx")],
+                "1 while each exporter reaches its server (a down exporter shows as no data, and up{job} = 0).",
+                width=6,
+            )
+        )
+        .with_panel(
+            graph(
+                "Redis commands/s",
+                "ops",
+                [(f"sum(rate(redis_commands_processed_total[{RATE}]))", "commands")],
+                "Every queue, stream, lease and registry operation goes through Redis.",
+                width=6,
+            )
+        )
+        .with_panel(
+            graph(
+                "Redis memory and clients",
+                "short",
+                [("max(redis_memory_used_bytes)", "bytes used"), ("max(redis_connected_clients)", "clients")],
+                "Streams and jobs expire by themselves; steady growth means something does not.",
+                width=6,
+            )
+        )
+        .with_panel(
+            graph(
+                "nginx connections and requests",
+                "short",
+                [
+                    ("sum(nginx_connections_active)", "active connections"),
+                    (f"sum(rate(nginx_http_requests_total[{RATE}]))", "requests/s"),
+                ],
+                "From nginx's stub_status: open client connections (streams hold one) and requests per second.",
+                width=6,
+            )
+        )
         .with_row(db.Row("Capacity"))
         .with_panel(
             graph(

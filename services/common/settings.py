@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     redis_password: str = Field("", description="native stack: empty = generated once into RUN_DIR")
     redis_bind: str = Field("127.0.0.1", description="native stack: addresses redis-server binds, space separated")
     prometheus_port: int = Field(9090, ge=1, le=65535)
+    nginx_status_port: int = Field(8081, ge=1, le=65535, description="native stack: nginx's stub_status, loopback")
+    nginx_exporter_port: int = Field(9113, ge=1, le=65535, description="native stack: prometheus-nginx-exporter")
+    redis_exporter_port: int = Field(9121, ge=1, le=65535, description="native stack: prometheus-redis-exporter")
     nginx_read_timeout: float = Field(360.0, gt=0, le=86_400, description="keep above REQUEST_TIMEOUT")
 
     @field_validator("api_keys_file", "redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", mode="before")

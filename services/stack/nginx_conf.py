@@ -98,6 +98,7 @@ def native_values(settings: Settings, layout: Layout, *, listen: str | None = No
         "NGINX_ACCESS_LOG": str(layout.log("nginx-access")),
         "NGINX_READ_TIMEOUT": str(read_timeout(settings)),
         "MAX_REQUEST_BYTES": str(settings.max_request_bytes),
+        "NGINX_STATUS_LISTEN": f"127.0.0.1:{settings.nginx_status_port}",  # stub_status (stack/exporters.py)
     }
 
 

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,11 @@ def _dns_job(name: str, hosts: list[str], port: int) -> dict[str, Any]:
     return {"job_name": name, "dns_sd_configs": [{"names": hosts, "type": "A", "port": port}]}
 
 
-def native(settings: Settings, *, scrape_interval: str = "15s", llama_server: bool = False) -> dict[str, Any]:
-    """Every API replica, the worker and the stack's llama-server (when it runs one) by loopback port;
-    Prometheus scrapes itself too."""
+def native(
+    settings: Settings, *, scrape_interval: str = "15s", llama_server: bool = False, extra: Sequence[dict] = ()
+) -> dict[str, Any]:
+    """Every API replica, the worker, the stack's llama-server (when it runs one) and `extra` jobs (the
+    Redis and nginx exporters, services/stack/exporters.py) by loopback port; Prometheus scrapes itself too."""
     cfg = _base(scrape_interval, str(ALERTS_FILE))
     replicas = [
         {"targets": [f"127.0.0.1:{settings.api_base_port + i}"], "labels": {"replica": f"api-{i + 1}"}}
@@ -66,6 +69,7 @@ def native(settings: Settings, *, scrape_interval: str = "15s", llama_server: bo
     if llama_server:
         target = f"127.0.0.1:{settings.llama_server_port}"
         jobs.append({"job_name": "llama-server", "static_configs": [{"targets": [target]}]})
+    jobs += extra
     jobs.append({"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{settings.prometheus_port}"]}]})
     cfg["scrape_configs"] = jobs
     return cfg
@@ -80,6 +84,8 @@ def compose() -> dict[str, Any]:
         _dns_job("worker", list(COMPOSE_WORKERS), COMPOSE_WORKER_METRICS_PORT),
         _dns_job("vllm", ["vllm"], 8000),
         _dns_job("llama-server", ["llama-server"], 8080),
+        _dns_job("redis", ["redis-exporter"], 9121),
+        _dns_job("nginx", ["nginx-exporter"], 9113),
         {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
     ]
     return cfg
@@ -90,10 +96,15 @@ def dump(cfg: dict[str, Any]) -> str:
 
 
 def write_native(
-    settings: Settings, layout: Layout, *, scrape_interval: str = "15s", llama_server: bool = False
+    settings: Settings,
+    layout: Layout,
+    *,
+    scrape_interval: str = "15s",
+    llama_server: bool = False,
+    extra: Sequence[dict] = (),
 ) -> Path:
     layout.prometheus_dir.mkdir(parents=True, exist_ok=True)
-    cfg = native(settings, scrape_interval=scrape_interval, llama_server=llama_server)
+    cfg = native(settings, scrape_interval=scrape_interval, llama_server=llama_server, extra=extra)
     layout.prometheus_conf.write_text(dump(cfg))
     return layout.prometheus_conf
 

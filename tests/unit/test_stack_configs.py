@@ -9,7 +9,7 @@ import pytest
 
 from services.common.catalog import Catalog
 from services.common.settings import Settings
-from services.stack import nginx_conf, prometheus_conf, redis_conf
+from services.stack import exporters, nginx_conf, prometheus_conf, redis_conf
 from services.stack.layout import Layout
 from services.stack.procfile import prepare, settings_env
 from services.worker import sidecar
@@ -82,7 +82,8 @@ def test_settings_pass_to_children_unchanged(monkeypatch: pytest.MonkeyPatch) ->
 def test_process_list(tmp_path: Path) -> None:
     settings = Settings(run_dir=tmp_path / "run", log_dir=tmp_path / "logs", api_replicas=2, redis_password="pw")
     stack = prepare(settings, base_env={"PATH": "/usr/bin:/bin"}, facts=LINUX, find_llama_server=lambda: None)
-    assert [p.name for p in stack.procs] == ["redis", "api-1", "api-2", "worker", "nginx", "prometheus"]
+    installed = [e.name for e in exporters.native(settings, {}, "redis://127.0.0.1:6379/0")]  # Debian's, if any
+    assert [p.name for p in stack.procs] == ["redis", "api-1", "api-2", "worker", "nginx", *installed, "prometheus"]
     api1, api2 = stack.proc("api-1"), stack.proc("api-2")
     assert api1.env["PROMETHEUS_MULTIPROC_DIR"] != api2.env["PROMETHEUS_MULTIPROC_DIR"]
     assert api1.env["REDIS_URL"] == "redis://:pw@127.0.0.1:6379/0" == stack.proc("worker").env["REDIS_URL"]

@@ -158,6 +158,11 @@ def test_every_dashboard_panel_has_data(stack: NativeStack) -> None:
     # lag the busy moment by a heartbeat; busy_moment() already required busy slots, here only the range
     assert 0 <= first[("inference-overview.json", "Free slots")] <= stack.settings.llama_server_parallel
     assert first[("inference-worker.json", "Scrape up")] == 1
+    # Redis's and nginx's exporters (Debian's packages in the native stack), through nginx's stub_status
+    by_query = {r.expr: r.series for r in results}
+    assert by_query["max(redis_up)"] == (("", 1.0),) and by_query["max(nginx_up)"] == (("", 1.0),)
+    assert by_query["sum(nginx_connections_active)"][0][1] > 1  # the streams of the load hold connections
+    assert top[("inference-overview.json", "Redis commands/s")] > 0
     assert first[("inference-worker.json", "Running requests")] > 0
 
 
