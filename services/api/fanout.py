@@ -12,9 +12,10 @@ generated meanwhile and wait in their Redis streams), and one `[DONE]` ends the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING
 
 import falcon
@@ -138,13 +139,17 @@ def stream(flights: list[Flight], n: int, fmt: ChunkFormat, gateway: Gateway, me
     return merge.chunks()
 
 
+def iter_nothing() -> Generator[bytes]:
+    yield from ()
+
+
 class MergedStream:
     """The choices' streams one after another, each chunk with its index, one usage chunk and [DONE] at the end."""
 
     def __init__(self, flights: list[Flight], n: int, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics):
         self.flights, self.n, self.fmt, self.gateway, self.metrics = flights, n, fmt, gateway, metrics
         self.usages: list[Usage] = []
-        self.first: Iterator[bytes] | None = None
+        self.first: Generator[bytes] = iter_nothing()
         self.handed = 0
         """Choices whose stream took over their release (stream_events releases in its finally)."""
 
@@ -158,7 +163,7 @@ class MergedStream:
                 self.usages.append(item[1].usage)
             yield item
 
-    def open_first(self) -> Iterator[bytes]:
+    def open_first(self) -> Generator[bytes]:
         """As sse.open_stream: an error before the first token is the HTTP status."""
         items = self._tapped(self.flights[0])
         head = read_head(items)
@@ -176,8 +181,11 @@ class MergedStream:
                     self.handed = k + 1
                     body = stream_events(flight, self._format(k), self._tapped(flight), self.gateway, self.metrics)
                 else:
-                    body = self.first or iter(())
-                yield from (chunk for chunk in body if chunk != DONE_LINE)
+                    body = self.first
+                with contextlib.closing(body):  # a client gone mid-choice: that choice's stream lets go of it now
+                    for chunk in body:
+                        if chunk != DONE_LINE:
+                            yield chunk
                 if len(self.usages) <= k:  # this choice failed and said so: the rest will not come
                     break
             if self.fmt.with_usage and len(self.usages) == len(self.flights):

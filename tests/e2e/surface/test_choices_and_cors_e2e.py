@@ -8,6 +8,7 @@ import pytest
 
 from tests.e2e.surface.conftest import ORIGIN
 from tests.support.native_stack import NativeStack
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-3-270m"
@@ -93,3 +94,20 @@ def test_cors_headers_on_answers_and_errors_for_the_allowed_origin_only(stack: N
         timeout=10,
     )
     assert "access-control-allow-origin" not in other.headers
+
+
+def inflight(stack: NativeStack) -> int:
+    return httpx.get(f"{stack.url}/v1/system/status", timeout=10).json()["inflight"]
+
+
+def test_a_client_leaving_an_n3_stream_releases_every_choice(stack: NativeStack) -> None:
+    """Choices not streamed yet hold admission slots and leases too: all of them go when the client does."""
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "n": 3, "max_tokens": 200, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{stack.url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert '"index":0' in first
+        assert inflight(stack) == 3
+    # well within LEASE_TTL (10 s), after which unrenewed entries would go anyway
+    wait_until(lambda: inflight(stack) == 0, 4, "every choice released")
