@@ -175,7 +175,7 @@ def test_prometheus_scrapes_every_target(stack: NativeStack) -> None:
     def all_up() -> bool:
         targets = httpx.get(f"{stack.stack.prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
         jobs = Counter(t["labels"]["job"] for t in targets)
-        expected = {"api": 2, "worker": 1, "llama-server": 1, "prometheus": 1}
+        expected = {"api": 2, "worker": 1, "llama-server": 1, "redis": 1, "nginx": 1, "prometheus": 1}
         return jobs == expected and all(t["health"] == "up" for t in targets)
 
     wait_until(all_up, 30, "prometheus targets all up")
