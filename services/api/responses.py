@@ -1,7 +1,8 @@
 """POST /v1/responses: OpenAI's Responses API over the same queue and engines, as one chat job.
 
 `instructions` become a system turn before `input` (a text, or items); the answer's text is one
-`message` output item with one `output_text` part. Nothing is stored: `store: true` and
+`message` output item with one `output_text` part. `text.format` (json_object, json_schema) is the chat
+API's response_format for the engine's grammar or guided decoding. Nothing is stored: `store: true` and
 `previous_response_id` are refused with a 400 that says so. Function tools go to the engine as the chat
 API's tools; its calls come back as `function_call` output items, and `function_call` and
 `function_call_output` input items become the assistant and tool turns of the chat.
@@ -95,6 +96,35 @@ class FunctionChoice(_Body):
 InputItem = InputMessage | FunctionCallItem | FunctionCallOutput
 
 
+class TextFormat(_Body):
+    """`text.format`: Responses' spelling of response_format (a json_schema's fields sit beside `type`)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: FunctionName | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _named_schema(self) -> TextFormat:
+        if self.type == "json_schema" and (self.name is None or self.schema_ is None):
+            raise InvalidRequest("A json_schema format needs a name and a schema.", param="text.format")
+        return self
+
+    def response_format(self) -> dict[str, Any] | None:
+        """The chat API's response_format the engines enforce, or None for plain text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        spec = self.model_dump(by_alias=True, exclude_none=True, exclude={"type"})
+        return {"type": "json_schema", "json_schema": spec}
+
+
+class TextConfig(_Body):
+    format: TextFormat | None = None
+
+
 class ResponseRequest(_Body):
     """OpenAI's Responses body, the part a text model can serve; other fields are ignored as elsewhere."""
 
@@ -107,6 +137,7 @@ class ResponseRequest(_Body):
     stream: bool = False
     store: bool | None = None
     previous_response_id: str | None = None
+    text: TextConfig | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -127,7 +158,15 @@ class ResponseRequest(_Body):
             raise InvalidRequest(
                 f"tool_choice names the function '{choice.name}', which is not in tools.", param="tool_choice"
             )
+        if self.tools and self.response_format() is not None and choice != "none":
+            raise InvalidRequest(
+                "text.format cannot be combined with tools unless tool_choice is 'none'.", param="text.format"
+            )
         return self
+
+    def response_format(self) -> dict[str, Any] | None:
+        fmt = self.text.format if self.text else None
+        return fmt.response_format() if fmt else None
 
     def messages(self) -> tuple[ChatMessage, ...]:
         """The chat our engines template: instructions first, calls folded into assistant turns, outputs
@@ -191,6 +230,11 @@ def response_usage(usage: Usage) -> dict:
     }
 
 
+def _text_format(body: ResponseRequest) -> dict:
+    fmt = body.text.format if body.text else None
+    return fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
+
+
 def _choice(body: ResponseRequest) -> str | dict:
     choice = body.tool_choice
     return choice.model_dump() if isinstance(choice, FunctionChoice) else choice or "auto"
@@ -224,7 +268,7 @@ def response_object(
         "reasoning": {"effort": None, "summary": None},
         "store": False,
         "temperature": params.temperature,
-        "text": {"format": {"type": "text"}},
+        "text": {"format": _text_format(body)},
         "tool_choice": _choice(body),
         "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()],
         "top_p": params.top_p,
@@ -248,6 +292,7 @@ class ResponsesResource:
             max_tokens_explicit=body.max_output_tokens is not None,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
+            response_format=body.response_format(),
             **body.tool_params(),
         )
         now = time.time()

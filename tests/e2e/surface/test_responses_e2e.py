@@ -9,6 +9,7 @@ import json
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.e2e.surface.conftest import CHAT
 from tests.support.native_stack import NativeStack
@@ -177,9 +178,43 @@ def test_streamed_function_call_events(client: openai.OpenAI) -> None:
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+        ({"tools": [WEATHER], "text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
     ],
 )
 def test_tools_it_cannot_serve_are_400(stack: NativeStack, extra: dict, param: str) -> None:
     r = httpx.post(f"{stack.url}/v1/responses", json={"model": CHAT, "input": "hi"} | extra, timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+def test_parse_with_a_pydantic_text_format(client: openai.OpenAI) -> None:
+    """The SDK's responses.parse sends text.format json_schema (strict); the grammar enforces it every run."""
+    r = client.responses.parse(
+        model=CHAT,
+        input="Make up a person with a name and an age.",
+        text_format=Person,
+        max_output_tokens=200,
+        temperature=0,
+    )
+    assert r.status == "completed"
+    assert isinstance(r.output_parsed, Person)
+    assert r.text.format.type == "json_schema" and r.text.format.name == "Person"
+
+
+def test_json_object_format_answers_json(client: openai.OpenAI) -> None:
+    r = client.responses.create(
+        model=CHAT,
+        input="Reply with a JSON object describing a cat.",
+        text={"format": {"type": "json_object"}},
+        max_output_tokens=100,
+        temperature=0,
+    )
+    assert r.output_text.lstrip().startswith("{")  # the grammar allows nothing else
+    if r.status == "completed":  # a cut answer is unfinished JSON, as OpenAI warns
+        assert isinstance(json.loads(r.output_text), dict)
