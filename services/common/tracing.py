@@ -101,6 +101,16 @@ def stamp(job: Job) -> Job:
     return job.model_copy(update={"traceparent": carrier.get("traceparent")})
 
 
+def outgoing() -> dict[str, str]:
+    """Headers for a call to the engine's sidecar: vLLM started with --otlp-traces-endpoint continues
+    the trace under engine.generate; llama-server ignores them. Empty when no span records."""
+    if not trace.get_current_span().is_recording():
+        return {}
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier)
+    return carrier
+
+
 def event(name: str, attributes: Mapping[str, Any] | None = None) -> None:
     """An event on the current span (the engine's, in a worker); nothing when no span records."""
     span = trace.get_current_span()

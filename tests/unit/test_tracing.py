@@ -63,6 +63,7 @@ def test_worker_spans_continue_the_jobs_trace() -> None:
 
     with traces.job(Job.from_wire(stamped.to_wire()), time.time(), "llama_server", "w1"):
         tracing.event("first_token")
+        sidecar = tracing.outgoing()["traceparent"]  # what vLLM or llama-server receive
         tracing.annotate({"gen_ai.usage.output_tokens": 2})
     with traces.job(job(None), time.time(), "llama_server", "w1"):  # a job from an API that does not trace
         tracing.event("first_token")
@@ -75,8 +76,11 @@ def test_worker_spans_continue_the_jobs_trace() -> None:
     assert spans["queue"].end_time - spans["queue"].start_time >= 0.4e9  # accepted half a second before dequeue
     assert [e.name for e in spans["engine.generate"].events] == ["first_token"]
     assert spans["engine.generate"].attributes["gen_ai.usage.output_tokens"] == 2
+    engine = spans["engine.generate"].context
+    assert sidecar.startswith(f"00-{engine.trace_id:032x}-{engine.span_id:016x}-")
 
 
 def test_without_a_span_nothing_is_stamped() -> None:
     assert tracing.stamp(job(None)).traceparent is None
+    assert tracing.outgoing() == {}
     assert not tracing.Tracing.from_settings(Settings(otel_exporter_otlp_endpoint=""), "x").enabled

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from services.common import tracing
 from services.common.errors import APIError
 from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines.base import (
@@ -305,7 +306,7 @@ class OpenAIHTTPEngine:
     def _open_stream(self, path: str, body: dict[str, Any]) -> Iterator[Iterator[str]]:
         """The response's lines; leaving the block closes the connection, which cancels upstream."""
         try:
-            with self._http().stream("POST", path, json=body) as response:
+            with self._http().stream("POST", path, json=body, headers=tracing.outgoing()) as response:
                 if response.status_code >= 400:
                     raise error_from_response(response, self.name)
                 yield response.iter_lines()
