@@ -28,7 +28,9 @@ def test_only_the_processes_that_talk_to_redis_get_its_password(tmp_path: Path) 
     outer = {"PATH": "/usr/bin:/bin", "REDIS_PASSWORD": SECRET, "REMOTE_REDIS_URL": f"redis://:{SECRET}@h:1/0"}
     stack = prepare(settings, base_env=outer, facts=LINUX, find_llama_server=lambda: None)
     holders = {p.name for p in stack.procs if any(SECRET in v for v in p.env.values())}
-    assert holders == {"api-1", "api-2", "worker"}
+    names = {p.name for p in stack.procs}
+    assert holders == {"api-1", "api-2", "worker"} | ({"redis-exporter"} & names), "it reads Redis's INFO"
+    assert {"redis", "nginx", "prometheus"} <= names
     for proc in stack.procs:
         assert SECRET not in " ".join(proc.argv), f"{proc.name}'s command line shows the password"
     assert stack.proc("worker").env["REDIS_URL"].startswith(f"redis://:{SECRET}@")
