@@ -87,6 +87,11 @@ class StreamPublisher:
             self._cancelled = time.time() > self.deadline or not self.redis.exists(self.lease_key)
         return self._cancelled
 
+    @property
+    def seen_cancelled(self) -> bool:
+        """What the last check found, without a new one (no Redis read): the engine stopped because of it."""
+        return self._cancelled
+
     def lease_due(self, now: float, interval: float) -> bool:
         """Whether the flusher, which runs every `interval`, should check our lease with this batch."""
         return not self._cancelled and now - self._checked_at >= CANCEL_POLL_S - interval

@@ -95,7 +95,7 @@ class JobRunner:
             elif isinstance(item, Finish):
                 done = time.time()
                 usage = Usage(item.prompt_tokens, item.completion_tokens)
-                reason = "abort" if out.cancelled() else item.reason  # engines stop as 'stop'; vLLM says abort
+                reason = "abort" if out.seen_cancelled else item.reason  # engines stop as 'stop'; vLLM says abort
                 tracing.annotate(
                     {
                         "gen_ai.response.finish_reasons": (reason,),
