@@ -6,15 +6,17 @@ batching runs the choices side by side. Choices are indexed as OpenAI does: prom
 counted once per prompt (the prompt is read once however many choices it has, as OpenAI and vLLM
 count). With a seed, choice j of a prompt samples with seed+j, so choices differ yet replay.
 
-Streaming sends every chunk with its choice's index; choices follow one another (the later ones are
-generated meanwhile and wait in their Redis streams), and one `[DONE]` ends the whole stream.
+Streaming sends every chunk with its choice's index as it is generated (the choices interleave, as
+OpenAI's do), then one usage chunk and one `[DONE]` for the whole stream.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
+import logging
+import queue
+import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,8 @@ from services.common.errors import InvalidRequest, RateLimited, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import Job
 from services.common.schemas import SEED_MAX, ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from services.api.completions import CompletionResource
@@ -144,28 +148,29 @@ def iter_nothing() -> Generator[bytes]:
 
 
 class MergedStream:
-    """The choices' streams one after another, each chunk with its index, one usage chunk and [DONE] at the end."""
+    """The choices' streams at once, each pumped by its own thread into one queue, so chunks interleave as
+    they are generated (each with its index); one usage chunk and one [DONE] end the whole."""
 
     def __init__(self, flights: list[Flight], n: int, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics):
         self.flights, self.n, self.fmt, self.gateway, self.metrics = flights, n, fmt, gateway, metrics
-        self.usages: list[Usage] = []
+        self.usages: dict[int, Usage] = {}
         self.first: Generator[bytes] = iter_nothing()
         self.handed = 0
-        """Choices whose stream took over their release (stream_events releases in its finally)."""
+        """Choices whose stream (or pump) took over their release."""
 
     def _format(self, k: int) -> ChunkFormat:
         f = self.fmt
         return IndexedFormat(f.chat, f.rid, f.created, f.model, with_usage=False, index=k)
 
-    def _tapped(self, flight: Flight) -> Iterator[Item]:
+    def _tapped(self, flight: Flight, k: int) -> Iterator[Item]:
         for item in self.gateway.events(flight):
             if item is not None and isinstance(item[1], Done):
-                self.usages.append(item[1].usage)
+                self.usages[k] = item[1].usage
             yield item
 
     def open_first(self) -> Generator[bytes]:
         """As sse.open_stream: an error before the first token is the HTTP status."""
-        items = self._tapped(self.flights[0])
+        items = self._tapped(self.flights[0], 0)
         head = read_head(items)
         last = head[-1] if head else None
         if last is not None and isinstance(last[1], Failed):
@@ -174,25 +179,50 @@ class MergedStream:
         self.handed = 1
         return stream_events(self.flights[0], self._format(0), itertools.chain(head, items), self.gateway, self.metrics)
 
-    def chunks(self) -> Iterator[bytes]:
+    def _pump(self, k: int, body: Generator[bytes], out: queue.Queue, stop: threading.Event) -> None:
+        """One choice's chunks into `out`, then (k, None); stops at the next chunk once `stop` is set (a
+        quiet stream yields a keep-alive every tick, so that is soon). Its stream releases its job."""
+        started = False
         try:
-            for k, flight in enumerate(self.flights):
-                if k:
-                    self.handed = k + 1
-                    body = stream_events(flight, self._format(k), self._tapped(flight), self.gateway, self.metrics)
-                else:
-                    body = self.first
-                with contextlib.closing(body):  # a client gone mid-choice: that choice's stream lets go of it now
-                    for chunk in body:
-                        if chunk != DONE_LINE:
-                            yield chunk
-                if len(self.usages) <= k:  # this choice failed and said so: the rest will not come
+            for chunk in body:
+                started = True
+                out.put((k, chunk))
+                if stop.is_set():
                     break
+        except Exception:
+            log.exception("choice %d of %s broke", k, self.fmt.rid)
+        finally:
+            body.close()
+            if not started:  # a generator closed before it ran has no finally to run: release here
+                self.gateway.release(self.flights[k], finished=False)
+            out.put((k, None))
+
+    def chunks(self) -> Iterator[bytes]:
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        bodies = [self.first]
+        bodies += [stream_events(f, self._format(k), self._tapped(f, k), self.gateway, self.metrics)
+                   for k, f in enumerate(self.flights) if k]  # fmt: skip
+        try:
+            for k, body in enumerate(bodies):
+                threading.Thread(target=self._pump, args=(k, body, out, stop), name=f"choice-{k}", daemon=True).start()
+                self.handed = k + 1
+            running = len(bodies)
+            while running:
+                k, chunk = out.get()
+                if chunk is None:
+                    running -= 1
+                    if k not in self.usages:  # this choice failed and said so: the others will not be answered
+                        break
+                elif chunk != DONE_LINE:
+                    yield chunk
             if self.fmt.with_usage and len(self.usages) == len(self.flights):
-                yield sse(self.fmt.usage(Done("stop", merged_usage(self.usages, self.n))))
+                usages = [self.usages[k] for k in range(len(self.flights))]
+                yield sse(self.fmt.usage(Done("stop", merged_usage(usages, self.n))))
             yield DONE_LINE
         finally:
-            for flight in self.flights[self.handed :]:
+            stop.set()
+            for flight in self.flights[self.handed :]:  # never handed to a pump (a failure while starting them)
                 self.gateway.release(flight, finished=False)
 
 
