@@ -68,11 +68,14 @@ def grammar_for(response_format: dict | None):
 
 
 def logprob_entry(llm, token: int, piece: bytes, top: int) -> dict:
-    """OpenAI's logprobs entry for a token just sampled: log-softmax of the logits it was drawn from, which
-    llama-cpp-python keeps in the row of the last evaluated position until the token itself is evaluated."""
+    """OpenAI's logprobs entry for a token just sampled: log-softmax of the logits it was drawn from (the
+    context's last output row: `generate` yields a token before it evaluates it). llama-cpp-python keeps no
+    copy of them without logits_all, which would cost a vocabulary-sized row per prompt token."""
+    import llama_cpp
     import numpy as np
 
-    logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+    row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    logits = np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).astype(np.float64)
     logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
     best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
     best = best[np.argsort(-logprobs[best])]

@@ -1,5 +1,5 @@
 """The in-process llama.cpp engine's column of the README's parameter table, over HTTP with the openai SDK:
-a JSON schema enforced by its grammar, the vendor extras, and tools or logprobs refused with a 400 that
+a JSON schema enforced by its grammar, logprobs, the vendor extras, and tools refused with a 400 that
 names the parameter, streamed or not (the refusal comes before the first token, so it is the status)."""
 
 from __future__ import annotations
@@ -58,15 +58,24 @@ def test_vendor_extras_reach_the_sampler(client: openai.OpenAI) -> None:
     assert top1.choices[0].message.content == greedy.choices[0].message.content
 
 
+def test_logprobs_from_the_logits_each_token_was_drawn_from(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = r.choices[0].logprobs.content
+    assert (
+        len(content) == r.usage.completion_tokens and "".join(t.token for t in content) == r.choices[0].message.content
+    )
+    assert all(t.top_logprobs[0].token == t.token and t.logprob <= 0 for t in content)  # greedy: the top token
+    c = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=3, temperature=0, logprobs=2)
+    assert len(c.choices[0].logprobs.tokens) == 3 and "".join(c.choices[0].logprobs.tokens) == c.choices[0].text
+
+
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize(
-    ("extra", "param"),
-    [({"tools": [TOOL]}, "tools"), ({"logprobs": True, "top_logprobs": 2}, "logprobs")],
-)
-def test_what_the_engine_lacks_is_a_400_naming_it(client: openai.OpenAI, extra: dict, param: str, stream: bool) -> None:
+def test_tools_are_a_400_naming_them(client: openai.OpenAI, stream: bool) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        r = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, stream=stream, **extra)
+        r = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, stream=stream, tools=[TOOL])
         if stream:
             list(r)
     body = refused.value.body
-    assert refused.value.status_code == 400 and body["param"] == param and body["code"] == "unsupported_parameter"
+    assert refused.value.status_code == 400 and body["param"] == "tools" and body["code"] == "unsupported_parameter"
