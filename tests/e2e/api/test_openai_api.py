@@ -112,7 +112,7 @@ def error_of(resp: httpx.Response) -> dict:
         ({"model": MODEL}, "messages"),
         ({"model": MODEL, "messages": HI, "temperature": 3.0}, "temperature"),
         ({"model": MODEL, "messages": HI, "max_tokens": "x"}, "max_tokens"),
-        ({"model": MODEL, "messages": HI, "n": 3}, "n"),
+        ({"model": MODEL, "messages": HI, "n": 9}, "n"),  # over MAX_N (8)
         ({"model": MODEL, "messages": HI, "max_tokens": 100_000}, "max_tokens"),
     ],
 )
