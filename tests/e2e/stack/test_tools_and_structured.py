@@ -178,6 +178,32 @@ def test_streamed_tool_calls_come_as_openai_deltas(client: openai.OpenAI) -> Non
     assert isinstance(json.loads(arguments)["city"], str)
 
 
+def test_auto_tool_calls_parsed_by_llama_server_streamed_and_not(client: openai.OpenAI) -> None:
+    """tool_choice auto is the model's own choice, which llama-server parses from its <tool_call> output.
+    Alone, 135M never calls; after two example turns that did, it calls (measured, greedy)."""
+
+    def example(n: int, city: str) -> list[dict]:
+        call = {"id": f"call_{n}", "type": "function",
+                "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}  # fmt: skip
+        return [{"role": "user", "content": f"Weather in {city}?"}, {"role": "assistant", "tool_calls": [call]}]
+
+    messages = [*example(1, "Rome"), *example(2, "Oslo"), {"role": "user", "content": "Weather in Paris?"}]
+    body = {"model": MODEL, "messages": messages, "tools": [WEATHER], "max_tokens": 60, "temperature": 0}
+    whole = client.chat.completions.create(**body, tool_choice="auto")
+    assert whole.choices[0].finish_reason == "tool_calls" and whole.choices[0].message.content is None
+    (call,) = whole.choices[0].message.tool_calls or []
+    assert call.id.startswith("call_") and call.function.name == "get_weather"  # llama-server's own ids, prefixed
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+    deltas, finish = [], None
+    for chunk in client.chat.completions.create(**body, tool_choice="auto", stream=True):
+        for choice in chunk.choices:
+            deltas.extend(choice.delta.tool_calls or [])
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and deltas[0].id and deltas[0].id.startswith("call_")
+    assert json.loads("".join(d.function.arguments or "" for d in deltas if d.function)) == {"city": "Paris"}
+
+
 def test_chat_logprobs_streamed_and_not(client: openai.OpenAI) -> None:
     body = {"model": MODEL, "messages": ASK, "max_tokens": 4, "temperature": 0, "logprobs": True, "top_logprobs": 3}
     whole = client.chat.completions.create(**body)
