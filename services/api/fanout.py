@@ -13,6 +13,7 @@ OpenAI's do), then one usage chunk and one `[DONE]` for the whole stream.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import queue
@@ -26,6 +27,7 @@ from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
+from services.api.queue_wait import QueueWait
 from services.api.sse import DONE_LINE, ChunkFormat, Item, read_head, sse, stream_events
 from services.common.errors import InvalidRequest, RateLimited, from_status
 from services.common.events import Delta, Done, Failed, Usage
@@ -131,9 +133,17 @@ class IndexedFormat(ChunkFormat):
         return self._at(super().closing(finish))
 
 
-def stream(flights: list[Flight], n: int, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics) -> Iterator[bytes]:
+def stream(
+    flights: list[Flight],
+    n: int,
+    fmt: ChunkFormat,
+    gateway: Gateway,
+    metrics: ApiMetrics,
+    wait: QueueWait | None = None,
+) -> Iterator[bytes]:
     """The merged SSE body, or (decided by the first choice, before any byte) the HTTP error instead."""
     merge = MergedStream(flights, n, fmt, gateway, metrics)
+    merge.wait = wait
     try:
         merge.first = merge.open_first()
     except BaseException:
@@ -157,13 +167,15 @@ class MergedStream:
         self.first: Generator[bytes] = iter_nothing()
         self.handed = 0
         """Choices whose stream (or pump) took over their release."""
+        self.wait: QueueWait | None = None
+        """The first choice's queue clock, for x-queue-wait-ms (queue_wait.py)."""
 
     def _format(self, k: int) -> ChunkFormat:
         f = self.fmt
         return IndexedFormat(f.chat, f.rid, f.created, f.model, with_usage=False, index=k)
 
     def _tapped(self, flight: Flight, k: int) -> Iterator[Item]:
-        for item in self.gateway.events(flight):
+        for item in self.gateway.events(flight, self.wait if k == 0 else None):
             if item is not None and isinstance(item[1], Done):
                 self.usages[k] = item[1].usage
             yield item
@@ -248,12 +260,13 @@ def serve(
         metrics.rejected(exc.code or "rate_limited")
         raise
     clock.enqueued()
+    wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms: the last choice's, a stream's first
     fmt = ChunkFormat(resource.chat, job.request_id, int(job.accepted_at), job.model, body.include_usage())
     if body.stream:
-        resp.stream = stream(flights, body.n, fmt, gateway, metrics)
+        resp.stream = stream(flights, body.n, fmt, gateway, metrics, wait)
         resp.content_type = "text/event-stream; charset=utf-8"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         return
-    resp.media = collect(flights, body.n, fmt, clock, resource._collect, gateway)
+    resp.media = collect(flights, body.n, fmt, clock, functools.partial(resource._collect, wait=wait), gateway)
     metrics.gateway_overhead(job.model, clock.seconds())

@@ -157,3 +157,29 @@ def test_a_long_queue_is_read_up_to_its_walk(stack, redis_client, monkeypatch):
     redis_client.rpush(Queue(keys.queue_name(model), connection=redis_client).key, *[f"x{i}" for i in range(5)])
     queue = client.simulate_get("/v1/system/status").json["models"][model]
     assert queue["queued"] == 5 and queue["queued_by_key"] == {"(no key)": 3, "(not read)": 2}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_n_choices_say_their_queue_wait_too(stack, redis_client, stream: bool):
+    """n=2 is two jobs: each waits 0.6 s more than the one before; the header says a choice's real wait."""
+    client, model = stack
+
+    def work() -> None:
+        queue = Queue(keys.queue_name(model), connection=redis_client)
+        deadline = time.monotonic() + 5
+        while len(queue.job_ids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for rid in queue.job_ids:
+            time.sleep(0.6)
+            redis_client.lrem(queue.key, 0, rid)
+            answer_hello(StreamPublisher(redis_client, rid, 60, time.time() + 30))
+
+    threading.Thread(target=work, daemon=True).start()
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 8, "stream": stream}
+    result = client.simulate_post("/v1/chat/completions", json=body)
+    assert result.status_code == 200, result.text
+    waited = int(result.headers[HEADER])
+    if stream:  # its headers leave with the first choice's first chunk
+        assert 600 <= waited < 1200 and '"index":1' in result.text
+    else:  # the answer needed both: the last one's wait
+        assert 1200 <= waited < 5000 and len(result.json["choices"]) == 2
