@@ -69,6 +69,7 @@ class ApiMetrics:
             buckets=buckets.OVERHEAD,
             registry=r,
         )
+        self._models: set[str] = set()
         self.rejects = Counter(
             PREFIX + "admission_rejects", "Requests refused before enqueue, by reason.", ("reason",), registry=r
         )
@@ -88,6 +89,9 @@ class ApiMetrics:
 
     def responded(self, route: str, method: str, status: str, seconds: float | None, model: str = "") -> None:
         self.requests.labels(route, method, status, model).inc()
+        if model and model not in self._models:  # its disconnect counter at 0, so a first one is an increase
+            self._models.add(model)
+            self.disconnects.labels(model)
         if seconds is not None:
             self.latency.labels(route, method).observe(seconds)
         if self.recent is not None and status.isdigit():

@@ -21,6 +21,7 @@ from services.common.events import Usage
 
 PREFIX = "inference_"
 LABELS = ("model_name", "engine", "worker")
+REASONS = ("stop", "length", "abort", "error")
 
 
 class WorkerMetrics:
@@ -30,6 +31,7 @@ class WorkerMetrics:
     def __init__(self, engine: str, registry: CollectorRegistry | None = None, worker: str = "") -> None:
         self.engine = engine
         self.worker = worker
+        self._seen: set[tuple[str, str, str]] = set()
         self.registry = registry or CollectorRegistry()
         r = self.registry
 
@@ -53,7 +55,12 @@ class WorkerMetrics:
         )
 
     def _labels(self, model: str) -> tuple[str, str, str]:
-        return model, self.engine, self.worker
+        labels = (model, self.engine, self.worker)
+        if labels not in self._seen:  # every reason at 0 from the first job, so a first abort is an increase
+            self._seen.add(labels)
+            for reason in REASONS:
+                self._success.labels(*labels, reason)
+        return labels
 
     def queue_time(self, model: str, seconds: float) -> None:
         self._queue.labels(*self._labels(model)).observe(max(0.0, seconds))

@@ -163,6 +163,11 @@ def test_every_dashboard_panel_has_data(stack: NativeStack) -> None:
     assert by_query["max(redis_up)"] == (("", 1.0),) and by_query["max(nginx_up)"] == (("", 1.0),)
     assert by_query["sum(nginx_connections_active)"][0][1] > 1  # the streams of the load hold connections
     assert top[("inference-overview.json", "Redis commands/s")] > 0
+    # the client that hung up: a disconnect at the API, an abort at the worker (both counters start at 0)
+    (left,) = [r.series for r in results if "client_disconnects_total" in r.expr]
+    assert left[0][1] > 0, left
+    reasons = dict(next(r.series for r in results if r.title == "Finished requests by reason"))
+    assert reasons['{finished_reason="abort"}'] > 0 and reasons['{finished_reason="length"}'] > 0, reasons
     assert first[("inference-worker.json", "Running requests")] > 0
 
 
