@@ -22,7 +22,8 @@ def test_status_page_and_api_share_the_one_proxied_location(tmp_path: Path) -> N
     locations are nginx's own health check and its named error pages, so no new route needs an nginx edit."""
     layout = Layout(tmp_path, tmp_path / "logs")
     conf = nginx_conf.render(nginx_conf.TEMPLATE.read_text(), nginx_conf.native_values(Settings(), layout))
-    locations = re.findall(r"^\s*location\s+([^{]+?)\s*\{", conf, flags=re.M)
+    api_server = conf[: conf.index("listen " + nginx_conf.native_values(Settings(), layout)["NGINX_STATUS_LISTEN"])]
+    locations = re.findall(r"^\s*location\s+([^{]+?)\s*\{", api_server, flags=re.M)
     assert [loc for loc in locations if not loc.startswith("@")] == ["= /nginx/health", "/"]
     proxied = conf[conf.index("location / {") :]
     assert re.match(r"location / \{\s*proxy_pass http://api;", proxied)
