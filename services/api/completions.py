@@ -19,10 +19,10 @@ from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
 from services.api.queue_wait import QueueWait
-from services.api.sse import ChunkFormat, open_stream
+from services.api.sse import ChunkFormat, open_stream, respond_with
 from services.common import tracing
 from services.common.catalog import Catalog
-from services.common.errors import ClientGone, RateLimited, from_status
+from services.common.errors import ClientGone, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
@@ -102,11 +102,8 @@ class CompletionResource:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         if fanout.wanted(body):  # n > 1 or a prompt list: one job per choice, merged
             return fanout.serve(self, req, resp, body, job, clock)
-        try:
+        with self.metrics.counting_rejections():
             flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-        except RateLimited as exc:
-            self.metrics.rejected(exc.code or "rate_limited")
-            raise
         clock.enqueued()
         req.context.quota = flight.admitted.quota if flight.admitted else None  # x-ratelimit-* (ratelimit.py)
         wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms (queue_wait.py)
@@ -119,10 +116,7 @@ class CompletionResource:
         )
         fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
         if body.stream:
-            resp.stream = open_stream(flight, fmt, self.gateway, self.metrics, clock, wait)  # raises a 4xx/5xx
-            resp.content_type = "text/event-stream; charset=utf-8"
-            resp.set_header("Cache-Control", "no-cache")
-            resp.set_header("X-Accel-Buffering", "no")
+            respond_with(resp, open_stream(flight, fmt, self.gateway, self.metrics, clock, wait))  # raises a 4xx/5xx
             return
         resp.media = self._collect(flight, fmt, clock, wait)
         self.metrics.gateway_overhead(model_id, clock.seconds())

@@ -22,7 +22,7 @@ from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
 from services.common.catalog import Catalog
-from services.common.errors import ClientGone, InvalidRequest, RateLimited, from_status
+from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Done, Embedded, Failed, Usage, unpack_vector
 from services.common.jobs import Job, SamplingParams
 from services.common.schemas import parse
@@ -109,11 +109,8 @@ class EmbeddingsResource:
             key_name=req.context.get("key_name"),
         )
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
-        try:
+        with self.metrics.counting_rejections():
             flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-        except RateLimited as exc:
-            self.metrics.rejected(exc.code or "rate_limited")
-            raise
         clock.enqueued()
         log.info("request %s model=%s inputs=%d", job.request_id, model_id, len(job.inputs))
         resp.media = self._collect(flight, body.encoding_format, clock)

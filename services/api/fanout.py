@@ -28,8 +28,8 @@ from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
 from services.api.queue_wait import QueueWait
-from services.api.sse import DONE_LINE, ChunkFormat, Item, read_head, sse, stream_events
-from services.common.errors import InvalidRequest, RateLimited, from_status
+from services.api.sse import DONE_LINE, ChunkFormat, Item, read_head, respond_with, sse, stream_events
+from services.common.errors import InvalidRequest, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import Job
 from services.common.schemas import SEED_MAX, ChatCompletionRequest, CompletionRequest
@@ -254,19 +254,13 @@ def serve(
     def submit(one: Job) -> Flight:
         return gateway.submit(one, req.env.get("gunicorn.socket"), req.context.get("api_key"))
 
-    try:
+    with metrics.counting_rejections():
         flights = submit_all(jobs, submit, gateway)
-    except RateLimited as exc:
-        metrics.rejected(exc.code or "rate_limited")
-        raise
     clock.enqueued()
     wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms: the last choice's, a stream's first
     fmt = ChunkFormat(resource.chat, job.request_id, int(job.accepted_at), job.model, body.include_usage())
     if body.stream:
-        resp.stream = stream(flights, body.n, fmt, gateway, metrics, wait)
-        resp.content_type = "text/event-stream; charset=utf-8"
-        resp.set_header("Cache-Control", "no-cache")
-        resp.set_header("X-Accel-Buffering", "no")
+        respond_with(resp, stream(flights, body.n, fmt, gateway, metrics, wait))
         return
     resp.media = collect(flights, body.n, fmt, clock, functools.partial(resource._collect, wait=wait), gateway)
     metrics.gateway_overhead(job.model, clock.seconds())

@@ -9,6 +9,7 @@ Under gunicorn each process writes its samples to PROMETHEUS_MULTIPROC_DIR and /
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from services.api.overhead import HEADER as OVERHEAD_HEADER
 from services.api.overhead import GatewayClock
 from services.api.traffic import RecentTraffic
 from services.common import buckets
+from services.common.errors import RateLimited
 
 PREFIX = "inference_gateway_"
 ADMISSION_REASONS = ("queue_full", "too_many_requests")
@@ -110,6 +112,15 @@ class ApiMetrics:
 
     def rejected(self, reason: str) -> None:
         self.rejects.labels(reason).inc()
+
+    @contextlib.contextmanager
+    def counting_rejections(self) -> Iterator[None]:
+        """Around a submit: a 429 from admission is counted by its reason, then raised on."""
+        try:
+            yield
+        except RateLimited as exc:
+            self.rejected(exc.code or "rate_limited")
+            raise
 
 
 def _tracked(body: Iterable[bytes], gauge: Gauge) -> Iterator[bytes]:

@@ -26,8 +26,9 @@ from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
 from services.api.responses_stream import Build, ResponseOutput, final_status, open_response_stream
+from services.api.sse import respond_with
 from services.common.catalog import Catalog
-from services.common.errors import ClientGone, InvalidRequest, RateLimited, from_status
+from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.schemas import FunctionName, parse
@@ -320,11 +321,8 @@ class ResponsesResource:
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         if self.settings.log_prompts:
             log.info("request %s input: %s", rid, job.messages)
-        try:
+        with self.metrics.counting_rejections():
             flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-        except RateLimited as exc:
-            self.metrics.rejected(exc.code or "rate_limited")
-            raise
         clock.enqueued()
         log.info("request %s model=%s stream=%s", rid, model_id, body.stream)
 
@@ -334,10 +332,7 @@ class ResponsesResource:
             )
 
         if body.stream:
-            resp.stream = open_response_stream(flight, build, self.gateway, self.metrics)  # raises a 4xx/5xx
-            resp.content_type = "text/event-stream; charset=utf-8"
-            resp.set_header("Cache-Control", "no-cache")
-            resp.set_header("X-Accel-Buffering", "no")
+            respond_with(resp, open_response_stream(flight, build, self.gateway, self.metrics))  # raises a 4xx/5xx
             return
         resp.media = self._collect(flight, build, clock)
         self.metrics.gateway_overhead(model_id, clock.seconds())

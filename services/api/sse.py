@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import falcon
 import redis
 
 from services.api import shapes
@@ -33,6 +34,14 @@ KEEPALIVE = b": keep-alive\n"
 """A comment line with no blank line after it: it keeps proxies' read timeouts alive and dispatches
 nothing. With a blank line, clients that remember the last `id:` (the openai package) would dispatch an
 empty event and fail to parse it."""
+
+
+def respond_with(resp: falcon.Response, body: Iterable[bytes]) -> None:
+    """Answer with an event stream that neither a client cache nor nginx's proxy buffer holds back."""
+    resp.stream = body
+    resp.content_type = "text/event-stream; charset=utf-8"
+    resp.set_header("Cache-Control", "no-cache")
+    resp.set_header("X-Accel-Buffering", "no")
 
 
 def sse(data: dict, event_id: str | None = None) -> bytes:
