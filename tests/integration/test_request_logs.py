@@ -78,7 +78,8 @@ def test_request_id_on_api_and_worker_lines_no_prompt_and_overhead_header(redis_
     model = next(m for m in catalog.models if m != catalog.default)  # the e2e suite's workers serve the default
     record = WorkerRecord(id="w1", host="h", pid=1, engine="x", device="cpu", models=(model,), slots=8, busy=0,
                           started_at=time.time())  # fmt: skip
-    Registry(redis_client, 60).beat(record)
+    registry = Registry(redis_client, 60)
+    registry.beat(record)
     api = testing.TestClient(create_app(settings, redis.Redis.from_url(redis_url), catalog))
     stop = threading.Event()
     worker = threading.Thread(target=fake_worker, args=(redis.Redis.from_url(redis_url), model, stop), daemon=True)
@@ -92,6 +93,7 @@ def test_request_id_on_api_and_worker_lines_no_prompt_and_overhead_header(redis_
     finally:
         stop.set()
         worker.join(5)
+        registry.remove(record.id)  # else the e2e tests sharing this Redis list the model for a minute
     assert reply.status_code == 200 and reply.headers["X-Request-ID"] == rid
     overhead = float(reply.headers[HEADER])
     assert 0 <= overhead < total_ms, (overhead, total_ms)

@@ -41,8 +41,10 @@ def stack(redis_client, redis_url) -> Iterator[tuple[falcon.testing.TestClient, 
     record = WorkerRecord(
         id="w1", host="h", pid=1, engine="llama_cpp", device="cpu", models=(model,), slots=2, busy=0, started_at=0
     )
-    Registry(client, ttl=30).beat(record)
+    registry = Registry(client, ttl=30)
+    registry.beat(record)
     yield falcon.testing.TestClient(create_app(settings, client, catalog)), model
+    registry.remove(record.id)  # or /v1/models of the e2e tests that share this Redis lists the model for 30 s
     client.close()
 
 
