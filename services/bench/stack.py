@@ -56,6 +56,7 @@ def bench_settings(run_dir: Path, **overrides: object) -> Settings:
         "api_base_port": free_run(base.api_replicas),
         "worker_metrics_port": free_port(),
         "prometheus_port": free_port(),
+        "nginx_status_port": free_port(),
         "redis_url": f"redis://127.0.0.1:{free_port()}/0",
         "redis_password": "",
         "redis_bind": "127.0.0.1",
@@ -90,7 +91,9 @@ def private_stack(
             if proc.name.startswith("api-"):
                 launcher.start(proc.name, proc.argv, proc.env, proc.cwd)
                 api_urls.append(proc.ready_url.removesuffix("/health") if proc.ready_url else "")
-        worker_env = {k: v for k, v in redis_proc.env.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "API_REPLICA")}
+        # an API replica's environment has Redis's URL and password (redis-server's own has neither)
+        api_env = stack.proc("api-1").env
+        worker_env = {k: v for k, v in api_env.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "API_REPLICA")}
         metrics_port = str(settings.worker_metrics_port)
         argv = [sys.executable, *worker_argv, "--metrics-port", metrics_port, "--worker-id", f"bench-{label}"]
         launcher.start("worker", argv, worker_env, ROOT)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.stack import exporters
 from services.stack.procfile import settings_env
 from tests.conftest import ROOT, RUN_DIR
 from tests.support.native_stack import child_env, e2e_settings
@@ -61,8 +62,11 @@ def test_up_serves_and_stops_everything(signum: signal.Signals) -> None:
         wait_until(lambda: httpx.get(prometheus).status_code == 200, 30, "prometheus", launcher)
         system_log = (settings.log_dir / "system.log").read_text()
         pids = [int(p) for p in re.findall(r"started \(pid=(\d+)\)", system_log)]
-        assert len(pids) == 5  # redis, api-1, api-2, nginx, prometheus
-        for name in ("redis", "api-1", "api-2", "nginx", "prometheus"):
+        # redis, api-1, api-2, nginx, prometheus, and Redis's and nginx's exporters where installed
+        names = ["redis", "api-1", "api-2", "nginx", "prometheus"]
+        names += [e.name for e in exporters.native(settings, env, settings.redis_url)]
+        assert len(pids) == len(names)
+        for name in names:
             assert (settings.log_dir / f"{name}.log").stat().st_size > 0, name
         os.kill(launcher.pid, signum)  # as Ctrl-C (to the launcher alone) or a service manager would
         launcher.wait(60)
