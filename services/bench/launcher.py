@@ -64,8 +64,19 @@ class Launcher:
             proc.wait(5)
 
     def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
+        """Stop everything; a SIGTERM or Ctrl-C meanwhile is held until the last process is stopped, then
+        delivered (raised mid-way, it left the rest of the stack running, orphaned)."""
+        held: list[int] = []
+        wanted = (signal.SIGTERM, signal.SIGINT)
+        before = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in wanted}
+        try:
+            for name in reversed(list(self.procs)):
+                self.stop(name)
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+            for signum in held[:1]:
+                signal.raise_signal(signum)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -36,7 +36,14 @@ LEVEL_FIELDS = {
 def bench(out: Path, *args: str, timeout: float = 180) -> dict:
     """Run the CLI as `make bench` does and return the one JSON file it wrote."""
     cmd = [sys.executable, "-m", "services.bench", "--out", str(out), *args]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the bench stops its private stack (subprocess.run's SIGKILL orphaned it)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"bench ran past {timeout} s: {stdout[-3000:]}{stderr[-3000:]}")
+    done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = out.glob("bench-*.json")
     return json.loads(path.read_text()) | {"_stdout": done.stdout}
