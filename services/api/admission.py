@@ -201,10 +201,10 @@ class Admission:
         ids = {job.request_id, flight.rid}  # a retried request's first attempt left its tag under its own id
         pipe.hdel(keys.fair(job.model), *(f"{field}:{i}" for i in sorted(ids) for field in ("j", "o")))
         if flight.usage is not None and job.key_name and self.usage is not None:
-            self.usage.record(pipe, job.key_name, flight.usage)
+            self.usage.record(pipe, job.key_name, flight.usage, request=job.choice == 0, prompt=job.prompt_counted)
         quota = flight.admitted.quota if flight.admitted is not None else None
         if quota is not None and quota.tokens and flight.usage is not None and self.limiter is not None:
-            used = flight.usage.prompt_tokens + flight.usage.completion_tokens
+            used = flight.usage.completion_tokens + (flight.usage.prompt_tokens if job.prompt_counted else 0)
             self.limiter.settle(quota.limits, quota.tokens, used)  # unfinished: the estimate stays charged
 
     def inflight(self) -> int:
@@ -213,20 +213,3 @@ class Admission:
     def inflight_of(self, key_name: str) -> int:
         """Requests of one key in flight now (queued or running), across replicas."""
         return int(self.redis.zcount(keys.key_inflight(key_name), time.time(), "+inf"))
-
-    def waiting_by_key(self, model_id: str, queue_key: str) -> dict[str, int]:
-        """Jobs waiting in a model's queue per key name ('' = no key, or a retried job), across replicas:
-        for the visible queue (/v1/system/status). Two round trips; the first FAIR_WALK jobs are counted."""
-        ids = self.redis.lrange(queue_key, 0, FAIR_WALK - 1)
-        if not ids:
-            return {}
-        owners = self.redis.hmget(keys.fair(model_id), [b"o:" + _raw(i) for i in ids])
-        counts: dict[str, int] = {}
-        for owner in owners:
-            name = _raw(owner).decode() if owner is not None else ""
-            counts[name] = counts.get(name, 0) + 1
-        return counts
-
-
-def _raw(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()

@@ -12,7 +12,7 @@ from typing import Any
 
 import falcon
 
-from services.api import auth, fanout, shapes
+from services.api import auth, fanout, intake, shapes
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.leases import Flight
@@ -20,7 +20,6 @@ from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
 from services.api.queue_wait import QueueWait
 from services.api.sse import ChunkFormat, open_stream, respond_with
-from services.common import tracing
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, from_status
 from services.common.events import Delta, Done, Failed, Usage
@@ -96,17 +95,12 @@ class CompletionResource:
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         job = self._job(body, model_id, rid, getattr(req.context, "request_id", None), req.context.get("key_name"))
-        job = tracing.stamp(job)  # the worker's spans join this request's trace (a no-op when tracing is off)
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         if fanout.wanted(body):  # n > 1 or a prompt list: one job per choice, merged
             return fanout.serve(self, req, resp, body, job, clock)
-        with self.metrics.counting_rejections():
-            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-        clock.enqueued()
-        req.context.quota = flight.admitted.quota if flight.admitted else None  # x-ratelimit-* (ratelimit.py)
-        wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms (queue_wait.py)
+        flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",
             rid,
@@ -178,7 +172,7 @@ class CompletionResource:
 def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
     """What constrains or reports the decoding: logprobs, response_format and tools (chat only)."""
     if isinstance(body, CompletionRequest):
-        return {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0}
+        return {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0, "echo": body.echo}
     out: dict[str, Any] = {"logprobs": body.logprobs, "top_logprobs": body.top_logprobs or 0}
     if body.response_format is not None:
         out["response_format"] = body.response_format.to_wire()

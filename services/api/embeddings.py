@@ -15,12 +15,13 @@ from typing import Annotated, Literal
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.api import auth
+from services.api import auth, intake
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
+from services.api.queue_wait import QueueWait
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Done, Embedded, Failed, Usage, unpack_vector
@@ -109,19 +110,17 @@ class EmbeddingsResource:
             key_name=req.context.get("key_name"),
         )
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
-        with self.metrics.counting_rejections():
-            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-        clock.enqueued()
+        flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
         log.info("request %s model=%s inputs=%d", job.request_id, model_id, len(job.inputs))
-        resp.media = self._collect(flight, body.encoding_format, clock)
+        resp.media = self._collect(flight, body.encoding_format, clock, wait)
         self.metrics.gateway_overhead(model_id, clock.seconds())
 
-    def _collect(self, flight: Flight, encoding: str, clock: GatewayClock) -> dict:
+    def _collect(self, flight: Flight, encoding: str, clock: GatewayClock, wait: QueueWait) -> dict:
         job = flight.job
         vectors: tuple[str, ...] = ()
         finished = False
         try:
-            for item in self.gateway.events(flight):
+            for item in self.gateway.events(flight, wait):
                 if item is None:
                     continue
                 event = item[1]

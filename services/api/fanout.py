@@ -4,7 +4,9 @@ Each choice is an ordinary job (admitted, leased, cancelled like any other), so 
 batching runs the choices side by side. Choices are indexed as OpenAI does: prompt by prompt, n each
 (choice i*n+j is prompt i's j-th). Usage: completion tokens summed over the choices, prompt tokens
 counted once per prompt (the prompt is read once however many choices it has, as OpenAI and vLLM
-count). With a seed, choice j of a prompt samples with seed+j, so choices differ yet replay.
+count). The caller's key is charged the same way: one request for its RPM and usage, each prompt's
+tokens once (`Job.choice`, `Job.prompt_counted`). With a seed, choice j of a prompt samples with
+seed+j, so choices differ yet replay.
 
 Streaming sends every chunk with its choice's index as it is generated (the choices interleave, as
 OpenAI's do), then one usage chunk and one `[DONE]` for the whole stream.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import falcon
 
+from services.api import intake
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
@@ -39,7 +42,6 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from services.api.completions import CompletionResource
 
-Submit = Callable[[Job], Flight]
 Collect = Callable[[Flight, ChunkFormat, GatewayClock], dict]
 
 
@@ -60,7 +62,8 @@ def choice_jobs(body: ChatCompletionRequest | CompletionRequest, job: Job, max_n
     for prompt in prompts:
         for j in range(body.n):
             k = len(jobs)
-            update: dict = {"request_id": job.request_id if k == 0 else f"{job.request_id}-c{k}"}
+            update: dict = {"request_id": job.request_id if k == 0 else f"{job.request_id}-c{k}", "choice": k}
+            update["prompt_counted"] = j == 0
             if prompt is not None:
                 update["prompt"] = prompt
             seed = job.params.seed
@@ -70,19 +73,6 @@ def choice_jobs(body: ChatCompletionRequest | CompletionRequest, job: Job, max_n
                 )
             jobs.append(job.model_copy(update=update))
     return jobs
-
-
-def submit_all(jobs: list[Job], submit: Submit, gateway: Gateway) -> list[Flight]:
-    """Admit every choice or none: a refusal midway lets go of those already admitted."""
-    flights: list[Flight] = []
-    try:
-        for job in jobs:
-            flights.append(submit(job))
-    except BaseException:
-        for flight in flights:
-            gateway.release(flight, finished=False)
-        raise
-    return flights
 
 
 def merged_usage(usages: list[Usage], n: int) -> Usage:
@@ -250,14 +240,7 @@ def serve(
     metrics, settings and single-choice `_collect`)."""
     gateway, metrics = resource.gateway, resource.metrics
     jobs = choice_jobs(body, job, resource.settings.max_n)
-
-    def submit(one: Job) -> Flight:
-        return gateway.submit(one, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-
-    with metrics.counting_rejections():
-        flights = submit_all(jobs, submit, gateway)
-    clock.enqueued()
-    wait = req.context.queue_wait = QueueWait(job.accepted_at)  # x-queue-wait-ms: the last choice's, a stream's first
+    flights, wait = intake.enqueue(req, jobs, gateway, metrics, clock)  # x-queue-wait-ms: a stream's first choice's
     fmt = ChunkFormat(resource.chat, job.request_id, int(job.accepted_at), job.model, body.include_usage())
     if body.stream:
         respond_with(resp, stream(flights, body.n, fmt, gateway, metrics, wait))

@@ -105,11 +105,13 @@ def duration(seconds: float) -> str:
 
 
 def estimate_tokens(job: Job) -> int:
-    """Prompt estimate + max_tokens: what the request may use at most, roughly (an embedding job: its inputs)."""
+    """Prompt estimate + max_tokens: what the request may use at most, roughly (an embedding job: its inputs;
+    a prompt's further choice: max_tokens, its prompt is counted once)."""
     if job.kind == "chat":
-        return sum(len(m.content) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in job.messages) + job.params.max_tokens
+        prompt = sum(len(m.content) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in job.messages)
+        return prompt * job.prompt_counted + job.params.max_tokens
     if job.kind == "completion":
-        return len(job.prompt) // CHARS_PER_TOKEN + job.params.max_tokens
+        return len(job.prompt) // CHARS_PER_TOKEN * job.prompt_counted + job.params.max_tokens
     inputs = getattr(job, "inputs", ())
     return sum(len(i) // CHARS_PER_TOKEN + 1 if isinstance(i, str) else len(i) for i in inputs)
 
@@ -134,14 +136,15 @@ class RateLimiter:
 
     def charge(self, limits: KeyLimits, job: Job) -> Quota:
         """Take one request and the job's token estimate, or raise a 429 (with Retry-After and the headers)
-        having taken nothing."""
+        having taken nothing. A fanned-out request is one request however many choices: only its first
+        job takes it (`Job.choice`)."""
         quota = Quota(limits)
         tokens = estimate_tokens(job)
         if limits.rpm:
             item = RateLimitItemPerMinute(limits.rpm)
-            if not self.requests.hit(item, "requests", limits.name):
+            if job.choice == 0 and not self.requests.hit(item, "requests", limits.name):
                 self._refuse(quota, self._requests_window(limits, refused=True), 1)
-            quota.requests = 1
+            quota.requests = int(job.choice == 0)
             quota.windows.append(self._requests_window(limits))
         if limits.tpm:
             item = RateLimitItemPerMinute(limits.tpm)

@@ -19,12 +19,13 @@ from typing import Annotated, Any, Literal
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.api import auth
+from services.api import auth, intake
 from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
 from services.api.overhead import GatewayClock
+from services.api.queue_wait import QueueWait
 from services.api.responses_stream import Build, ResponseOutput, final_status, open_response_stream
 from services.api.sse import respond_with
 from services.common.catalog import Catalog
@@ -321,9 +322,7 @@ class ResponsesResource:
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         if self.settings.log_prompts:
             log.info("request %s input: %s", rid, job.messages)
-        with self.metrics.counting_rejections():
-            flight = self.gateway.submit(job, req.env.get("gunicorn.socket"), req.context.get("api_key"))
-        clock.enqueued()
+        flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
         log.info("request %s model=%s stream=%s", rid, model_id, body.stream)
 
         def build(status: str, output: list[dict], usage: Usage | None = None) -> dict:
@@ -332,18 +331,18 @@ class ResponsesResource:
             )
 
         if body.stream:
-            respond_with(resp, open_response_stream(flight, build, self.gateway, self.metrics))  # raises a 4xx/5xx
+            respond_with(resp, open_response_stream(flight, build, self.gateway, self.metrics, wait))
             return
-        resp.media = self._collect(flight, build, clock)
+        resp.media = self._collect(flight, build, clock, wait)
         self.metrics.gateway_overhead(model_id, clock.seconds())
 
-    def _collect(self, flight: Flight, build: Build, clock: GatewayClock) -> dict:
+    def _collect(self, flight: Flight, build: Build, clock: GatewayClock, wait: QueueWait) -> dict:
         job = flight.job
         output = ResponseOutput(job.request_id)
         first_token = True
         finished = False
         try:
-            for item in self.gateway.events(flight):
+            for item in self.gateway.events(flight, wait):
                 if item is None:
                     continue
                 event = item[1]

@@ -24,6 +24,7 @@ import redis
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
+from services.api.queue_wait import QueueWait
 from services.api.sse import KEEPALIVE, Item, read_head
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Failed
@@ -152,9 +153,12 @@ def _release(flight: Flight, gateway: Gateway, metrics: ApiMetrics, *, finished:
     gateway.release(flight, finished=finished)
 
 
-def open_response_stream(flight: Flight, build: Build, gateway: Gateway, metrics: ApiMetrics) -> Iterator[bytes]:
-    """The event stream, or the HTTP error that answers instead of it (see sse.open_stream)."""
-    items = gateway.events(flight)
+def open_response_stream(
+    flight: Flight, build: Build, gateway: Gateway, metrics: ApiMetrics, wait: QueueWait | None = None
+) -> Iterator[bytes]:
+    """The event stream, or the HTTP error that answers instead of it (see sse.open_stream); `wait`
+    learns when the job started, for x-queue-wait-ms."""
+    items = gateway.events(flight, wait)
     try:
         head = read_head(items)
     except BaseException:

@@ -37,11 +37,12 @@ class UsageBook:
         self.ttl_s = retention_days * 86_400 + 86_400  # the day itself, then the retention
         self.clock = clock
 
-    def record(self, pipe: Pipeline, key_name: str, usage: Usage) -> None:
-        """Add one finished request of `key_name` to today's hash (in the caller's round trip)."""
+    def record(self, pipe: Pipeline, key_name: str, usage: Usage, *, request: bool = True, prompt: bool = True) -> None:
+        """Add one finished job of `key_name` to today's hash (in the caller's round trip). A fanned-out
+        request's further choices add their completion tokens only (`request`, `prompt` false: see Job)."""
         day = keys.usage(self.clock())
-        pipe.hincrby(day, f"{key_name}|requests", 1)
-        pipe.hincrby(day, f"{key_name}|prompt_tokens", usage.prompt_tokens)
+        pipe.hincrby(day, f"{key_name}|requests", int(request))
+        pipe.hincrby(day, f"{key_name}|prompt_tokens", usage.prompt_tokens if prompt else 0)
         pipe.hincrby(day, f"{key_name}|completion_tokens", usage.completion_tokens)
         pipe.expire(day, self.ttl_s)
 

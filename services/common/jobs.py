@@ -58,6 +58,9 @@ class SamplingParams(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
     """Constraints on what may be decoded travel with the sampling: every engine gets them in one place."""
+    echo: bool = False
+    """Completions: the prompt comes first in the text, and with logprobs its tokens' entries come first
+    (engines/echo.py). The engine does it: prompt-token logprobs need its logits."""
 
 
 class Job(BaseModel):
@@ -82,6 +85,16 @@ class Job(BaseModel):
     key_name: str | None = Field(None, description="the name of the caller's API key, for limits and usage")
     traceparent: str | None = Field(
         None, description="W3C trace context of the API's span (services/common/tracing.py), when tracing is on"
+    )
+    choice: int = Field(
+        0,
+        description="the job's index among its request's choices (n > 1, prompt lists); only choice 0 counts"
+        " as a request for the key's RPM and usage, as OpenAI counts a request whatever its n",
+    )
+    prompt_counted: bool = Field(
+        True,
+        description="False for a prompt's second and later choices: the prompt is read once, so its tokens"
+        " count once for the key's usage and TPM, as the merged answer's usage counts them",
     )
 
     def next_attempt(self, client_request_id: str) -> Job:

@@ -7,6 +7,7 @@ import time
 import pytest
 from rq import Queue
 
+from services.api import queue_view
 from services.api.admission import Admission
 from services.api.gateway import Gateway
 from services.api.ratelimit import RateLimiter, duration
@@ -73,10 +74,7 @@ def test_one_keys_flood_does_not_starve_anothers_request(redis_client, fair):
         assert order == ["a1", "b0", *[f"a{i}" for i in range(2, 40)]]
     else:
         assert order[-1] == "b0" and late.admitted.position == 39
-    assert gw.admission.waiting_by_key(MODEL, Queue(keys.queue_name(MODEL), connection=redis_client).key) == {
-        "team-a": 39,
-        "team-b": 1,
-    }
+    assert queue_view.waiting(redis_client, MODEL).by_key == {"team-a": 39, "team-b": 1}, "as /v1/system/status shows"
 
 
 def test_round_robin_between_floods_and_priority_weights(redis_client):

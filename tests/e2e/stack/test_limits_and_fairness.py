@@ -25,6 +25,7 @@ from services.common.redis_client import tls_options
 from services.keys import store
 from tests.conftest import RUN_DIR
 from tests.support.native_stack import NativeStack, e2e_settings, native_stack
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-3-270m"
@@ -42,7 +43,9 @@ KEYS = {
     "acct": {},
     "team-a": {},
     "team-b": {},
+    "routes": {"rpm": 50, "tpm": 100_000},
 }
+EMBEDDER = "all-minilm-l6-v2"
 
 
 def record(name: str, value: object) -> None:
@@ -65,7 +68,7 @@ def start(label: str, **overrides: object) -> Iterator[tuple[NativeStack, dict[s
 
 @pytest.fixture(scope="module")
 def stack(gemma_path: object) -> Iterator[tuple[NativeStack, dict[str, str]]]:
-    yield from start("limits")
+    yield from start("limits", embedding_model=EMBEDDER)  # /v1/embeddings is limited like the others
 
 
 def auth(key: str) -> dict[str, str]:
@@ -143,6 +146,41 @@ def test_concurrent_requests_per_key(stack) -> None:
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limit_exceeded"
         assert long.result().status_code == 200
     assert complete(running.url, made["one"]).status_code == 200, "free again once the first one finished"
+
+
+def test_every_route_is_limited_counted_once_and_says_so(stack) -> None:
+    """Fanned-out choices (n > 1, a prompt list), /v1/responses and /v1/embeddings are admitted like a plain
+    completion: the key's RPM takes each request once however many choices it has, every answer carries the
+    key's x-ratelimit-* headers and x-queue-wait-ms, and the key's usage is what the answers reported
+    (a prompt's tokens once for its n choices, as the merged usage counts them)."""
+    running, made = stack
+    headers = auth(made["routes"])
+    models = lambda: httpx.get(f"{running.url}/v1/models", headers=headers).json()["data"]  # noqa: E731
+    wait_until(lambda: any(m["id"] == EMBEDDER for m in models()), 120, "the embedding worker")
+    calls = [
+        ("/v1/completions", {**COUNTING, "max_tokens": 2, "n": 3}),
+        ("/v1/completions", {**COUNTING, "prompt": ["1, 2,", "a, b, c,"], "max_tokens": 2, "n": 2}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Count: 1, 2,"}],
+                                  "max_tokens": 2, "n": 2}),
+        ("/v1/responses", {"model": MODEL, "input": "Count: 1, 2,", "max_output_tokens": 16}),
+        ("/v1/embeddings", {"model": EMBEDDER, "input": ["one", "two words"]}),
+    ]  # fmt: skip
+    served = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    remaining = []
+    for path, body in calls:
+        reply = httpx.post(f"{running.url}{path}", json=body, headers=headers, timeout=120)
+        assert reply.status_code == 200, (path, reply.text)
+        assert reply.headers["x-ratelimit-limit-requests"] == "50" and "x-ratelimit-remaining-tokens" in reply.headers
+        assert 0 <= int(reply.headers["x-queue-wait-ms"]) < 120_000, path
+        remaining.append(int(reply.headers["x-ratelimit-remaining-requests"]))
+        usage = reply.json()["usage"]
+        served["requests"] += 1
+        served["prompt_tokens"] += usage.get("prompt_tokens", usage.get("input_tokens"))
+        served["completion_tokens"] += usage.get("completion_tokens", usage.get("output_tokens", 0))
+    assert remaining == list(range(49, 49 - len(calls), -1)), f"one request each, whatever n: {remaining}"
+    row = next(r for r in httpx.get(f"{running.url}/v1/usage", headers=auth(made["ops"])).json()["data"]
+               if r["key"] == "routes")  # fmt: skip
+    assert {k: row[k] for k in served} == served, row
 
 
 def test_usage_per_key_matches_the_tokens_served(stack) -> None:
