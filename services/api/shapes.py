@@ -56,7 +56,9 @@ def chat_logprobs(entries: list[dict] | tuple[dict, ...] | None) -> dict | None:
 
 
 def text_logprobs(entries: list[dict] | tuple[dict, ...] | None, offset: int = 0) -> dict | None:
-    """The legacy completions shape of the same entries: parallel lists, offsets into the generated text."""
+    """The legacy completions shape of the same entries: parallel lists, offsets into the choice's text
+    (the echoed prompt's first, when echo is on). An echoed prompt's first token has no value and no
+    alternatives: null, as OpenAI writes it, where a generated token without alternatives has {}."""
     if entries is None:
         return None
     offsets = []
@@ -66,9 +68,15 @@ def text_logprobs(entries: list[dict] | tuple[dict, ...] | None, offset: int = 0
     return {
         "tokens": [e["token"] for e in entries],
         "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs") or ()} for e in entries],
+        "top_logprobs": [_alternatives(e) for e in entries],
         "text_offset": offsets,
     }
+
+
+def _alternatives(entry: dict) -> dict[str, float] | None:
+    if entry["logprob"] is None:  # however the engine wrote them (vLLM's legacy lists arrive as [])
+        return None
+    return {t["token"]: t["logprob"] for t in entry.get("top_logprobs") or ()}
 
 
 def merge_tool_calls(calls: list[dict], deltas: tuple[dict, ...]) -> None:

@@ -2,7 +2,8 @@
 
 Strict types: `"stream": "yes"` or `"max_tokens": "10"` is a 400 naming the field, as OpenAI does.
 Every OpenAI parameter that changes the answer is parsed here and either honored or refused with a 400
-naming it (`logit_bias`, `echo`, `suffix`; an engine refuses what it cannot do, e.g. tools in-process).
+naming it (`logit_bias`, `suffix`; an engine refuses what it cannot do, e.g. tools in-process, or `echo`
+with `logprobs` on llama-server, which gives no logprobs for prompt tokens).
 Fields nobody here knows are still ignored, as vLLM does: SDKs send bookkeeping (`store`, `metadata`,
 `service_tier`) that does not change the answer, and refusing it would break them for nothing.
 `null` for a parameter OpenAI documents as nullable means "not sent": its default applies, so inside
@@ -284,13 +285,6 @@ class CompletionRequest(_SamplingBody):
     def _some_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and not value:  # n x prompts is bounded by MAX_N (api/fanout.py)
             raise ValueError("send at least one prompt")
-        return value
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo is not supported")
         return value
 
     @field_validator("suffix")

@@ -6,7 +6,29 @@ from __future__ import annotations
 from services.common.errors import InvalidRequest
 from services.common.jobs import SamplingParams
 
-ALL = frozenset({"tools", "response_format", "logprobs", "top_logprobs", "top_k", "min_p", "repetition_penalty"})
+ALL = frozenset(
+    {
+        "tools",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "echo",
+        "echo_logprobs",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+    }
+)
+
+PARAM = {"echo_logprobs": "echo"}
+"""A feature that is a combination of parameters is refused under the one the engine cannot serve."""
+
+WHAT = {"echo_logprobs": "'echo' parameter with 'logprobs' (logprobs of the prompt's tokens)"}
+"""How the 400 names such a feature, so the client learns what to drop."""
+
+SIDECARS = {"llama_server": ALL - {"echo_logprobs"}, "vllm": ALL}
+"""llama-server gives logprobs only for the tokens it samples, never for the prompt's, and ignores `echo`
+on /v1/completions; vLLM echoes the prompt and scores its tokens (its prompt_logprobs)."""
 
 
 def used(params: SamplingParams) -> list[str]:
@@ -16,6 +38,8 @@ def used(params: SamplingParams) -> list[str]:
         "response_format": params.response_format is not None,
         "logprobs": params.logprobs,
         "top_logprobs": params.top_logprobs > 0,
+        "echo": params.echo,
+        "echo_logprobs": params.echo and params.logprobs,
         "top_k": params.top_k is not None,
         "min_p": params.min_p is not None,
         "repetition_penalty": params.repetition_penalty is not None,
@@ -27,8 +51,9 @@ def require(params: SamplingParams, engine: str, supported: frozenset[str]) -> N
     """Raise the 400 for the first feature `engine` does not serve."""
     for name in used(params):
         if name not in supported:
+            what = WHAT.get(name, f"'{name}' parameter")
             raise InvalidRequest(
-                f"The '{name}' parameter is not supported by the {engine} engine serving this model.",
-                param=name,
+                f"The {what} is not supported by the {engine} engine serving this model.",
+                param=PARAM.get(name, name),
                 code="unsupported_parameter",
             )

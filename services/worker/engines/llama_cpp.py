@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.common.errors import InvalidRequest
 from services.common.jobs import ChatMessage
-from services.worker.engines import features
+from services.worker.engines import echo, features
 from services.worker.engines.base import (
     CancelCheck,
     ContextLengthExceeded,
@@ -51,8 +51,14 @@ def fold_system(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return turns
 
 
-FEATURES = frozenset({"response_format", "logprobs", "top_logprobs", "top_k", "min_p", "repetition_penalty"})
+FEATURES = features.ALL - {"tools"}
 """What llama-cpp-python serves here; tools are a 400 (the sidecar engine has them)."""
+
+ECHO_BATCH = 32
+"""Prompt tokens decoded at once when their logprobs are asked. llama.cpp keeps a vocabulary-sized logits
+row per token that asks for one: 32 rows of Gemma's 262k vocabulary are 32 MiB, where llama-cpp-python's
+own way (`Llama(logits_all=True)`, which `create_completion(echo=True, logprobs=N)` demands) keeps n_ctx
+rows for every request of the context's life, 2 GiB at n_ctx 2048, and computes them all."""
 
 
 def grammar_for(response_format: dict | None):
@@ -67,14 +73,15 @@ def grammar_for(response_format: dict | None):
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
 
 
-def logprob_entry(llm, token: int, piece: bytes, top: int) -> dict:
+def logprob_entry(llm, token: int, piece: bytes, top: int, output: int = -1) -> dict:
     """OpenAI's logprobs entry for a token just sampled: log-softmax of the logits it was drawn from (the
-    context's last output row: `generate` yields a token before it evaluates it). llama-cpp-python keeps no
-    copy of them without logits_all, which would cost a vocabulary-sized row per prompt token."""
+    context's last output row: `generate` yields a token before it evaluates it; a prompt token's are the
+    row of the token before it, `output`). llama-cpp-python keeps no copy of them without logits_all,
+    which would cost a vocabulary-sized row per prompt token."""
     import llama_cpp
     import numpy as np
 
-    row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, output)
     logits = np.ctypeslib.as_array(row, shape=(llm.n_vocab(),)).astype(np.float64)
     logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
     best = np.argpartition(-logprobs, top)[:top] if top else np.array([], dtype=int)
@@ -90,6 +97,35 @@ def logprob_entry(llm, token: int, piece: bytes, top: int) -> dict:
         t, b = text(i)
         tops.append({"token": t, "logprob": float(logprobs[i]), "bytes": b})
     return {"token": tok, "logprob": float(logprobs[token]), "bytes": raw, "top_logprobs": tops}
+
+
+def prompt_logprobs(llm, tokens: list[int], top: int, added_bos: bool) -> tuple[dict, ...]:
+    """OpenAI's echo entries for the prompt: each token scored by the logits of the position before it.
+
+    All but the last token are decoded here, ECHO_BATCH at a time with a logits row each; the context is
+    then left as `generate(reset=True)` finds a cached prefix, so it evaluates only the last token and
+    samples as always. A BOS we added is not in the prompt's text, so it has no entry: the first token
+    of the text is the one with null values, as OpenAI writes it.
+    """
+    first = 1 if added_bos else 0  # the index of the text's first token
+    if first >= len(tokens):
+        return ()
+    head = tokens[:-1]
+    llm.reset()
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    scored: list[dict] = []
+    for start in range(0, len(head), ECHO_BATCH):
+        part = head[start : start + ECHO_BATCH]
+        llm._batch.set_batch(batch=part, n_past=start, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        for i in range(len(part)):
+            if start + i + 1 > first:
+                token = tokens[start + i + 1]
+                scored.append(logprob_entry(llm, token, llm.detokenize([token], special=True), top, output=i))
+    llm.input_ids[: len(head)] = head
+    llm.n_tokens = len(head)
+    raw = llm.detokenize([tokens[first]], special=True)
+    return (echo.first_entry(raw.decode(errors="replace"), raw), *scored)
 
 
 class LlamaCppEngine:
@@ -209,13 +245,23 @@ class LlamaCppEngine:
             self._pool.put(llm)
 
     def _generate(self, llm, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
-        import llama_cpp
-
         params = request.params
         add_bos = not (self._bos_text and request.prompt.startswith(self._bos_text))
         prompt = llm.tokenize(request.prompt.encode(), add_bos=add_bos, special=True)
         limit = clamp_max_tokens(params, len(prompt), self.n_ctx)
         llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
+        head = None
+        if params.echo:
+            scored = prompt_logprobs(llm, prompt, params.top_logprobs, add_bos) if params.logprobs else None
+            head = echo.chunk(request.prompt, scored)
+        yield from echo.prepend(head, self._sample(llm, request, prompt, limit, cancelled))
+
+    def _sample(
+        self, llm, request: GenerationRequest, prompt: list[int], limit: int, cancelled: CancelCheck
+    ) -> Iterator[GenerationItem]:
+        import llama_cpp
+
+        params = request.params
         stops = StopMatcher(params.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced, pending_tokens, reason = 0, 0, "length"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.jobs import ChatMessage
-from services.worker.engines import features
+from services.worker.engines import echo, features
 from services.worker.engines.base import (
     CancelCheck,
     EngineError,
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.05
 """How often a caller waiting for its next token looks at `cancelled()` (prefill can take a while)."""
 DEFAULT_CONTEXT = 4096
+FEATURES = frozenset({"echo"})
+"""Plain sampling, and `echo` as text; the rest is a 400 (logprobs too: the batch loop keeps no logits)."""
 
 
 def gemma_prompt(messages: Sequence[ChatMessage]) -> str:
@@ -100,7 +102,10 @@ class MLXEngine:
         return ids
 
     def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
-        features.require(request.params, self.name, frozenset())  # plain sampling only: the rest is a 400
+        features.require(request.params, self.name, FEATURES)
+        yield from echo.text_only(request, self._generate(request, cancelled))
+
+    def _generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
         if self._loop is None:
             raise EngineError("the MLX engine is not loaded")
         loop, params = self._loop, request.params
