@@ -19,11 +19,6 @@ from services.worker.engines.llama_cpp import ECHO_BATCH
 FACTORIES = sorted(p.stem for p in (Path(__file__).parent / "factories").glob("*.py") if p.stem != "__init__")
 PROMPT = "Once upon a time"
 LONG = " ".join(f"{n}," for n in range(1, 40))  # about 80 tokens: more than one ECHO_BATCH
-PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="services/worker/engines/openai_http.py does not yet call features.require or echo the prompt "
-    "(the change is in the echo commit's message); strict: passing means the marker must go",
-)
 REFUSES_PROMPT_LOGPROBS = {"llama_server": "echo", "mlx": "logprobs"}
 """The param each engine's 400 names for echo with logprobs (MLX gives no logprobs at all)."""
 
@@ -50,9 +45,7 @@ def text(chunks: list[TokenChunk]) -> str:
 
 
 @pytest.mark.parametrize("prompt", [PROMPT, LONG])
-def test_the_prompt_comes_first_then_the_same_completion(engine: Engine, prompt: str, request) -> None:
-    if engine.name == "llama_server":
-        request.applymarker(PENDING)
+def test_the_prompt_comes_first_then_the_same_completion(engine: Engine, prompt: str) -> None:
     plain, plain_finish = run(engine, prompt)
     echoed, finish = run(engine, prompt, echo=True)
     assert echoed[0].text == prompt and echoed[0].tokens == 0 and echoed[0].logprobs is None
@@ -63,10 +56,8 @@ def test_the_prompt_comes_first_then_the_same_completion(engine: Engine, prompt:
     )
 
 
-def test_echo_with_logprobs_scores_the_prompt_or_is_a_400_naming_echo(engine: Engine, request) -> None:
+def test_echo_with_logprobs_scores_the_prompt_or_is_a_400_naming_echo(engine: Engine) -> None:
     if engine.name in REFUSES_PROMPT_LOGPROBS:
-        if engine.name == "llama_server":
-            request.applymarker(PENDING)
         with pytest.raises(InvalidRequest) as refused:
             run(engine, echo=True, logprobs=True, top_logprobs=2)
         assert refused.value.status == 400 and refused.value.param == REFUSES_PROMPT_LOGPROBS[engine.name]

@@ -23,6 +23,7 @@ import httpx
 from services.common import tracing
 from services.common.errors import APIError
 from services.common.jobs import ChatMessage, SamplingParams
+from services.worker.engines import echo, features
 from services.worker.engines.base import (
     CancelCheck,
     ContextLengthExceeded,
@@ -180,6 +181,7 @@ class OpenAIHTTPEngine:
 
     def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
         p = request.params
+        features.require(p, self.name, features.SIDECARS.get(self.name, features.ALL))
         if p.max_tokens_explicit and p.max_tokens >= self.context:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context} tokens. However, you requested "
@@ -188,10 +190,12 @@ class OpenAIHTTPEngine:
             )
         max_tokens = p.max_tokens if p.max_tokens_explicit else min(p.max_tokens, self.context)
         forced = ForcedTools.of(p) if self.name == "llama_server" else None  # vLLM enforces them itself
+        items = self._generate(request, max_tokens, cancelled, forced)
         if forced is not None:
-            yield from forced.translate(self._generate(request, max_tokens, cancelled, forced))
-        else:
-            yield from self._generate(request, max_tokens, cancelled, None)
+            items = forced.translate(items)
+        if self.name == "llama_server":  # it ignores echo; the prompt is known, so the text is echoed here
+            items = echo.text_only(request, items)
+        yield from items
 
     def _generate(
         self, request: GenerationRequest, max_tokens: int, cancelled: CancelCheck, forced: ForcedTools | None
@@ -345,6 +349,8 @@ def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None, engine:
             out |= {"logprobs": True, "top_logprobs": p.top_logprobs}
         else:
             out["logprobs"] = p.top_logprobs  # the legacy completions parameter: how many alternatives
+    if p.echo and engine == "vllm":
+        out["echo"] = True  # vLLM echoes the prompt (scored, with logprobs) in its first chunk
     if p.response_format is not None:
         out["response_format"] = p.response_format
         if not chat and engine == "llama_server":  # its /v1/completions reads only its own json_schema

@@ -9,12 +9,7 @@ import pytest
 
 MODEL = "gemma-3-270m"
 PROMPT = "The capital of France is"
-PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="services/worker/engines/openai_http.py does not yet call features.require or echo the prompt "
-    "(the change is in the echo commit's message); strict: passing means the marker must go",
-)
-pytestmark = [pytest.mark.e2e, PENDING]
+pytestmark = pytest.mark.e2e
 
 
 def test_llama_server_echoes_the_prompt_text(client: openai.OpenAI) -> None:
