@@ -6,6 +6,12 @@ thread writes what all of them produced since the last flush in one MULTI/EXEC, 
 leases in the same round trip. Events that must not wait (a request's first token, `started`, `done`,
 `error`) are written at once by the slot's own thread, together with everything pending, so a
 stream's events always land in the order they were produced.
+
+The hold adapts to the engine's pace. A CPU llama-server emits a token every ~15 ms, so a 10 ms
+flush held one token: every token still cost a pipeline, a Redis write, an API wake-up and a write to
+nginx (~1.8 ms of gateway CPU per token on 2 cores). While batches carry fewer than BATCH_TOKENS
+tokens per stream the hold doubles, up to MAX_HOLD; when they carry many (a fast GPU engine) it
+halves back towards the interval. The first token still goes at once, the last with `done`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ below what a reader can see, long enough that a fast engine's tokens and the slo
 share a write."""
 
 
+MAX_HOLD = 0.05
+"""The longest a batched token waits (seconds): far below what a reader notices, and long enough that
+a slow engine's tokens share a write (three or four at 15 ms a token)."""
+
+BATCH_TOKENS = 4
+"""Tokens per stream a batch should carry before the hold stops growing."""
+
+
 class FlushFailed(ServiceUnavailable):
     """Redis refused a batch: the tokens in it are lost, so their requests must end in an error."""
 
@@ -38,9 +52,12 @@ class FlushFailed(ServiceUnavailable):
 class DeltaFlusher:
     """Shared by the slots of a worker process; its thread starts with the first batched delta."""
 
-    def __init__(self, client: redis.Redis, *, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, client: redis.Redis, *, interval: float = DEFAULT_INTERVAL, max_hold: float = MAX_HOLD) -> None:
         self.redis = client
         self.interval = interval
+        self.max_hold = max(interval, max_hold)
+        self.hold = interval
+        """How long the thread lets a batch gather now: from `interval` up to `max_hold` (see _adapt)."""
         self.flushes = 0
         """Pipelines written (for tests and benchmarks)."""
         self._lock = threading.Lock()  # pending text of every publisher, and which have some
@@ -86,11 +103,21 @@ class DeltaFlusher:
             self._wake.wait()
             if self._closed:
                 return
-            time.sleep(self.interval)  # let the slots add to this batch
+            time.sleep(self.hold)  # let the slots add to this batch
             try:
-                self.flush()
+                with self._write:
+                    self._adapt(self._flush(None))
             except FlushFailed as exc:
                 log.warning("batched deltas lost: %s", exc.__cause__)  # each request raises it from its slot
+
+    def _adapt(self, per_stream: float | None) -> None:
+        """Stretch the hold while batches are thin (slow tokens), shrink it while they are thick."""
+        if per_stream is None:
+            return
+        if per_stream < BATCH_TOKENS:
+            self.hold = min(self.max_hold, self.hold * 2)
+        elif per_stream > 2 * BATCH_TOKENS:
+            self.hold = max(self.interval, self.hold / 2)
 
     def _take(self) -> list[tuple[StreamPublisher, events.Delta]]:
         with self._lock:
@@ -103,17 +130,20 @@ class DeltaFlusher:
                 batch.append((out, events.Delta("".join(pieces), tokens, tuple(pieces) if len(pieces) > 1 else None)))
             return batch
 
-    def _flush(self, now: tuple[StreamPublisher, events.Event] | None) -> None:
+    def _flush(self, now: tuple[StreamPublisher, events.Event] | None) -> float | None:
+        """Write the batch (and `now`); returns the batch's tokens per stream, None when it had none."""
         batch = self._take()
         if not batch and now is None:
-            return
+            return None
         pipe = self.redis.pipeline(transaction=True)
         checked = time.monotonic()
         leases: list[tuple[StreamPublisher, int]] = []  # whose lease this batch checks, at which reply
+        tokens = 0
         for out, delta in batch:
+            tokens += delta.tokens
             pipe.xadd(out.key, events.encode(delta))
             pipe.expire(out.key, out.ttl)
-            if out.lease_due(checked, self.interval):
+            if out.lease_due(checked, self.hold):
                 leases.append((out, len(pipe.command_stack)))
                 pipe.exists(out.lease_key)
         if now is not None:
@@ -132,3 +162,4 @@ class DeltaFlusher:
         self.flushes += 1
         for out, reply in leases:
             out.lease_seen(bool(results[reply]), checked)
+        return tokens / len(batch) if batch else None

@@ -9,13 +9,13 @@ import redis
 from services.common import events, keys
 from services.worker.flusher import DeltaFlusher, FlushFailed
 
-CANCEL_POLL_S = 0.05
-"""How stale a lease check may be. The flusher renews it with a batch one flush interval before that,
-so while tokens flow a slot seldom needs a round trip of its own."""
+CANCEL_POLL_S = 0.1
+"""How stale a lease check may be. The flusher renews it with a batch one hold (at most
+flusher.MAX_HOLD, half of this) before that, so while tokens flow a slot needs no round trip of its own."""
 
 
 class StreamPublisher:
-    """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 50 ms.
+    """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 100 ms.
 
     Every write sets the TTL with its XADD, atomically (MULTI/EXEC) and in one round trip: the API deletes
     the stream when its client is done, and an XADD that lands after that (a token in flight at a
@@ -92,9 +92,9 @@ class StreamPublisher:
         """What the last check found, without a new one (no Redis read): the engine stopped because of it."""
         return self._cancelled
 
-    def lease_due(self, now: float, interval: float) -> bool:
-        """Whether the flusher, which runs every `interval`, should check our lease with this batch."""
-        return not self._cancelled and now - self._checked_at >= CANCEL_POLL_S - interval
+    def lease_due(self, now: float, hold: float) -> bool:
+        """Whether the flusher, which writes a batch every `hold`, should check our lease with this one."""
+        return not self._cancelled and now - self._checked_at >= CANCEL_POLL_S - hold
 
     def lease_seen(self, alive: bool, at: float) -> None:
         """The flusher checked the lease with a batch: no need to ask Redis again for CANCEL_POLL_S."""
