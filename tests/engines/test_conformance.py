@@ -5,26 +5,16 @@ Each engine has a factory in tests/engines/factories/<name>.py yielding a loaded
 
 from __future__ import annotations
 
-import importlib
 import threading
-from pathlib import Path
 
 import pytest
 
 from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines.base import ContextLengthExceeded, Engine, Finish, GenerationRequest, TokenChunk
 
-FACTORIES = sorted(p.stem for p in (Path(__file__).parent / "factories").glob("*.py") if p.stem != "__init__")
 PROMPT = "The three primary colors are"
 
 pytestmark = pytest.mark.engine
-
-
-@pytest.fixture(scope="module", params=FACTORIES)
-def engine(request, gemma_path, tmp_path_factory):
-    factory = importlib.import_module(f"tests.engines.factories.{request.param}")
-    with factory.make_engine(gemma_path, tmp_path_factory.mktemp(request.param)) as eng:
-        yield eng
 
 
 def params(**kw) -> SamplingParams:

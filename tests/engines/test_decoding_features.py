@@ -7,9 +7,7 @@ test_tools_and_structured.py); here a forced tool choice is checked on the engin
 
 from __future__ import annotations
 
-import importlib
 import json
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,6 @@ from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.engines.features import ALL
 
-FACTORIES = sorted(p.stem for p in (Path(__file__).parent / "factories").glob("*.py") if p.stem != "__init__")
 SERVED = {
     "llama_cpp": {"response_format", "logprobs", "top_logprobs", "top_k", "min_p", "repetition_penalty"},
     "llama_server": set(ALL),
@@ -56,13 +53,6 @@ USES = {
 }
 
 pytestmark = pytest.mark.engine
-
-
-@pytest.fixture(scope="module", params=FACTORIES)
-def engine(request, gemma_path, tmp_path_factory):
-    factory = importlib.import_module(f"tests.engines.factories.{request.param}")
-    with factory.make_engine(gemma_path, tmp_path_factory.mktemp(request.param)) as eng:
-        yield eng
 
 
 def run(engine: Engine, prompt: str = "The sky is", **kw) -> tuple[str, Finish, list[TokenChunk]]:

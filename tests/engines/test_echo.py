@@ -5,7 +5,6 @@ llama-cpp-python's own echo (`create_completion` on a `logits_all` context), com
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 
@@ -16,20 +15,12 @@ from services.common.jobs import SamplingParams
 from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.engines.llama_cpp import ECHO_BATCH
 
-FACTORIES = sorted(p.stem for p in (Path(__file__).parent / "factories").glob("*.py") if p.stem != "__init__")
 PROMPT = "Once upon a time"
 LONG = " ".join(f"{n}," for n in range(1, 40))  # about 80 tokens: more than one ECHO_BATCH
 REFUSES_PROMPT_LOGPROBS = {"llama_server": "echo", "mlx": "logprobs"}
 """The param each engine's 400 names for echo with logprobs (MLX gives no logprobs at all)."""
 
 pytestmark = pytest.mark.engine
-
-
-@pytest.fixture(scope="module", params=FACTORIES)
-def engine(request, gemma_path, tmp_path_factory):
-    factory = importlib.import_module(f"tests.engines.factories.{request.param}")
-    with factory.make_engine(gemma_path, tmp_path_factory.mktemp(request.param)) as eng:
-        yield eng
 
 
 def run(engine: Engine, prompt: str = PROMPT, **kw) -> tuple[list[TokenChunk], Finish]:
