@@ -80,10 +80,11 @@ class DeltaFlusher:
                 self._thread = threading.Thread(target=self._run, name="delta-flusher", daemon=True)
                 self._thread.start()
 
-    def send(self, out: StreamPublisher, event: events.Event) -> None:
-        """Write `event` now, after everything pending (its own stream's deltas first of all)."""
+    def send(self, out: StreamPublisher, event: events.Event, *, check_lease: bool = False) -> None:
+        """Write `event` now, after everything pending (its own stream's deltas first of all);
+        `check_lease` reads the stream's lease in the same round trip (a job's `started`)."""
         with self._write:
-            self._flush((out, event))
+            self._flush((out, event), check_lease=check_lease)
 
     def flush(self) -> None:
         """Write what is pending now (the thread does it every interval; tests and close() call it)."""
@@ -130,7 +131,7 @@ class DeltaFlusher:
                 batch.append((out, events.Delta("".join(pieces), tokens, tuple(pieces) if len(pieces) > 1 else None)))
             return batch
 
-    def _flush(self, now: tuple[StreamPublisher, events.Event] | None) -> float | None:
+    def _flush(self, now: tuple[StreamPublisher, events.Event] | None, *, check_lease: bool = False) -> float | None:
         """Write the batch (and `now`); returns the batch's tokens per stream, None when it had none."""
         batch = self._take()
         if not batch and now is None:
@@ -148,6 +149,9 @@ class DeltaFlusher:
                 pipe.exists(out.lease_key)
         if now is not None:
             out, event = now
+            if check_lease:
+                leases.append((out, len(pipe.command_stack)))
+                pipe.exists(out.lease_key)
             pipe.xadd(out.key, events.encode(event))
             pipe.expire(out.key, out.ttl)
         try:

@@ -61,6 +61,22 @@ class StreamPublisher:
         pipe.expire(self.key, self.ttl)
         pipe.execute()
 
+    def start(self, event: events.Started) -> bool:
+        """Write `started` and read the lease in one round trip; False (skip the job) when nobody waits.
+        A job whose client left meanwhile leaves a `started` in a stream that expires on its own."""
+        if time.time() > self.deadline:
+            self._cancelled = True
+            return False
+        if self.flusher is not None:
+            self.flusher.send(self, event, check_lease=True)
+        else:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.exists(self.lease_key)
+            pipe.xadd(self.key, events.encode(event))
+            pipe.expire(self.key, self.ttl)
+            self.lease_seen(bool(pipe.execute()[0]), time.monotonic())
+        return not self._cancelled
+
     def delta(
         self,
         text: str,

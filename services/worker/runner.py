@@ -48,11 +48,10 @@ class JobRunner:
     def run(self, job: Job) -> None:
         out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline, flusher=self.flusher)
         dequeued = time.time()
-        if out.cancelled():
+        if not out.start(Started(self.worker_id, dequeued)):  # the lease is read in the same round trip
             log.info("job %s skipped: cancelled or past its deadline before it started", job.request_id)
             return
         self.metrics.queue_time(job.model, dequeued - job.accepted_at)
-        out.publish(Started(self.worker_id, dequeued))
         with self.traces.job(job, dequeued, self.engine.name, self.worker_id), self.metrics.running(job.model):
             try:
                 (self._embed if job.kind == "embedding" else self._generate)(job, out, dequeued)

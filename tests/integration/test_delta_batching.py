@@ -146,3 +146,38 @@ def test_a_zero_interval_writes_every_delta_as_it_comes(redis_client):
         out.delta(word, 1)
     assert entries(redis_client, "cmpl-unbatched") == [Delta("a", 1), Delta("b", 1), Delta("c", 1)]
     flusher.close()
+
+
+def test_started_reads_the_lease_in_the_same_round_trip(redis_client):
+    """`started` and the lease check share one MULTI/EXEC; a job whose client left is skipped."""
+    flusher = DeltaFlusher(redis_client, interval=SLOW)
+    out = publisher(redis_client, flusher, "cmpl-start")
+    calls = redis_client.info("commandstats")["cmdstat_exec"]["calls"]
+    assert out.start(Started("w1", time.time()))
+    assert redis_client.info("commandstats")["cmdstat_exec"]["calls"] == calls + 1
+    assert not out.cancelled() and isinstance(entries(redis_client, "cmpl-start")[0], Started)
+    gone = StreamPublisher(redis_client, "cmpl-gone", ttl=60, deadline=time.time() + 30, flusher=flusher)
+    assert not gone.start(Started("w1", time.time())), "no lease: nobody waits"
+    assert 0 < redis_client.ttl(keys.stream("cmpl-gone")) <= 60, "its started expires on its own"
+    late = publisher(redis_client, flusher, "cmpl-late-start")
+    late.deadline = time.time() - 1
+    assert not late.start(Started("w1", time.time())) and not entries(redis_client, "cmpl-late-start")
+    flusher.close()
+
+
+def test_the_hold_stretches_while_tokens_come_slowly_and_shrinks_when_they_pile_up(redis_client):
+    flusher = DeltaFlusher(redis_client, interval=SLOW, max_hold=4 * SLOW)  # its thread stays asleep meanwhile
+    out = publisher(redis_client, flusher, "cmpl-hold")
+    out.delta("a", 1)  # the first token: at once
+    for _ in range(4):  # one token a batch: thin, so the hold doubles up to its ceiling
+        out.delta("b", 1)
+        with flusher._write:
+            flusher._adapt(flusher._flush(None))
+    assert flusher.hold == 4 * SLOW
+    for _ in range(3):  # twenty tokens a batch: thick, so it halves back to the interval
+        for _ in range(20):
+            out.delta("c", 1)
+        with flusher._write:
+            flusher._adapt(flusher._flush(None))
+    assert flusher.hold == SLOW
+    flusher.close()

@@ -19,7 +19,7 @@ from services.common.errors import ClientGone, GatewayTimeout, RateLimited, Serv
 from services.common.events import Delta, Done, Failed, Started, Usage
 from services.common.jobs import JOB_FUNCTION, Job, SamplingParams
 from services.common.registry import Registry, WorkerRecord
-from services.worker.publisher import StreamPublisher
+from services.worker.publisher import CANCEL_POLL_S, StreamPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -248,7 +248,7 @@ def test_publisher_generates_only_while_the_lease_lives(redis_client):
     out = StreamPublisher(redis_client, "r1", 60, time.time() + 30)
     assert not out.cancelled()
     redis_client.delete(keys.lease("r1"))
-    time.sleep(0.06)
+    time.sleep(CANCEL_POLL_S + 0.01)
     assert out.cancelled()
     assert StreamPublisher(redis_client, "r2", 60, time.time() + 30).cancelled(), "no lease, nobody waits"
     redis_client.set(keys.lease("r3"), 1)
