@@ -117,6 +117,12 @@ def unpack_vector(packed: str) -> list[float]:
 
 def encode(event: Event) -> dict[str, str]:
     """Stream fields for one event (`kind` plus a JSON body)."""
+    if isinstance(event, Delta) and event.tool_calls is None and event.logprobs is None:
+        # the hot path (every batch of every stream): asdict's deep copy cost more than the JSON itself
+        plain: dict = {"text": event.text, "tokens": event.tokens}
+        if event.pieces is not None:
+            plain["pieces"] = event.pieces
+        return {"kind": "delta", "data": json.dumps(plain, separators=(",", ":"))}
     body = asdict(event)
     kind = body.pop("kind")
     if kind == "delta":
