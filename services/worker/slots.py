@@ -41,6 +41,16 @@ class SlotWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         """The main thread owns SIGINT/SIGTERM and asks each slot to stop."""
 
+    def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
+        """RQ's heartbeat sends HSET and EXPIRE one after the other; here they share one round trip. It beats
+        before and after every dequeue and after every job: four round trips fewer a job."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         """RQ's loop only looks at the stop flag between jobs; an idle slot re-checks it every timeout."""
         while not self._stop_requested:

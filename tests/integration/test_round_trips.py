@@ -77,3 +77,23 @@ def test_a_request_costs_two_round_trips_besides_its_events(redis_client, redis_
         worker.join(5)
     ours = [w for w in Counting.sent if w[0] != b"XREAD" and not any(t in w for t in TRAFFIC)]
     assert [w[0] for w in ours] == [b"EVALSHA", b"ZREM"] * 5, [w[:2] for w in ours]
+
+
+def test_a_slot_runs_a_job_in_fewer_round_trips_than_rq_alone(redis_client, redis_url):
+    """RQ's worker beats (HSET, then EXPIRE) before and after each dequeue and after each job; a slot sends
+    each beat's two commands in one round trip, so a job's bookkeeping costs four round trips fewer."""
+    from rq import Queue, SimpleWorker
+
+    from services.worker.slots import DEQUEUE_TIMEOUT, SlotWorker
+
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=Counting)
+    client = redis.Redis(connection_pool=pool)
+    counts = {}
+    for cls in (SimpleWorker, SlotWorker):
+        queue = Queue(f"trips-{cls.__name__}", connection=client, serializer=JSONSerializer)
+        queue.enqueue("builtins.len", "abc")
+        worker = cls([queue], connection=client, serializer=JSONSerializer, worker_ttl=DEQUEUE_TIMEOUT + 15)
+        Counting.sent.clear()
+        assert worker.work(max_jobs=1)  # birth, one dequeue, the job, death
+        counts[cls] = len(Counting.sent)
+    assert counts[SlotWorker] <= counts[SimpleWorker] - 4, counts
