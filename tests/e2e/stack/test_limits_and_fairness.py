@@ -239,7 +239,7 @@ def measure_fairness(running: NativeStack, made: dict[str, str]) -> dict[str, ob
         sent = time.monotonic()
         b = alone.submit(complete, running.url, made["team-b"], FLOOD_TOKENS, 300)
         position = None
-        while position is None and time.monotonic() < sent + 10 and not b.done():
+        while position is None and not b.done():  # however long a loaded machine takes to admit it
             owners = redis_client.hgetall(keys.fair(MODEL))
             ids = redis_client.lrange(queue, 0, -1)
             mine = [i for i, job in enumerate(ids) if owners.get(b"o:" + job) == b"team-b"]
@@ -276,4 +276,4 @@ def test_without_fair_share_the_request_waits_behind_the_flood(unfair_stack) -> 
     record("fair_share_off", figures)
     waiting = figures["a_waiting_when_b_came"]
     assert figures["b_queue_position"] is not None and figures["b_queue_position"] >= waiting - 2, figures
-    assert figures["a_finished_before_b"] >= waiting
+    assert figures["a_finished_before_b"] >= waiting, figures
