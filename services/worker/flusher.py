@@ -86,10 +86,11 @@ class DeltaFlusher:
         with self._write:
             self._flush((out, event), check_lease=check_lease)
 
-    def flush(self) -> None:
-        """Write what is pending now (the thread does it every interval; tests and close() call it)."""
+    def flush(self) -> float | None:
+        """Write what is pending now (the thread does it every hold; tests and close() call it); the
+        batch's tokens per stream, None when nothing was pending."""
         with self._write:
-            self._flush(None)
+            return self._flush(None)
 
     def close(self) -> None:
         """Write what is left and end the thread; later deltas are written at once, unbatched."""
@@ -106,8 +107,7 @@ class DeltaFlusher:
                 return
             time.sleep(self.hold)  # let the slots add to this batch
             try:
-                with self._write:
-                    self._adapt(self._flush(None))
+                self._adapt(self.flush())
             except FlushFailed as exc:
                 log.warning("batched deltas lost: %s", exc.__cause__)  # each request raises it from its slot
 

@@ -53,13 +53,7 @@ class StreamPublisher:
         """Write `event` now; with a flusher, after the deltas still pending."""
         if not isinstance(event, events.Failed):
             self._raise_if_failed()  # no `done` after lost tokens: the runner turns this into an error
-        if self.flusher is not None:
-            self.flusher.send(self, event)
-            return
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.key, events.encode(event))
-        pipe.expire(self.key, self.ttl)
-        pipe.execute()
+        self._write(event)
 
     def start(self, event: events.Started) -> bool:
         """Write `started` and read the lease in one round trip; False (skip the job) when nobody waits.
@@ -67,15 +61,23 @@ class StreamPublisher:
         if time.time() > self.deadline:
             self._cancelled = True
             return False
-        if self.flusher is not None:
-            self.flusher.send(self, event, check_lease=True)
-        else:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.exists(self.lease_key)
-            pipe.xadd(self.key, events.encode(event))
-            pipe.expire(self.key, self.ttl)
-            self.lease_seen(bool(pipe.execute()[0]), time.monotonic())
+        self._write(event, check_lease=True)
         return not self._cancelled
+
+    def _write(self, event: events.Event, *, check_lease: bool = False) -> None:
+        """XADD with its EXPIRE in one MULTI/EXEC (through the flusher when there is one), reading the
+        lease in the same round trip when asked."""
+        if self.flusher is not None:
+            self.flusher.send(self, event, check_lease=check_lease)
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        if check_lease:
+            pipe.exists(self.lease_key)
+        pipe.xadd(self.key, events.encode(event))
+        pipe.expire(self.key, self.ttl)
+        replies = pipe.execute()
+        if check_lease:
+            self.lease_seen(bool(replies[0]), time.monotonic())
 
     def delta(
         self,
