@@ -161,13 +161,16 @@ def test_a_prompt_past_the_context_is_refused(engine: OpenAIHTTPEngine) -> None:
 def test_one_http_call_per_request(engine: OpenAIHTTPEngine) -> None:
     """No /apply-template, no /tokenize: the completion call alone, for chat and completion."""
     calls: list[str] = []
-    assert engine._client is not None
+    assert engine._client is not None and engine._streams is not None
+    streams, lines = engine._streams, engine._streams.lines
     engine._client.event_hooks["request"].append(lambda r: calls.append(r.url.path))
+    streams.lines = lambda path, *args: calls.append(path) or lines(path, *args)  # type: ignore[method-assign]
     try:
         _, chat, _ = run(engine, "", messages=CHAT, max_tokens=4)
         _, completion, _ = run(engine, max_tokens=4)
     finally:
         engine._client.event_hooks["request"].pop()
+        del streams.lines
     assert calls == ["/v1/chat/completions", "/v1/completions"]
     assert chat.prompt_tokens > 10 and completion.prompt_tokens > 10
 

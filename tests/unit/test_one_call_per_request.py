@@ -1,4 +1,4 @@
-"""OpenAIHTTPEngine makes one HTTP call per request, in vLLM's shapes too (an httpx.MockTransport plays it).
+"""OpenAIHTTPEngine makes one HTTP call per request, in vLLM's shapes too (a loopback HTTP server plays it).
 
 llama-server is exercised live in tests/engines/test_openai_http.py; vLLM cannot run here, so its
 behaviour is written down from its OpenAI server: a `max_tokens` that does not fit beside the prompt
@@ -8,7 +8,9 @@ is a 400, continuous usage stats carry the prompt's size on every chunk.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines.base import ContextLengthExceeded, Finish, GenerationRequest, TokenChunk
 from services.worker.engines.openai_http import OpenAIHTTPEngine
+from services.worker.engines.sse_client import SSEClient
 from services.worker.engines.upstream import CompletionStream
 
 CONTEXT = 100
@@ -46,17 +49,46 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def vllm(handler: Callable[[dict], httpx.Response]) -> tuple[OpenAIHTTPEngine, list[dict]]:
-    bodies: list[dict] = []
+Handler = Callable[[dict], httpx.Response]
+"""What the played vLLM answers a request body with (httpx.Response only carries the status and bytes)."""
 
-    def route(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        bodies.append(body)
-        return handler(body)
 
-    engine = OpenAIHTTPEngine("http://vllm", name="vllm", concurrency=2, context=CONTEXT, timeout=5, upstream_model="m")
-    engine._client = httpx.Client(base_url="http://vllm", transport=httpx.MockTransport(route))
-    return engine, bodies
+@pytest.fixture
+def vllm() -> Iterator[Callable[[Handler], tuple[OpenAIHTTPEngine, list[dict]]]]:
+    """An engine over a loopback server that answers each POST with `handler(body)`, and the bodies it got."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(handler: Handler) -> tuple[OpenAIHTTPEngine, list[dict]]:
+        bodies: list[dict] = []
+
+        class Play(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bodies.append(body)
+                reply = handler(body)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("content-type", "text/event-stream"))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, *args: object) -> None:
+                """Quiet."""
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Play)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        engine = OpenAIHTTPEngine(url, name="vllm", concurrency=2, context=CONTEXT, timeout=5, upstream_model="m")
+        engine._streams = SSEClient(url, upstream="vllm", timeout=5, keep=2)
+        return engine, bodies
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 def generate(engine: OpenAIHTTPEngine, **params) -> list:
@@ -65,7 +97,7 @@ def generate(engine: OpenAIHTTPEngine, **params) -> list:
     return list(engine.generate(request, lambda: False))
 
 
-def test_a_chat_is_one_call_with_the_prompt_size_from_usage():
+def test_a_chat_is_one_call_with_the_prompt_size_from_usage(vllm):
     engine, bodies = vllm(lambda body: httpx.Response(200, content=vllm_chunks(34, ["Red", "."], "stop")))
     items = generate(engine, max_tokens=8)
     assert items == [TokenChunk("Red", 1), TokenChunk(".", 1), Finish("stop", 34, 2)]
@@ -73,7 +105,7 @@ def test_a_chat_is_one_call_with_the_prompt_size_from_usage():
     assert bodies[0]["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
 
 
-def test_a_defaulted_max_tokens_vllm_refuses_is_retried_without_one():
+def test_a_defaulted_max_tokens_vllm_refuses_is_retried_without_one(vllm):
     def handler(body: dict) -> httpx.Response:
         if "max_tokens" in body:
             return httpx.Response(400, json=VLLM_TOO_LONG)
@@ -85,14 +117,14 @@ def test_a_defaulted_max_tokens_vllm_refuses_is_retried_without_one():
     assert [("max_tokens" in b) for b in bodies] == [True, False]
 
 
-def test_an_explicit_max_tokens_vllm_refuses_is_a_400_without_retry():
+def test_an_explicit_max_tokens_vllm_refuses_is_a_400_without_retry(vllm):
     engine, bodies = vllm(lambda body: httpx.Response(400, json=VLLM_TOO_LONG))
     with pytest.raises(ContextLengthExceeded, match="maximum context length is 100"):
         generate(engine, max_tokens=90)
     assert len(bodies) == 1
 
 
-def test_an_explicit_max_tokens_past_the_context_is_refused_without_a_call():
+def test_an_explicit_max_tokens_past_the_context_is_refused_without_a_call(vllm):
     engine, bodies = vllm(lambda body: httpx.Response(500))
     with pytest.raises(ContextLengthExceeded, match="completion alone"):
         generate(engine, max_tokens=CONTEXT)

@@ -1,7 +1,7 @@
 """An engine that streams from an OpenAI-compatible sidecar: llama.cpp's `llama-server` or `vllm serve`.
 
 The sidecar batches requests itself, so this class only has to keep `concurrency` streams open at
-once (one shared httpx.Client, a pool that large) and translate: our request to its JSON, its SSE
+once (kept-alive connections, sse_client.SSEClient) and translate: our request to its JSON, its SSE
 chunks to TokenChunks, its usage to one Finish, its errors to APIErrors. Closing a stream early is
 how a cancelled request frees the sidecar's slot: both servers stop generating on disconnect.
 
@@ -34,6 +34,7 @@ from services.worker.engines.base import (
     GenerationRequest,
 )
 from services.worker.engines.forced_tools import ForcedTools
+from services.worker.engines.sse_client import SSEClient
 from services.worker.engines.upstream import (
     CompletionStream,
     error_from_response,
@@ -76,6 +77,7 @@ class OpenAIHTTPEngine:
         self.timeout = timeout
         self.upstream_model = upstream_model
         self._client: httpx.Client | None = None
+        self._streams: SSEClient | None = None
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class OpenAIHTTPEngine:
             client.close()
             raise EngineUnavailable(f"{self.name} at {self.base_url} serves no model")
         self._client = client
+        self._streams = SSEClient(self.base_url, upstream=self.name, timeout=self.timeout, keep=self.concurrency + 4)
         self.upstream_model = self.upstream_model or models[0]["id"]
         upstream_ctx = self._upstream_context(models[0])
         if upstream_ctx and upstream_ctx < self.context:
@@ -151,6 +154,9 @@ class OpenAIHTTPEngine:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._streams is not None:
+            self._streams.close()
+            self._streams = None
 
     def capacity(self) -> int:
         return self.concurrency
@@ -306,16 +312,11 @@ class OpenAIHTTPEngine:
             raise error_from_response(response, self.name)
         return response.json()
 
-    @contextlib.contextmanager
-    def _open_stream(self, path: str, body: dict[str, Any]) -> Iterator[Iterator[str]]:
+    def _open_stream(self, path: str, body: dict[str, Any]) -> contextlib.AbstractContextManager[Iterator[str]]:
         """The response's lines; leaving the block closes the connection, which cancels upstream."""
-        try:
-            with self._http().stream("POST", path, json=body, headers=tracing.outgoing()) as response:
-                if response.status_code >= 400:
-                    raise error_from_response(response, self.name)
-                yield response.iter_lines()
-        except httpx.HTTPError as exc:
-            raise error_from_transport(exc, self.name, self.base_url) from exc
+        if self._streams is None:
+            raise EngineError(f"{self.name} engine is not loaded")
+        return self._streams.lines(path, body, tracing.outgoing())
 
 
 def _llama_server_sampling(temperature: float) -> dict[str, Any]:

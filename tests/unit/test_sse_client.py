@@ -1,0 +1,137 @@
+"""SSEClient against a loopback HTTP/1.1 server that writes its chunked body in awkward pieces."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from services.common.errors import InvalidRequest, ServiceUnavailable
+from services.common.ports import free_port
+from services.worker.engines.base import EngineError
+from services.worker.engines.sse_client import SSEClient
+
+EVENTS = [b'data: {"n": 1}\r\n\r\n', b": ping\n\n", b'data: {"n": 2}\n\ndata: [DONE]\n\n']
+
+
+class Sidecar(ThreadingHTTPServer):
+    """Counts connections; `pieces` are written as chunks, split mid-line, with a pause between them."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Play)
+        self.connections = 0
+        self.status = 200
+        self.pieces = [b"".join(EVENTS)[i : i + 7] for i in range(0, len(b"".join(EVENTS)), 7)]
+        self.endless = False
+        self.cut = False
+        """Die after the first event: the body ends without its last chunk, as when the sidecar is killed."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Play(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Sidecar
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.server.status != 200:
+            body = b'{"error": {"message": "bad temperature", "type": "invalid_request_error", "code": 400}}'
+            self.send_response(self.server.status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        pieces = iter(lambda: b"data: {}\n\n", None) if self.server.endless else self.server.pieces
+        if self.server.cut:
+            pieces = [EVENTS[0]]
+        try:
+            for piece in pieces:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.002)
+            if self.server.cut:
+                self.close_connection = True
+                return
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def sidecar() -> Iterator[Sidecar]:
+    server = Sidecar()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def read_all(client: SSEClient) -> list[str]:
+    with client.lines("/v1/completions", {"prompt": "x"}, {}) as lines:
+        return [line for line in lines if line]
+
+
+def test_lines_survive_any_chunking_and_crlf(sidecar: Sidecar) -> None:
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2)
+    assert read_all(client) == ['data: {"n": 1}', ": ping", 'data: {"n": 2}', "data: [DONE]"]
+
+
+def test_a_stream_read_to_done_keeps_its_connection(sidecar: Sidecar) -> None:
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2)
+    for _ in range(3):
+        with client.lines("/v1/completions", {}, {}) as lines:
+            for line in lines:
+                if line == "data: [DONE]":
+                    break  # as the engine's reader stops: the client still reads the body's end
+    assert sidecar.connections == 1
+
+
+def test_a_stream_left_early_closes_its_connection(sidecar: Sidecar) -> None:
+    sidecar.endless = True
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2)
+    with client.lines("/v1/completions", {}, {}) as lines:
+        next(lines)
+    sidecar.endless = False
+    read_all(client)
+    assert sidecar.connections == 2
+
+
+def test_a_kept_connection_the_sidecar_closed_is_replaced(sidecar: Sidecar) -> None:
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2)
+    read_all(client)
+    for conn in client._idle:
+        assert conn.sock is not None
+        conn.sock.shutdown(socket.SHUT_RDWR)  # as a sidecar's idle timeout would end it
+    assert read_all(client)[-1] == "data: [DONE]"
+    assert sidecar.connections == 2
+
+
+def test_errors_map_to_our_classes(sidecar: Sidecar) -> None:
+    sidecar.status = 400
+    with pytest.raises(InvalidRequest, match="bad temperature"):
+        read_all(SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2))
+    with pytest.raises(ServiceUnavailable):
+        read_all(SSEClient(f"http://127.0.0.1:{free_port()}", upstream="vllm", timeout=5, keep=2))
+    sidecar.status, sidecar.cut = 200, True
+    with pytest.raises(EngineError, match="broke off"):
+        read_all(SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2))
