@@ -9,12 +9,14 @@ disconnect is noticed while the job still waits in the queue.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C encoder json.dumps uses for str
 
 import falcon
 import redis
@@ -45,8 +47,16 @@ def respond_with(resp: falcon.Response, body: Iterable[bytes]) -> None:
 
 
 def sse(data: dict, event_id: str | None = None) -> bytes:
+    return sse_text(data, event_id).encode()
+
+
+def sse_text(data: dict, event_id: str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
+    return f"{head}data: {json.dumps(data, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+MARK = "\ue000"
+"""A private-use character standing for the text in a chunk template."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,19 @@ class ChunkFormat:
         if self.chat:
             return shapes.chat_chunk(self.rid, self.created, self.model, {"content": text}, None, self.with_usage)
         return shapes.text_chunk(self.rid, self.created, self.model, text, None, self.with_usage)
+
+    def deltas(self, pieces: Sequence[str], event_id: str) -> bytes:
+        """`sse(self.delta(p))` for each piece, the event id on the last, as one write. A stream writes one
+        chunk per token, so the chunk is a template filled with the piece's JSON string, not a dict dumped."""
+        head, tail = self._template
+        out = [head + encode_basestring(p) + tail for p in pieces]
+        out[-1] = f"id: {event_id}\n{out[-1]}"
+        return "".join(out).encode()
+
+    @functools.cached_property
+    def _template(self) -> tuple[str, str]:
+        head, tail = sse_text(self.delta(MARK)).split(encode_basestring(MARK))
+        return head, tail
 
     def rich(self, event: Delta, offset: int = 0) -> dict:
         """A delta with tool calls or logprobs, one chunk (`offset`: generated characters before it)."""
@@ -190,9 +213,7 @@ def stream_events(
                     offset += len(event.text)
                     pieces = event.chunks()  # one chunk per token, as OpenAI sends, in one write
                     if pieces:
-                        yield b"".join(
-                            sse(fmt.delta(p), event_id if i == len(pieces) - 1 else None) for i, p in enumerate(pieces)
-                        )
+                        yield fmt.deltas(pieces, event_id)
                 elif isinstance(event, Done):
                     if clock is not None:
                         clock.last_event()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from openai._streaming import SSEDecoder
 
+from services.api.fanout import IndexedFormat
 from services.api.leases import Flight
 from services.api.queue_wait import QueueWait
 from services.api.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
@@ -135,3 +136,19 @@ def test_a_batched_delta_is_one_chunk_per_token_in_one_write():
     lines = delta_write.decode().split("\n\n")
     assert [json.loads(x.split("data: ")[1])["choices"][0]["text"] for x in lines if x] == ["Hello", " world", "!"]
     assert delta_write.count(b"id: 2-0") == 1 and lines[-2].startswith("id: 2-0"), "the id goes on the last piece"
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        ChunkFormat(True, "chatcmpl-1", 123, "gemma", True),
+        ChunkFormat(False, "cmpl-1", 123, "gemma", False),
+        IndexedFormat(True, "chatcmpl-2", 9, "m", False, index=3),
+    ],
+    ids=["chat", "completion", "fanned-out choice"],
+)
+def test_the_chunk_template_writes_what_the_dict_would(fmt: ChunkFormat) -> None:
+    """Quotes, line ends, backslashes, astral and private-use characters (the template's own mark)."""
+    pieces = ["He", ' said "hi"\n', "é😀", "\ue000", "\\", "</s>"]
+    expected = b"".join(sse(fmt.delta(p), "5-0" if i == len(pieces) - 1 else None) for i, p in enumerate(pieces))
+    assert fmt.deltas(pieces, "5-0") == expected
