@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.common.errors import APIError, ServiceUnavailable
+from services.common.errors import APIError
 from services.worker.engines.base import EngineError
-from services.worker.engines.upstream import error_from_body
+from services.worker.engines.upstream import error_from_raw, error_from_socket
 
 READ_SIZE = 65536
 CONNECT_TIMEOUT = 5.0
@@ -108,19 +108,11 @@ class SSEClient:
         conn.close()
 
     def _error(self, response: http.client.HTTPResponse) -> APIError:
-        raw = response.read().decode(errors="replace")
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = raw
-        return error_from_body(response.status, body, self.upstream)
+        return error_from_raw(response.status, response.read(), self.upstream)
 
-    def _transport_error(self, exc: BaseException) -> APIError:
-        """Refused or unresolvable means the sidecar is down (retry elsewhere); the rest is an engine fault."""
-        if isinstance(exc, ConnectionRefusedError | socket.gaierror):
-            return ServiceUnavailable(f"{self.upstream} at {self.base_url} is unreachable: {exc}")
-        if isinstance(exc, TimeoutError):
-            return EngineError(f"{self.upstream} at {self.base_url} did not answer in time")
+    def _transport_error(self, exc: OSError | http.client.HTTPException) -> APIError:
+        if isinstance(exc, OSError):
+            return error_from_socket(exc, self.upstream, self.base_url)
         return EngineError(f"{self.upstream} at {self.base_url} failed: {type(exc).__name__}: {exc}")
 
 

@@ -11,6 +11,7 @@ timings on every chunk), so no request needs a /tokenize call of its own before 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
@@ -77,12 +78,17 @@ def error_from_body(status: int, body: Any, upstream: str) -> APIError:
 
 def error_from_response(response: httpx.Response, upstream: str) -> APIError:
     """Read a failed response (streamed or not) and map it."""
-    raw = response.read().decode(errors="replace")
+    return error_from_raw(response.status_code, response.read(), upstream)
+
+
+def error_from_raw(status: int, raw: bytes, upstream: str) -> APIError:
+    """A failed answer's bytes mapped: its JSON body if it has one, else its text."""
+    text = raw.decode(errors="replace")
     try:
-        body: Any = json.loads(raw)
+        body: Any = json.loads(text)
     except ValueError:
-        body = raw
-    return error_from_body(response.status_code, body, upstream)
+        body = text
+    return error_from_body(status, body, upstream)
 
 
 def error_from_transport(exc: httpx.HTTPError, upstream: str, url: str) -> APIError:
@@ -91,6 +97,16 @@ def error_from_transport(exc: httpx.HTTPError, upstream: str, url: str) -> APIEr
         return ServiceUnavailable(f"{upstream} at {url} is unreachable: {exc}")
     if isinstance(exc, httpx.TimeoutException):
         return EngineError(f"{upstream} at {url} did not answer in time ({type(exc).__name__})")
+    return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
+
+
+def error_from_socket(exc: OSError, upstream: str, url: str) -> APIError:
+    """`error_from_transport` for the standard library's sockets (sse_client): refused or unresolvable is
+    a sidecar that is down, a timeout or a cut stream an engine fault."""
+    if isinstance(exc, ConnectionRefusedError | socket.gaierror):
+        return ServiceUnavailable(f"{upstream} at {url} is unreachable: {exc}")
+    if isinstance(exc, TimeoutError):
+        return EngineError(f"{upstream} at {url} did not answer in time")
     return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
 
 
