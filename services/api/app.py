@@ -78,6 +78,7 @@ def create_app(
         keepalive=settings.sse_keepalive,
         lease_ttl=settings.lease_ttl,
         admission=admission,
+        traffic=traffic,
     )
 
     middleware = [RequestIdMiddleware(), MetricsMiddleware(metrics), QueueWaitMiddleware()]

@@ -19,6 +19,7 @@ from services.api.admission import Admission
 from services.api.jobqueue import JobQueue
 from services.api.leases import Flight, LeaseKeeper
 from services.api.queue_wait import SERVICE_SAMPLES, TICK_S, QueueWait, estimate
+from services.api.traffic import RecentTraffic
 from services.common import events, keys
 from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
 from services.common.jobs import MAX_ATTEMPTS, Job
@@ -42,6 +43,7 @@ class Gateway:
         lease_ttl: float = 10.0,
         admission: Admission | None = None,
         registry_cache_s: float = 1.0,
+        traffic: RecentTraffic | None = None,
     ) -> None:
         self.redis = client
         self.registry = registry
@@ -51,6 +53,8 @@ class Gateway:
         self.leases = LeaseKeeper(client, ttl=lease_ttl)
         self.admission = admission or Admission(client, max_inflight=100, max_queue_depth=256)
         self._cache_s = registry_cache_s
+        self.traffic = traffic
+        """The status page's counts, which ride on each release's round trip."""
         self._serving: dict[str, list] = {}
         self._serving_at = 0.0
         self._served: dict[str, tuple[str, float]] = {}
@@ -208,8 +212,9 @@ class Gateway:
 
     def release(self, flight: Flight, *, finished: bool) -> None:
         """Give back all the request holds in one round trip: its admission entry, lease and stream, and
-        its job if still queued (a worker that already took it finds no lease and stops between tokens).
-        Best effort: if Redis is down, the lease and the entry expire within LEASE_TTL anyway."""
+        its job if still queued (a worker that already took it finds no lease and stops between tokens);
+        the status page's pending counts ride along. Best effort: if Redis is down, the lease and the entry
+        expire within LEASE_TTL anyway."""
         self.leases.drop(flight)
         job = flight.job
         try:
@@ -225,6 +230,8 @@ class Gateway:
             if not finished:
                 self.jobs.remove(job, pipe)
             self.admission.release(pipe, flight)
+            if self.traffic is not None:
+                self.traffic.ride(pipe)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not release %s: %s", flight.rid, exc)

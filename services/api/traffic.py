@@ -5,12 +5,17 @@ gunicorn processes, so an in-process buffer would show one process's share: ever
 one Redis hash per SLICE_S-second slice instead (HINCRBY, summed across replicas by Redis itself), and the
 hashes expire once older than the page looks back. Time to first token is kept as histogram buckets, the
 same as the Prometheus histogram's, so the page's percentiles mean what Grafana's do.
+
+Counts wait in the process up to FLUSH_S and ride on a round trip that goes anyway (a request's release,
+see gateway.py); a thread writes those no release took. Written at once, they cost two round trips a
+request, one of them between a stream's first token and its first chunk.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -24,6 +29,8 @@ SLICE_S = 10
 WINDOW_S = 300
 """How far back the status page looks; slices are kept a little longer so a slow reader finds them."""
 KEEP_S = WINDOW_S + 60
+FLUSH_S = 1.0
+"""The longest a count waits in its process before it reaches Redis."""
 COUNTED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 """Generation requests only: the page's own polls of /v1/system/status must not count as traffic."""
 
@@ -49,27 +56,61 @@ def bucket_of(seconds: float, bounds: Sequence[float] = buckets.LATENCY) -> floa
 
 
 class RecentTraffic:
-    """Writes one pipelined round trip per event; a Redis error is logged and the request goes on, since
-    the status page must never fail a completion."""
+    """Counts in the process until a round trip takes them (`ride`) or FLUSH_S passes; a Redis error is
+    logged and the counts dropped, since the status page must never fail a completion."""
 
-    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time, flush_s: float = FLUSH_S) -> None:
         self.redis = client
         self.clock = clock
+        self.flush_s = flush_s
+        self._pending: dict[int, dict[str, float]] = {}
+        """slice start -> field -> amount not yet in Redis"""
+        self._lock = threading.Lock()
+        self._due = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _add(self, fields: Mapping[str, float]) -> None:
         start = int(self.clock()) // SLICE_S * SLICE_S
-        key = keys.traffic(start)
-        try:
-            pipe = self.redis.pipeline(transaction=False)
+        with self._lock:
+            counts = self._pending.setdefault(start, {})
             for name, amount in fields.items():
+                counts[name] = counts.get(name, 0) + amount
+            if self._thread is None:  # started here, after gunicorn's fork
+                self._thread = threading.Thread(target=self._run, name="traffic-flush", daemon=True)
+                self._thread.start()
+        self._due.set()
+
+    def ride(self, pipe: redis.client.Pipeline) -> None:
+        """Add the pending counts to `pipe`, which the caller executes."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._due.clear()
+        for start, counts in pending.items():
+            key = keys.traffic(start)
+            for name, amount in counts.items():
                 if isinstance(amount, int):
                     pipe.hincrby(key, name, amount)
                 else:
                     pipe.hincrbyfloat(key, name, amount)
             pipe.expire(key, KEEP_S)
-            pipe.execute()
+
+    def flush(self) -> None:
+        """Write the pending counts now."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            self.ride(pipe)
+            if pipe.command_stack:
+                pipe.execute()
         except redis.RedisError as exc:
             log.warning("recent traffic not recorded, Redis did not answer: %s", exc)
+
+    def _run(self) -> None:
+        """Write what no release took, FLUSH_S after it was counted; asleep while nothing is pending."""
+        while True:
+            self._due.wait()
+            time.sleep(self.flush_s)
+            if self._due.is_set():
+                self.flush()
 
     def request(self, route: str, status: int) -> None:
         if route in COUNTED_ROUTES:
@@ -81,7 +122,9 @@ class RecentTraffic:
 
     def summary(self, window_s: int = WINDOW_S) -> dict:
         """Per-slice series, oldest first, and totals over the last minute and the whole window; the
-        current slice is partial, so rates divide by the time actually covered."""
+        current slice is partial, so rates divide by the time actually covered. Other processes' counts
+        show within FLUSH_S."""
+        self.flush()
         now = self.clock()
         current = int(now) // SLICE_S * SLICE_S
         starts = list(range(current - window_s + SLICE_S, current + SLICE_S, SLICE_S))

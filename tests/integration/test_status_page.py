@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import falcon.testing
 import pytest
@@ -28,14 +29,24 @@ def test_quantile_interpolates_as_histogram_quantile() -> None:
 
 
 def test_two_processes_add_to_one_summary(redis_client, redis_url) -> None:
+    """Each process's counts reach Redis on a release's round trip (`ride`) or within FLUSH_S."""
     now = [1_000_000.0]
     a = RecentTraffic(connect(redis_url), clock=lambda: now[0])
-    b = RecentTraffic(connect(redis_url), clock=lambda: now[0])
+    b = RecentTraffic(connect(redis_url), clock=lambda: now[0], flush_s=0.05)
     a.request("/v1/chat/completions", 200)
     b.request("/v1/completions", 503)
     b.request("/v1/system/status", 200)  # the page's own polls are not traffic
     a.first_token(0.3)
     b.first_token(0.7)
+    pipe = redis_client.pipeline()
+    a.ride(pipe)  # as a request's release carries them
+    assert redis_client.hgetall(f"inference:traffic:{1_000_000}") == {}
+    pipe.execute()
+    assert redis_client.hget(f"inference:traffic:{1_000_000}", "requests") == b"1"
+    deadline = time.monotonic() + 5
+    while redis_client.hget(f"inference:traffic:{1_000_000}", "requests") != b"2":  # b's own thread
+        assert time.monotonic() < deadline, "b's counts never reached Redis"
+        time.sleep(0.01)
     now[0] += 2 * SLICE_S
     a.request("/v1/chat/completions", 200)
     a.first_token(30.0)
@@ -60,6 +71,7 @@ def test_redis_down_records_nothing_and_raises_nothing() -> None:
     traffic = RecentTraffic(connect("redis://127.0.0.1:1/0"))
     traffic.request("/v1/completions", 200)
     traffic.first_token(0.1)
+    traffic.flush()
 
 
 def test_status_page_and_status_json(redis_client, redis_url) -> None:
