@@ -27,7 +27,7 @@ from services.common import events
 from services.common.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
-    from services.worker.publisher import StreamPublisher
+    from services.worker.publisher import Prelude, StreamPublisher
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,14 @@ class DeltaFlusher:
                 self._thread = threading.Thread(target=self._run, name="delta-flusher", daemon=True)
                 self._thread.start()
 
-    def send(self, out: StreamPublisher, event: events.Event, *, check_lease: bool = False) -> None:
+    def send(
+        self, out: StreamPublisher, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None
+    ) -> None:
         """Write `event` now, after everything pending (its own stream's deltas first of all);
-        `check_lease` reads the stream's lease in the same round trip (a job's `started`)."""
+        `check_lease` reads the stream's lease in the same round trip (a job's `started`), to which
+        `prelude` adds its commands."""
         with self._write:
-            self._flush((out, event), check_lease=check_lease)
+            self._flush((out, event), check_lease=check_lease, prelude=prelude)
 
     def flush(self) -> float | None:
         """Write what is pending now (the thread does it every hold; tests and close() call it); the
@@ -131,12 +134,20 @@ class DeltaFlusher:
                 batch.append((out, events.Delta("".join(pieces), tokens, tuple(pieces) if len(pieces) > 1 else None)))
             return batch
 
-    def _flush(self, now: tuple[StreamPublisher, events.Event] | None, *, check_lease: bool = False) -> float | None:
+    def _flush(
+        self,
+        now: tuple[StreamPublisher, events.Event] | None,
+        *,
+        check_lease: bool = False,
+        prelude: Prelude | None = None,
+    ) -> float | None:
         """Write the batch (and `now`); returns the batch's tokens per stream, None when it had none."""
         batch = self._take()
         if not batch and now is None:
             return None
         pipe = self.redis.pipeline(transaction=True)
+        if prelude is not None:
+            prelude(pipe)
         checked = time.monotonic()
         leases: list[tuple[StreamPublisher, int]] = []  # whose lease this batch checks, at which reply
         tokens = 0

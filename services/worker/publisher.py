@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
 
 from services.common import events, keys
 from services.worker.flusher import DeltaFlusher, FlushFailed
+
+Prelude = Callable[[redis.client.Pipeline], None]
+"""Adds commands to the round trip that writes an event (a slot's RQ bookkeeping with `started`)."""
 
 CANCEL_POLL_S = 0.1
 """How stale a lease check may be. The flusher renews it with a batch one hold (at most
@@ -55,29 +59,33 @@ class StreamPublisher:
             self._raise_if_failed()  # no `done` after lost tokens: the runner turns this into an error
         self._write(event)
 
-    def start(self, event: events.Started) -> bool:
+    def start(self, event: events.Started, prelude: Prelude | None = None) -> bool:
         """Write `started` and read the lease in one round trip; False (skip the job) when nobody waits.
-        A job whose client left meanwhile leaves a `started` in a stream that expires on its own."""
+        A job whose client left meanwhile leaves a `started` in a stream that expires on its own.
+        `prelude` adds its commands to that round trip (not called when the deadline has passed)."""
         if time.time() > self.deadline:
             self._cancelled = True
             return False
-        self._write(event, check_lease=True)
+        self._write(event, check_lease=True, prelude=prelude)
         return not self._cancelled
 
-    def _write(self, event: events.Event, *, check_lease: bool = False) -> None:
+    def _write(self, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None) -> None:
         """XADD with its EXPIRE in one MULTI/EXEC (through the flusher when there is one), reading the
         lease in the same round trip when asked."""
         if self.flusher is not None:
-            self.flusher.send(self, event, check_lease=check_lease)
+            self.flusher.send(self, event, check_lease=check_lease, prelude=prelude)
             return
         pipe = self.redis.pipeline(transaction=True)
+        if prelude is not None:
+            prelude(pipe)
+        lease_reply = len(pipe.command_stack)
         if check_lease:
             pipe.exists(self.lease_key)
         pipe.xadd(self.key, events.encode(event))
         pipe.expire(self.key, self.ttl)
         replies = pipe.execute()
         if check_lease:
-            self.lease_seen(bool(replies[0]), time.monotonic())
+            self.lease_seen(bool(replies[lease_reply]), time.monotonic())
 
     def delta(
         self,

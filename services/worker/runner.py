@@ -18,7 +18,7 @@ from services.common.jobs import Job
 from services.worker.engines.base import Embedder, Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
-from services.worker.publisher import StreamPublisher
+from services.worker.publisher import Prelude, StreamPublisher
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ class JobRunner:
         self.flusher = flusher or DeltaFlusher(client)
         self.traces = traces or tracing.Tracing()
 
-    def run(self, job: Job) -> None:
+    def run(self, job: Job, prelude: Prelude | None = None) -> None:
         out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline, flusher=self.flusher)
         dequeued = time.time()
-        if not out.start(Started(self.worker_id, dequeued)):  # the lease is read in the same round trip
+        if not out.start(Started(self.worker_id, dequeued), prelude):  # the lease is read in the same round trip
             log.info("job %s skipped: cancelled or past its deadline before it started", job.request_id)
             return
         self.metrics.queue_time(job.model, dequeued - job.accepted_at)

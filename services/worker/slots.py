@@ -23,6 +23,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from services.common import keys
+from services.common.jobs import JOB_FUNCTION
 from services.worker import job as job_entry
 from services.worker.runner import JobRunner
 
@@ -50,8 +51,8 @@ class SlotWorker(SimpleWorker):
     Per job, RQ 2.x sends about 24 round trips besides the dequeue: two MULTIs and a PERSIST to start it, a
     heartbeat, WATCH, SMEMBERS and nine reads of the job's status and executions to finish it, then beats
     and state writes around each dequeue. On a small host every round trip is a wake-up of the slot and of
-    Redis (~0.5 ms of CPU each), taken from the engine. Here a job costs the fetch, one MULTI to start it
-    and one to finish it, with the same keys written as RQ writes them (status, worker, registries), so
+    Redis (~0.5 ms of CPU each), taken from the engine. Here a job costs the fetch, its start written with
+    its `started` event and one MULTI to finish it, with the same keys written as RQ writes them (status, worker, registries), so
     `rq info` and the API's lost-job checks read what they always did.
     """
 
@@ -85,25 +86,20 @@ class SlotWorker(SimpleWorker):
         super().set_state(state, pipeline=pipeline)
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        """SimpleWorker's execute_job and perform_job in two MULTIs: what RQ's prepare_execution,
-        prepare_job_execution and Job.perform write, then the job, then what handle_job_success and
-        cleanup write for a job without a kept result (result_ttl=0) or dependents, as ours are."""
-        ttl = self.get_heartbeat_ttl(job)
-        with self.connection.pipeline() as pipe:
-            self.execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.set_current_job_id(job.id, pipeline=pipe)
-            self.set_current_job_working_time(0, pipeline=pipe)
-            self.heartbeat(ttl, pipeline=pipe)
-            job.heartbeat(now(), ttl, pipeline=pipe)
-            job.prepare_for_execution(self.name, pipeline=pipe)
-            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipe.persist(job.key)
-            pipe.execute()
+        """SimpleWorker's execute_job and perform_job in two MULTIs: what RQ writes to start a job, in the
+        round trip of the job's own `started` (our job function takes it as `prelude`; another RQ job gets
+        a MULTI of its own), then the job, then what handle_job_success and cleanup write for a job
+        without a kept result (result_ttl=0) or dependents, as ours are."""
+        start = _Start(self, job, queue)
         job.started_at = now()
         try:
-            job.func(*job.args, **job.kwargs)
+            if job.func_name == JOB_FUNCTION:
+                job.func(*job.args, prelude=start, **job.kwargs)
+            else:
+                start.write()
+                job.func(*job.args, **job.kwargs)
         except Exception:  # our job function ends every request itself; this is a bug's path: RQ's own
+            start.write()
             job.ended_at = now()
             job._status = JobStatus.FAILED
             exc_info = sys.exc_info()
@@ -115,6 +111,7 @@ class SlotWorker(SimpleWorker):
             return
         job.ended_at = now()
         with self.connection.pipeline() as pipe:
+            start(pipe)  # a job skipped before its `started` (past its deadline) still leaves RQ's lists
             self.increment_successful_job_count(pipeline=pipe)
             self.increment_total_working_time(job.ended_at - job.started_at, pipe)
             self.cleanup_execution(job, pipeline=pipe)
@@ -130,6 +127,38 @@ class SlotWorker(SimpleWorker):
             if result is not None:
                 return result
         return None
+
+
+class _Start:
+    """What RQ's prepare_execution, prepare_job_execution and Job.perform write when a job starts, added to
+    one pipeline once: the job's `started` round trip, or its finish when it never got that far."""
+
+    def __init__(self, worker: SlotWorker, job: RQJob, queue: Queue) -> None:
+        self.worker, self.job, self.queue = worker, job, queue
+        self.added = False
+
+    def __call__(self, pipe) -> None:
+        if self.added:
+            return
+        self.added = True
+        worker, job = self.worker, self.job
+        ttl = worker.get_heartbeat_ttl(job)
+        worker.execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
+        worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        worker.set_current_job_id(job.id, pipeline=pipe)
+        worker.set_current_job_working_time(0, pipeline=pipe)
+        worker.heartbeat(ttl, pipeline=pipe)
+        job.heartbeat(now(), ttl, pipeline=pipe)
+        job.prepare_for_execution(worker.name, pipeline=pipe)
+        pipe.lrem(self.queue.intermediate_queue_key, 1, job.id)
+        pipe.persist(job.key)
+
+    def write(self) -> None:
+        """In a MULTI of its own, unless already added to one."""
+        if not self.added:
+            with self.worker.connection.pipeline() as pipe:
+                self(pipe)
+                pipe.execute()
 
 
 class Slots:
@@ -211,11 +240,11 @@ class _CountingRunner:
     def __init__(self, slots: Slots) -> None:
         self.slots = slots
 
-    def run(self, job) -> None:
+    def run(self, job, prelude=None) -> None:
         with self.slots._lock:
             self.slots._busy += 1
         try:
-            self.slots.runner.run(job)
+            self.slots.runner.run(job, prelude=prelude)
         finally:
             with self.slots._lock:
                 self.slots._busy -= 1

@@ -37,7 +37,7 @@ class EchoRunner:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def run(self, job: Job) -> None:
+    def run(self, job: Job, prelude=None) -> None:
         logging.getLogger("services.worker.runner").info("job %s generating", job.request_id)
         out = StreamPublisher(self.client, job.request_id, 60, job.deadline)
         out.publish(Started("w1", time.time()))

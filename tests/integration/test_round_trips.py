@@ -20,7 +20,7 @@ from services.api.app import create_app
 from services.common import keys
 from services.common.catalog import Catalog
 from services.common.events import Delta, Done, Started, Usage
-from services.common.jobs import Job
+from services.common.jobs import Job, SamplingParams
 from services.common.registry import Registry, WorkerRecord
 from services.common.settings import Settings
 from services.worker.publisher import StreamPublisher
@@ -138,3 +138,42 @@ def test_a_slot_leaves_rq_s_keys_as_rq_does(redis_client, kind):
     worker.refresh()
     assert (worker.successful_job_count, worker.failed_job_count) == (1, 1)
     assert worker.get_state() == WorkerStatus.IDLE
+
+
+class StartingRunner:
+    """Starts each job as JobRunner does (its `started` through StreamPublisher.start), then ends it."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def run(self, job: Job, prelude=None) -> None:
+        out = StreamPublisher(self.client, job.request_id, 60, job.deadline)
+        assert out.start(Started("w1", time.time()), prelude)
+        out.publish(Done("stop", Usage(1, 0)))
+
+
+def test_a_job_s_start_rides_on_its_started_event(redis_client, redis_url):
+    """Our job function takes the slot's start bookkeeping into its `started` MULTI: RQ's status, worker
+    and intermediate-list removal land with the event the API waits for, in one round trip."""
+    from services.api.jobqueue import JobQueue
+    from services.worker import job as job_entry
+    from services.worker.slots import DEQUEUE_TIMEOUT, SlotWorker
+
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=Counting))
+    now = time.time()
+    job = Job(kind="completion", prompt="hi", request_id="cmpl-ride", model="m-ride", accepted_at=now,
+              deadline=now + 60, params=SamplingParams(max_tokens=1))  # fmt: skip
+    pipe = redis_client.pipeline()
+    JobQueue(redis_client, stream_ttl=60).enqueue(job, pipe)
+    pipe.set(keys.lease(job.request_id), 1, ex=60)
+    pipe.execute()
+    queue = Queue(keys.queue_name(job.model), connection=client, serializer=JSONSerializer)
+    worker = SlotWorker([queue], connection=client, serializer=JSONSerializer, worker_ttl=DEQUEUE_TIMEOUT + 15)
+    job_entry.bind(StartingRunner(client))
+    Counting.sent.clear()
+    assert worker.work(max_jobs=1)
+    started = [w for w in Counting.sent if b"XADD" in w and b"started" in w]
+    assert len(started) == 1 and b"LREM" in started[0] and b"started_at" in started[0], started
+    assert [e[1][b"kind"] for e in redis_client.xrange(keys.stream(job.request_id))] == [b"started", b"done"]
+    assert not redis_client.exists(f"rq:job:{job.request_id}")
+    assert not redis_client.llen(queue.intermediate_queue_key)
