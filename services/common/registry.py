@@ -66,10 +66,12 @@ class Registry:
         pipe.execute()
 
     def live(self) -> list[WorkerRecord]:
-        """Workers whose heartbeat has not expired; stale index entries are pruned on the way."""
+        """Workers whose heartbeat has not expired; stale index entries are pruned in the same round trip."""
         index = keys.workers_index()
-        self.redis.zremrangebyscore(index, "-inf", time.time())
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(index, 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(index, "-inf", time.time())
+        pipe.zrange(index, 0, -1)
+        ids = [i.decode() if isinstance(i, bytes) else i for i in pipe.execute()[1]]
         if not ids:
             return []
         raw = self.redis.mget([keys.worker(i) for i in ids])

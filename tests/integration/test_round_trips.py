@@ -177,3 +177,15 @@ def test_a_job_s_start_rides_on_its_started_event(redis_client, redis_url):
     assert [e[1][b"kind"] for e in redis_client.xrange(keys.stream(job.request_id))] == [b"started", b"done"]
     assert not redis_client.exists(f"rq:job:{job.request_id}")
     assert not redis_client.llen(queue.intermediate_queue_key)
+
+
+def test_reading_the_registry_costs_two_round_trips(redis_url):
+    """The API reads it on a request when its second-old cache is stale: prune and list in one round trip,
+    then the records."""
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=Counting))
+    registry = Registry(client, 60)
+    registry.beat(WorkerRecord(id="w-trips", host="h", pid=1, engine="x", device="cpu", models=("m",), slots=1,
+                               busy=0, started_at=time.time()))  # fmt: skip
+    Counting.sent.clear()
+    assert "w-trips" in [w.id for w in registry.live()]
+    assert [w[0] for w in Counting.sent] == [b"ZREMRANGEBYSCORE", b"MGET"], Counting.sent
