@@ -52,8 +52,8 @@ class SlotWorker(SimpleWorker):
     heartbeat, WATCH, SMEMBERS and nine reads of the job's status and executions to finish it, then beats
     and state writes around each dequeue. On a small host every round trip is a wake-up of the slot and of
     Redis (~0.5 ms of CPU each), taken from the engine. Here a job costs the fetch, its start written with
-    its `started` event and one MULTI to finish it, with the same keys written as RQ writes them (status, worker, registries), so
-    `rq info` and the API's lost-job checks read what they always did.
+    its `started` event and one MULTI to finish it, with the same keys written as RQ writes them (status,
+    worker, registries), so `rq info` and the API's lost-job checks read what they always did.
     """
 
     death_penalty_class = LeaseBound
