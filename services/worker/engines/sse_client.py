@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from services.common.errors import APIError
-from services.worker.engines.base import EngineError
 from services.worker.engines.upstream import error_from_raw, error_from_socket
 
 READ_SIZE = 65536
@@ -111,9 +110,7 @@ class SSEClient:
         return error_from_raw(response.status, response.read(), self.upstream)
 
     def _transport_error(self, exc: OSError | http.client.HTTPException) -> APIError:
-        if isinstance(exc, OSError):
-            return error_from_socket(exc, self.upstream, self.base_url)
-        return EngineError(f"{self.upstream} at {self.base_url} failed: {type(exc).__name__}: {exc}")
+        return error_from_socket(exc, self.upstream, self.base_url)
 
 
 class _Lines:

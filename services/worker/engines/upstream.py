@@ -10,6 +10,7 @@ timings on every chunk), so no request needs a /tokenize call of its own before 
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 from collections.abc import Iterable, Iterator
@@ -100,9 +101,9 @@ def error_from_transport(exc: httpx.HTTPError, upstream: str, url: str) -> APIEr
     return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
 
 
-def error_from_socket(exc: OSError, upstream: str, url: str) -> APIError:
-    """`error_from_transport` for the standard library's sockets (sse_client): refused or unresolvable is
-    a sidecar that is down, a timeout or a cut stream an engine fault."""
+def error_from_socket(exc: OSError | http.client.HTTPException, upstream: str, url: str) -> APIError:
+    """`error_from_transport` for the standard library's sockets and http.client (sse_client): refused or
+    unresolvable is a sidecar that is down, a timeout, a cut stream or a garbled answer an engine fault."""
     if isinstance(exc, ConnectionRefusedError | socket.gaierror):
         return ServiceUnavailable(f"{upstream} at {url} is unreachable: {exc}")
     if isinstance(exc, TimeoutError):
