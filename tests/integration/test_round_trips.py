@@ -187,5 +187,8 @@ def test_reading_the_registry_costs_two_round_trips(redis_url):
     registry.beat(WorkerRecord(id="w-trips", host="h", pid=1, engine="x", device="cpu", models=("m",), slots=1,
                                busy=0, started_at=time.time()))  # fmt: skip
     Counting.sent.clear()
-    assert "w-trips" in [w.id for w in registry.live()]
-    assert [w[0] for w in Counting.sent] == [b"ZREMRANGEBYSCORE", b"MGET"], Counting.sent
+    try:
+        assert "w-trips" in [w.id for w in registry.live()]
+    finally:
+        registry.remove("w-trips")  # other tests on this Redis count the registry's workers
+    assert [w[0] for w in Counting.sent if w[0] != b"DEL"] == [b"ZREMRANGEBYSCORE", b"MGET"], Counting.sent
