@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     redis_tls_key_file: Path | None = Field(None, description="rediss://: its private key")
     stream_ttl: int = Field(600, ge=10, le=86_400)
     stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="worker: how long a token may wait for others")
+    stream_read_tick_ms: float = Field(
+        50.0, ge=0, le=1000, description="worker, sidecars: a flowing stream is read every this often; 0: per token"
+    )
     heartbeat_interval: float = Field(2.0, gt=0, le=60)
     heartbeat_ttl: int = Field(10, ge=2, le=600)
 

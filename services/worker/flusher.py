@@ -67,18 +67,24 @@ class DeltaFlusher:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def add(self, out: StreamPublisher, text: str, tokens: int) -> None:
-        """Queue a chunk for the next flush."""
+    def add(self, out: StreamPublisher, text: str, tokens: int, *, wake: bool = True) -> None:
+        """Queue a chunk for the next flush; without `wake` the caller flushes, or kicks, later itself."""
         with self._lock:
             if text:
                 out.pending_pieces.append(text)
             out.pending_tokens += tokens
-            if not self._dirty:
+            if wake and not self._wake.is_set():
                 self._wake.set()
             self._dirty[out.key] = out
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="delta-flusher", daemon=True)
                 self._thread.start()
+
+    def kick(self) -> None:
+        """Have the thread write what is pending within its hold (deltas added without `wake`)."""
+        with self._lock:
+            if self._dirty:
+                self._wake.set()
 
     def send(
         self, out: StreamPublisher, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None
@@ -155,7 +161,7 @@ class DeltaFlusher:
             tokens += delta.tokens
             pipe.xadd(out.key, events.encode(delta))
             pipe.expire(out.key, out.ttl)
-            if out.lease_due(checked, self.hold):
+            if out.lease_due(checked, self.max_hold):  # the next batch may come from a slot, in a tick
                 leases.append((out, len(pipe.command_stack)))
                 pipe.exists(out.lease_key)
         if now is not None:

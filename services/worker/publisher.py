@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -50,6 +51,8 @@ class StreamPublisher:
         self.failed: FlushFailed | None = None
         """Set by the flusher when a batch with our tokens was lost."""
         self._first = True
+        self._waits_told = False
+        """The engine calls before_wait: it says when pending deltas are to be written."""
         self._checked_at = 0.0
         self._cancelled = False
 
@@ -102,7 +105,23 @@ class StreamPublisher:
             self.publish(events.Delta(text, tokens, tool_calls=tool_calls, logprobs=logprobs))
             return
         self._raise_if_failed()
-        self.flusher.add(self, text, tokens)
+        self.flusher.add(self, text, tokens, wake=not self._waits_told)
+
+    def before_wait(self, sleeping: bool) -> None:
+        """The engine is about to wait for more output (GenerationRequest.before_wait): before a tick's
+        sleep, write what the flusher holds now, from this warm thread; before a wait for data as it
+        comes, let the flusher's thread write it within its hold. From the first call on, our deltas do
+        not wake that thread themselves. A lost batch fails the requests whose tokens were in it, each
+        from its own slot, as in the flusher's thread."""
+        if self.flusher is None:
+            return
+        self._waits_told = True
+        if not sleeping:
+            self.flusher.kick()
+            return
+        with contextlib.suppress(FlushFailed):
+            self.flusher.flush()
+        self._raise_if_failed()
 
     def cancelled(self) -> bool:
         if self._cancelled:
@@ -119,7 +138,7 @@ class StreamPublisher:
         return self._cancelled
 
     def lease_due(self, now: float, hold: float) -> bool:
-        """Whether the flusher, which writes a batch every `hold`, should check our lease with this one."""
+        """Whether a batch written now should check our lease: the next may come `hold` later."""
         return not self._cancelled and now - self._checked_at >= CANCEL_POLL_S - hold
 
     def lease_seen(self, alive: bool, at: float) -> None:

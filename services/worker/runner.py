@@ -78,7 +78,7 @@ class JobRunner:
         prompt = job.prompt
         if job.kind == "chat" and not self.engine.templates_chat:
             prompt = self.engine.apply_chat_template(job.messages)
-        request = GenerationRequest(job.request_id, prompt, job.params, job.messages)
+        request = GenerationRequest(job.request_id, prompt, job.params, job.messages, before_wait=out.before_wait)
         first = last = None
         for item in self.engine.generate(request, out.cancelled):
             if isinstance(item, TokenChunk):

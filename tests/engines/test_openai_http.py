@@ -164,7 +164,7 @@ def test_one_http_call_per_request(engine: OpenAIHTTPEngine) -> None:
     assert engine._client is not None and engine._streams is not None
     streams, lines = engine._streams, engine._streams.lines
     engine._client.event_hooks["request"].append(lambda r: calls.append(r.url.path))
-    streams.lines = lambda path, *args: calls.append(path) or lines(path, *args)  # type: ignore[method-assign]
+    streams.lines = lambda path, *args, **kw: calls.append(path) or lines(path, *args, **kw)  # type: ignore[method-assign]
     try:
         _, chat, _ = run(engine, "", messages=CHAT, max_tokens=4)
         _, completion, _ = run(engine, max_tokens=4)
@@ -248,3 +248,24 @@ def test_sidecar_gone_or_dying_is_an_api_error(gemma_path: Path, tmp_path: Path)
         with pytest.raises(ServiceUnavailable):
             run(engine)
         engine.unload()
+
+
+def test_a_flowing_stream_is_read_in_ticks_with_the_same_answer(server: LlamaServerCommand) -> None:
+    """Paced, the answer and its usage are the unpaced ones, read in a few ticks: the runner's flush runs
+    before each tick's sleep. A 200 ms tick keeps Gemma's ~15 ms tokens flowing on a loaded box too."""
+    paced, unpaced = engine_for(server, concurrency=2, read_tick=0.2), engine_for(server, concurrency=2, read_tick=0)
+    paced.load()
+    unpaced.load()
+    flushes: list[int] = []
+    try:
+        tell = lambda sleep: sleep and flushes.append(1)  # noqa: E731
+        request = GenerationRequest("t", STORY, params(max_tokens=48), before_wait=tell)
+        items = list(paced.generate(request, lambda: False))
+        text, finish, _ = run(unpaced, max_tokens=48)
+    finally:
+        paced.unload()
+        unpaced.unload()
+    chunks = [i for i in items if isinstance(i, TokenChunk)]
+    assert "".join(c.text for c in chunks) == text
+    assert items[-1] == finish and sum(c.tokens for c in chunks) == finish.completion_tokens == 48
+    assert 1 <= len(flushes) <= 12, len(flushes)  # read as it came, a flush would never be asked for

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -156,3 +157,19 @@ def test_a_defaulted_max_tokens_is_cut_where_the_context_ends():
         list(stream.feed(llama_chunk(" a", 97, 0, n)))
     assert (stream.cut, stream.finished) == (True, "length")
     assert list(stream.finish()) == [Finish("length", 97, 3)]
+
+
+def test_the_end_of_an_answer_is_foreseen_from_its_pace():
+    """The reader stops pacing when max_tokens (or the context's end) is less than a tick away."""
+    stream = CompletionStream("llama_server", context=CONTEXT, max_tokens=10, explicit=False)
+    list(stream.feed(llama_chunk(" a", 5, 0, 1)))
+    assert not stream.ends_within(10.0)  # one token: no pace known yet
+    time.sleep(0.02)
+    list(stream.feed(llama_chunk(" b", 5, 0, 2)))
+    assert not stream.ends_within(0.1)  # 8 tokens left at >= 20 ms each
+    assert stream.ends_within(10.0)
+    cut = CompletionStream("llama_server", context=CONTEXT, max_tokens=256, explicit=False)
+    list(cut.feed(llama_chunk(" a", CONTEXT - 3, 0, 1)))
+    time.sleep(0.02)
+    list(cut.feed(llama_chunk(" b", CONTEXT - 3, 0, 2)))
+    assert cut.ends_within(1.0)  # one token of context left (254 of max_tokens would take > 5 s)

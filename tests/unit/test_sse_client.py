@@ -29,6 +29,10 @@ class Sidecar(ThreadingHTTPServer):
         self.status = 200
         self.pieces = [b"".join(EVENTS)[i : i + 7] for i in range(0, len(b"".join(EVENTS)), 7)]
         self.endless = False
+        self.gap = 0.002
+        """Seconds between two pieces."""
+        self.sent_at: list[float] = []
+        """When each piece was written (time.monotonic)."""
         self.cut = False
         """Die after the first event: the body ends without its last chunk, as when the sidecar is killed."""
 
@@ -63,9 +67,10 @@ class Play(BaseHTTPRequestHandler):
             pieces = [EVENTS[0]]
         try:
             for piece in pieces:
+                self.server.sent_at.append(time.monotonic())
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 self.wfile.flush()
-                time.sleep(0.002)
+                time.sleep(self.server.gap)
             if self.server.cut:
                 self.close_connection = True
                 return
@@ -135,3 +140,44 @@ def test_errors_map_to_our_classes(sidecar: Sidecar) -> None:
     sidecar.status, sidecar.cut = 200, True
     with pytest.raises(EngineError, match="broke off"):
         read_all(SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2))
+
+
+def timed_events(count: int) -> list[bytes]:
+    """One event a piece: the server stamps each as it writes it (sent_at)."""
+    return [b'data: {"n": %d}\n\n' % i for i in range(count)] + [b"data: [DONE]\n\n"]
+
+
+def read_paced(client: SSEClient, sidecar: Sidecar) -> tuple[list[str], list[float]]:
+    """Lines and their delays (read time minus the time the server wrote them), pacing from the first line."""
+    sleeps: list[float] = []
+    delays: list[float] = []
+    lines_read = []
+    waits = {True: sleeps, False: []}
+    with client.lines("/v1/completions", {}, {}, before_wait=lambda sleep: waits[sleep].append(1.0)) as lines:
+        for line in lines:
+            if line.startswith("data: {"):
+                delays.append(time.monotonic() - sidecar.sent_at[len(delays)])
+                lines.paced = True
+            if line:
+                lines_read.append(line)
+    return lines_read, [len(sleeps), *delays]
+
+
+def test_a_flowing_stream_is_read_in_ticks(sidecar: Sidecar) -> None:
+    """40 events 5 ms apart, read with a 50 ms tick: a handful of reads, `before_wait(True)` before each sleep."""
+    sidecar.pieces, sidecar.gap = timed_events(40), 0.005
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2, tick=0.05)
+    lines, (sleeps, *delays) = read_paced(client, sidecar)
+    assert lines == [f'data: {{"n": {i}}}' for i in range(40)] + ["data: [DONE]"]
+    assert 2 <= sleeps <= 10, sleeps  # ~200 ms of events in 50 ms ticks; read as they came, it would be 0
+    assert max(delays) > 0.01  # events waited for their tick
+
+
+def test_a_slow_stream_is_read_as_it_comes(sidecar: Sidecar) -> None:
+    """Events 80 ms apart with a 20 ms tick: pacing stops after one sleep that found nothing, so no event waits."""
+    sidecar.pieces, sidecar.gap = timed_events(6), 0.08
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2, tick=0.02)
+    lines, (sleeps, *delays) = read_paced(client, sidecar)
+    assert len(lines) == 7
+    assert sleeps <= 1, sleeps
+    assert sorted(delays)[-2] < 0.015, delays  # all but at most one read at once

@@ -23,6 +23,10 @@ class GenerationRequest:
     params: SamplingParams
     messages: tuple[ChatMessage, ...] = ()
     """The chat; an engine with `templates_chat` gets it with an empty prompt and templates it itself."""
+    before_wait: Callable[[bool], None] | None = None
+    """For an engine that reads its output from a socket: called before each wait for more. With True
+    (it will sleep a tick) the runner writes what it holds now, from this thread; with False (it waits
+    for data as it comes) the flusher's thread writes it within its hold. Either way no other wake-up."""
 
 
 @dataclass(frozen=True)

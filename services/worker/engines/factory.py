@@ -61,6 +61,7 @@ def build_engine(
             concurrency=slots,
             context=min(settings.n_ctx, spec.context_length),
             timeout=settings.request_timeout,
+            read_tick=settings.stream_read_tick_ms / 1000,
         )
     if engine == "mlx":
         from services.worker.engines.mlx import MLXEngine

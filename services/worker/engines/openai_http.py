@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -34,7 +34,7 @@ from services.worker.engines.base import (
     GenerationRequest,
 )
 from services.worker.engines.forced_tools import ForcedTools
-from services.worker.engines.sse_client import SSEClient
+from services.worker.engines.sse_client import SSEClient, StreamLines
 from services.worker.engines.upstream import (
     CompletionStream,
     error_from_response,
@@ -69,8 +69,11 @@ class OpenAIHTTPEngine:
         context: int,
         timeout: float,
         upstream_model: str | None = None,
+        read_tick: float = 0.0,
     ) -> None:
         self.name = name
+        self.read_tick = read_tick
+        """Seconds between the reads of a stream that flows (sse_client); 0 reads every event as it comes."""
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.concurrency = concurrency
         self.context = context
@@ -100,7 +103,9 @@ class OpenAIHTTPEngine:
             client.close()
             raise EngineUnavailable(f"{self.name} at {self.base_url} serves no model")
         self._client = client
-        self._streams = SSEClient(self.base_url, upstream=self.name, timeout=self.timeout, keep=self.concurrency + 4)
+        self._streams = SSEClient(
+            self.base_url, upstream=self.name, timeout=self.timeout, keep=self.concurrency + 4, tick=self.read_tick
+        )
         self.upstream_model = self.upstream_model or models[0]["id"]
         upstream_ctx = self._upstream_context(models[0])
         if upstream_ctx and upstream_ctx < self.context:
@@ -213,7 +218,7 @@ class OpenAIHTTPEngine:
         stream = CompletionStream(self.name, context=self.context, max_tokens=max_tokens, explicit=explicit)
         opened = False
         try:
-            with self._open_stream(path, body) as lines:
+            with self._open_stream(path, body, request.before_wait) as lines:
                 opened = True
                 yield from self._read(lines, stream, request, cancelled)
         except ContextLengthExceeded as exc:
@@ -221,17 +226,19 @@ class OpenAIHTTPEngine:
                 raise
             # vLLM refuses a defaulted max_tokens that does not fit; without one it fills the context.
             del body["max_tokens"]
-            with self._open_stream(path, body) as lines:
+            with self._open_stream(path, body, request.before_wait) as lines:
                 yield from self._read(lines, stream, request, cancelled)
         yield from stream.finish()
 
     def _read(
-        self, lines: Iterator[str], stream: CompletionStream, request: GenerationRequest, cancelled: CancelCheck
+        self, lines: StreamLines, stream: CompletionStream, request: GenerationRequest, cancelled: CancelCheck
     ) -> Iterator[GenerationItem]:
         for event in sse_events(lines):
             yield from stream.feed(event)
             if stream.cut:
                 break
+            # in ticks once the first token is out, but not its last ones: the end of an answer is not held
+            lines.paced = stream.sent > 0 and not stream.ends_within(self.read_tick)
             if stream.finished is None and cancelled():
                 log.info("%s: request %s cancelled, closing the upstream stream", self.name, request.request_id)
                 stream.finished = "stop"
@@ -312,11 +319,13 @@ class OpenAIHTTPEngine:
             raise error_from_response(response, self.name)
         return response.json()
 
-    def _open_stream(self, path: str, body: dict[str, Any]) -> contextlib.AbstractContextManager[Iterator[str]]:
+    def _open_stream(
+        self, path: str, body: dict[str, Any], before_wait: Callable[[bool], None] | None
+    ) -> contextlib.AbstractContextManager[StreamLines]:
         """The response's lines; leaving the block closes the connection, which cancels upstream."""
         if self._streams is None:
             raise EngineError(f"{self.name} engine is not loaded")
-        return self._streams.lines(path, body, tracing.outgoing())
+        return self._streams.lines(path, body, tracing.outgoing(), before_wait=before_wait)
 
 
 def _llama_server_sampling(temperature: float) -> dict[str, Any]:

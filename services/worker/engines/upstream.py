@@ -10,12 +10,13 @@ timings on every chunk), so no request needs a /tokenize call of its own before 
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
+import h11
 import httpx
 
 from services.common.errors import APIError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
@@ -101,8 +102,8 @@ def error_from_transport(exc: httpx.HTTPError, upstream: str, url: str) -> APIEr
     return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
 
 
-def error_from_socket(exc: OSError | http.client.HTTPException, upstream: str, url: str) -> APIError:
-    """`error_from_transport` for the standard library's sockets and http.client (sse_client): refused or
+def error_from_socket(exc: OSError | h11.ProtocolError, upstream: str, url: str) -> APIError:
+    """`error_from_transport` for our own sockets and h11 (sse_client): refused or
     unresolvable is a sidecar that is down, a timeout, a cut stream or a garbled answer an engine fault."""
     if isinstance(exc, ConnectionRefusedError | socket.gaierror):
         return ServiceUnavailable(f"{upstream} at {url} is unreachable: {exc}")
@@ -134,6 +135,7 @@ class CompletionStream:
         self.finished: str | None = None
         self.cut = False
         self.usage: dict[str, Any] | None = None
+        self._first_at: float | None = None
 
     def feed(self, event: dict[str, Any]) -> Iterator[TokenChunk]:
         if "error" in event:
@@ -151,12 +153,22 @@ class CompletionStream:
             logprobs = logprob_entries(choice.get("logprobs"))
             self._count(event, bool(text or calls))
             if text or calls or logprobs:
+                if self._first_at is None:
+                    self._first_at = time.monotonic()
                 yield TokenChunk(text or "", self.seen - self.sent, tool_calls=calls, logprobs=logprobs)
                 self.sent = self.seen
             if choice.get("finish_reason"):
                 self.finished = choice["finish_reason"]
         if self.finished is None and self.prompt_tokens is not None and self.prompt_tokens + self.seen >= self.context:
             self.finished, self.cut = "length", True
+
+    def ends_within(self, seconds: float) -> bool:
+        """Whether the answer reaches its max_tokens (or the context's end) within `seconds` at its pace so far."""
+        if self._first_at is None or self.seen < 2:
+            return False
+        per_token = (time.monotonic() - self._first_at) / (self.seen - 1)
+        room = min(self.max_tokens, self.context - (self.prompt_tokens or 0)) - self.seen
+        return room * per_token <= seconds
 
     def _learn_prompt(self, event: dict[str, Any]) -> None:
         usage = event.get("usage") or {}

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.common.ports import free_port
+from services.common.settings import Settings
 from services.worker.engines.base import Engine
 from services.worker.engines.llama_server_process import LlamaServerCommand, LlamaServerMissing, find_binary
 from services.worker.engines.openai_http import OpenAIHTTPEngine
@@ -47,9 +48,20 @@ def llama_server(
         yield cmd, proc
 
 
-def engine_for(cmd: LlamaServerCommand, *, concurrency: int = SLOTS, timeout: float = 60) -> OpenAIHTTPEngine:
+READ_TICK = Settings.model_fields["stream_read_tick_ms"].default / 1000
+"""The worker's default: engines under test read a flowing stream in ticks, as in production."""
+
+
+def engine_for(
+    cmd: LlamaServerCommand, *, concurrency: int = SLOTS, timeout: float = 60, read_tick: float = READ_TICK
+) -> OpenAIHTTPEngine:
     return OpenAIHTTPEngine(
-        cmd.url, name="llama_server", concurrency=concurrency, context=SLOT_CONTEXT, timeout=timeout
+        cmd.url,
+        name="llama_server",
+        concurrency=concurrency,
+        context=SLOT_CONTEXT,
+        timeout=timeout,
+        read_tick=read_tick,
     )
 
 
