@@ -19,6 +19,7 @@ class InstantEngine:
 
     name = "instant"
     templates_chat = False
+    calls_before_wait = False
 
     def __init__(self, slots: int = 1, context: int = 4096) -> None:
         self.slots = slots

@@ -19,6 +19,10 @@ CANCEL_POLL_S = 0.1
 flusher.MAX_HOLD, half of this) before that, so while tokens flow a slot needs no round trip of its own."""
 
 
+class NotWanted(Exception):
+    """Raised from a deferred start (`defer_start`) when nobody waits for the job any more."""
+
+
 class StreamPublisher:
     """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 100 ms.
 
@@ -51,13 +55,17 @@ class StreamPublisher:
         self.failed: FlushFailed | None = None
         """Set by the flusher when a batch with our tokens was lost."""
         self._first = True
+        self._deferred: tuple[events.Started, Prelude | None] | None = None
+        """A start to write at the engine's first wait (defer_start)."""
         self._waits_told = False
         """The engine calls before_wait: it says when pending deltas are to be written."""
         self._checked_at = 0.0
         self._cancelled = False
 
     def publish(self, event: events.Event) -> None:
-        """Write `event` now; with a flusher, after the deltas still pending."""
+        """Write `event` now; with a flusher, after the deltas still pending (and a deferred start)."""
+        if self._deferred is not None:
+            self._write(*self._take_deferred(), check_lease=True)
         if not isinstance(event, events.Failed):
             self._raise_if_failed()  # no `done` after lost tokens: the runner turns this into an error
         self._write(event)
@@ -71,6 +79,21 @@ class StreamPublisher:
             return False
         self._write(event, check_lease=True, prelude=prelude)
         return not self._cancelled
+
+    def defer_start(self, event: events.Started, prelude: Prelude | None = None) -> bool:
+        """`start`, but at the engine's first `before_wait`: a sidecar then reads the prompt while `started`
+        and the lease go over the network. False (skip the job) when its deadline has passed already; a
+        lease found gone there raises NotWanted out of the engine."""
+        if time.time() > self.deadline:
+            self._cancelled = True
+            return False
+        self._deferred = (event, prelude)
+        return True
+
+    def _take_deferred(self) -> tuple[events.Started, Prelude | None]:
+        assert self._deferred is not None
+        deferred, self._deferred = self._deferred, None
+        return deferred
 
     def _write(self, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None) -> None:
         """XADD with its EXPIRE in one MULTI/EXEC (through the flusher when there is one), reading the
@@ -113,6 +136,8 @@ class StreamPublisher:
         comes, let the flusher's thread write it within its hold. From the first call on, our deltas do
         not wake that thread themselves. A lost batch fails the requests whose tokens were in it, each
         from its own slot, as in the flusher's thread."""
+        if self._deferred is not None and not self.start(*self._take_deferred()):
+            raise NotWanted(f"nobody waits for {self.key} any more")
         if self.flusher is None:
             return
         self._waits_told = True

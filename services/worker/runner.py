@@ -18,7 +18,7 @@ from services.common.jobs import Job
 from services.worker.engines.base import Embedder, Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
-from services.worker.publisher import Prelude, StreamPublisher
+from services.worker.publisher import NotWanted, Prelude, StreamPublisher
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,20 @@ class JobRunner:
     def run(self, job: Job, prelude: Prelude | None = None) -> None:
         out = StreamPublisher(self.redis, job.request_id, self.stream_ttl, job.deadline, flusher=self.flusher)
         dequeued = time.time()
-        if not out.start(Started(self.worker_id, dequeued), prelude):  # the lease is read in the same round trip
+        started = Started(self.worker_id, dequeued)
+        if job.kind != "embedding" and self.engine.calls_before_wait:
+            ready = out.defer_start(started, prelude)  # written once the sidecar has the request
+        else:
+            ready = out.start(started, prelude)  # the lease is read in the same round trip
+        if not ready:
             log.info("job %s skipped: cancelled or past its deadline before it started", job.request_id)
             return
         self.metrics.queue_time(job.model, dequeued - job.accepted_at)
         with self.traces.job(job, dequeued, self.engine.name, self.worker_id), self.metrics.running(job.model):
             try:
                 (self._embed if job.kind == "embedding" else self._generate)(job, out, dequeued)
+            except NotWanted:
+                log.info("job %s skipped: cancelled as it started (its upstream request closed)", job.request_id)
             except APIError as exc:
                 self.metrics.failed(job.model)
                 out.publish(Failed(exc.message, exc.type, exc.code, exc.param, exc.status))

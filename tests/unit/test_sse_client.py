@@ -33,6 +33,9 @@ class Sidecar(ThreadingHTTPServer):
         """Seconds between two pieces."""
         self.sent_at: list[float] = []
         """When each piece was written (time.monotonic)."""
+        self.hold: threading.Event | None = None
+        """Answer only once this is set (2 s at most: then `held_too_long`)."""
+        self.held_too_long = False
         self.cut = False
         """Die after the first event: the body ends without its last chunk, as when the sidecar is killed."""
 
@@ -51,6 +54,8 @@ class Play(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
+        if self.server.hold is not None and not self.server.hold.wait(2):
+            self.server.held_too_long = True
         if self.server.status != 200:
             body = b'{"error": {"message": "bad temperature", "type": "invalid_request_error", "code": 400}}'
             self.send_response(self.server.status)
@@ -181,3 +186,17 @@ def test_a_slow_stream_is_read_as_it_comes(sidecar: Sidecar) -> None:
     assert len(lines) == 7
     assert sleeps <= 1, sleeps
     assert sorted(delays)[-2] < 0.015, delays  # all but at most one read at once
+
+
+def test_before_wait_runs_once_the_request_is_out_before_its_answer(sidecar: Sidecar) -> None:
+    """The runner writes a job's `started` there: the sidecar already reads the prompt meanwhile. The
+    sidecar here holds its answer until then (2 s at most), so a call after the answer would come too late."""
+    told = threading.Event()
+    sidecar.hold = told
+    client = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2)
+    calls: list[bool] = []
+    before = lambda sleeping: calls.append(sleeping) or told.set()  # noqa: E731
+    with client.lines("/v1/completions", {}, {}, before_wait=before) as lines:
+        assert [line for line in lines if line][-1] == "data: [DONE]"
+    assert calls[0] is False  # a wait for data, not a tick's sleep
+    assert not sidecar.held_too_long, "before_wait came only with the answer"

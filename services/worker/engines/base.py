@@ -78,6 +78,10 @@ class Engine(Protocol):
     templates_chat: bool
     """True when `generate` takes a chat's messages and templates them itself (an HTTP sidecar's chat
     endpoint, which would template again anyway): the runner then skips `apply_chat_template`."""
+    calls_before_wait: bool
+    """True when `generate` calls the request's `before_wait` before each wait for output, the first right
+    after the request went out (a sidecar's stream): the runner then writes `started` there, while the
+    sidecar already reads the prompt, instead of before it."""
 
     def load(self) -> None:
         """Load weights or connect to the sidecar; raise if the model cannot be served."""

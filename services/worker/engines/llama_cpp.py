@@ -133,6 +133,7 @@ class LlamaCppEngine:
 
     name = "llama_cpp"
     templates_chat = False
+    calls_before_wait = False
 
     def __init__(
         self,

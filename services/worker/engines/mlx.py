@@ -50,6 +50,7 @@ class MLXEngine:
     """In-process mlx-lm; `slots` requests share one model through continuous batching."""
 
     templates_chat = False
+    calls_before_wait = False
 
     def __init__(self, model_path: Path, *, slots: int, name: str = "mlx") -> None:
         self.model_path = model_path

@@ -59,6 +59,7 @@ class OpenAIHTTPEngine:
     """A sidecar behind the Engine protocol; `name` is "llama_server" or "vllm" (their APIs differ a little)."""
 
     templates_chat = True
+    calls_before_wait = True
 
     def __init__(
         self,

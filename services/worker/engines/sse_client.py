@@ -78,7 +78,7 @@ class SSEClient:
             ("Content-Length", str(len(payload))),
             *headers.items(),
         ]
-        conn, status = self._send(self._prefix + path, payload, head)
+        conn, status = self._send(self._prefix + path, payload, head, before_wait)
         reader = StreamLines(conn, tick=self.tick, before_wait=before_wait)
         try:
             if status >= 400:
@@ -99,13 +99,15 @@ class SSEClient:
         for conn in idle:
             conn.close()
 
-    def _send(self, path: str, payload: bytes, headers: list[tuple[str, str]]) -> tuple[_Connection, int]:
+    def _send(
+        self, path: str, payload: bytes, headers: list[tuple[str, str]], before_wait: Callable[[bool], None] | None
+    ) -> tuple[_Connection, int]:
         """Sent on a kept connection, or on a new one if that was closed by the sidecar meanwhile (it had
         not read the request, so sending it again runs it once). Returns the connection and the status."""
         while True:
             conn, reused = self._take()
             try:
-                return conn, conn.request(path, payload, headers)
+                return conn, conn.request(path, payload, headers, before_wait)
             except (_Unanswered, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if not reused:
@@ -113,6 +115,9 @@ class SSEClient:
             except (OSError, h11.ProtocolError) as exc:
                 conn.close()
                 raise self._transport_error(exc) from exc
+            except BaseException:  # before_wait's (the job is not wanted any more): the sidecar stops on close
+                conn.close()
+                raise
 
     def _take(self) -> tuple[_Connection, bool]:
         while True:
@@ -155,11 +160,15 @@ class _Connection:
         self.sock = sock
         self.http = h11.Connection(h11.CLIENT)
 
-    def request(self, path: str, payload: bytes, headers: list[tuple[str, str]]) -> int:
-        """Send a POST and read its answer's head; its status."""
+    def request(
+        self, path: str, payload: bytes, headers: list[tuple[str, str]], before_wait: Callable[[bool], None] | None
+    ) -> int:
+        """Send a POST and read its answer's head; its status. `before_wait` runs between the two."""
         out = self.http.send(h11.Request(method="POST", target=path, headers=headers))
         out += self.http.send(h11.Data(data=payload)) + self.http.send(h11.EndOfMessage())
         self.sock.sendall(out)
+        if before_wait is not None:
+            before_wait(False)
         while True:
             event = self.http.next_event()
             if event is h11.NEED_DATA:
@@ -181,11 +190,9 @@ class _Connection:
 
     def closed_by_peer(self) -> bool:
         """An idle kept connection that reads as ready has been closed (or broken) by the sidecar."""
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+        poller = select.poll()  # not select(): a worker may hold file descriptors past 1024
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

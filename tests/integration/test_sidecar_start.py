@@ -1,0 +1,131 @@
+"""A sidecar job's `started` is written once the sidecar has the request (runner + real Redis + a loopback
+server that plays vLLM): the round trip runs while the prompt is read, not before it, and still before any
+answer. A job whose client left by then is dropped there, and its upstream request closed. That the
+request goes out first is tests/unit/test_sse_client.py's (`before_wait` while the sidecar holds its answer)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import redis
+
+from services.common import events, keys
+from services.common.events import Delta, Done, Started
+from services.common.jobs import Job, SamplingParams
+from services.worker.engines.openai_http import OpenAIHTTPEngine
+from services.worker.engines.sse_client import SSEClient
+from services.worker.metrics import WorkerMetrics
+from services.worker.runner import JobRunner
+
+pytestmark = pytest.mark.integration
+
+WORDS = [" a", " b", " c"]
+
+
+def chunk(i: int, word: str) -> bytes:
+    event = {
+        "choices": [{"index": 0, "text": word, "finish_reason": "length" if i == len(WORDS) else None}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": i, "total_tokens": 4 + i},
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+class Sidecar(ThreadingHTTPServer):
+    """Answers once the request's `started` is in Redis (or after 2 s), as if the prompt took that long."""
+
+    daemon_threads = True
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(("127.0.0.1", 0), Play)
+        self.redis = client
+        self.started_before_answer: list[bool] = []
+        self.cut_short = threading.Event()
+        """The client closed the stream before its end."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Play(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Sidecar
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        stream = keys.stream(body["prompt"])  # the test's prompt is its request id
+        deadline = time.monotonic() + 2
+        while not self.server.redis.exists(stream) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.server.started_before_answer.append(bool(self.server.redis.exists(stream)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i, word in enumerate(WORDS, 1):
+                piece = chunk(i, word)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+        except OSError:
+            self.server.cut_short.set()
+            self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def sidecar(redis_client: redis.Redis) -> Iterator[Sidecar]:
+    server = Sidecar(redis_client)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def runner_for(sidecar: Sidecar, client: redis.Redis) -> JobRunner:
+    engine = OpenAIHTTPEngine(sidecar.url, name="vllm", concurrency=2, context=100, timeout=5, upstream_model="m")
+    engine._streams = SSEClient(sidecar.url, upstream="vllm", timeout=5, keep=2)
+    return JobRunner(engine, client, worker_id="w1", stream_ttl=60, metrics=WorkerMetrics("vllm"))
+
+
+def job(request_id: str) -> Job:
+    now = time.time()
+    params = SamplingParams(max_tokens=len(WORDS), max_tokens_explicit=True)
+    return Job(request_id=request_id, model="m", kind="completion", prompt=request_id, params=params,
+               accepted_at=now, deadline=now + 30)  # fmt: skip
+
+
+def stream(client: redis.Redis, request_id: str) -> list[events.Event]:
+    return [events.decode(f) for _, f in client.xrange(keys.stream(request_id))]
+
+
+def test_started_is_written_while_the_sidecar_has_the_request(sidecar: Sidecar, redis_client: redis.Redis) -> None:
+    runner = runner_for(sidecar, redis_client)
+    redis_client.set(keys.lease("cmpl-early"), "1", ex=60)
+    runner.run(job("cmpl-early"))
+    assert sidecar.started_before_answer == [True]
+    got = stream(redis_client, "cmpl-early")
+    assert isinstance(got[0], Started) and isinstance(got[-1], Done)
+    assert "".join(e.text for e in got if isinstance(e, Delta)) == "".join(WORDS)
+    assert got[-1].usage.completion_tokens == len(WORDS)
+    runner.flusher.close()
+
+
+def test_a_job_nobody_waits_for_is_dropped_and_its_upstream_request_closed(
+    sidecar: Sidecar, redis_client: redis.Redis
+) -> None:
+    runner = runner_for(sidecar, redis_client)  # no lease: the client has gone
+    runner.run(job("cmpl-gone"))
+    assert [type(e) for e in stream(redis_client, "cmpl-gone")] == [Started], "no token, no error: nobody reads"
+    assert sidecar.cut_short.wait(5), "the sidecar's stream was closed under it"
+    assert 0 < redis_client.ttl(keys.stream("cmpl-gone")) <= 60
+    runner.flusher.close()
