@@ -250,22 +250,23 @@ def test_sidecar_gone_or_dying_is_an_api_error(gemma_path: Path, tmp_path: Path)
         engine.unload()
 
 
-def test_a_flowing_stream_is_read_in_ticks_with_the_same_answer(server: LlamaServerCommand) -> None:
-    """Paced, the answer and its usage are the unpaced ones, read in a few ticks: the runner's flush runs
-    before each tick's sleep. A 200 ms tick keeps Gemma's ~15 ms tokens flowing on a loaded box too."""
-    paced, unpaced = engine_for(server, concurrency=2, read_tick=0.2), engine_for(server, concurrency=2, read_tick=0)
+def test_a_flowing_stream_is_read_in_ticks(server: LlamaServerCommand) -> None:
+    """Paced, a stream keeps every token and its usage, read in a few ticks: the runner's flush runs before
+    each tick's sleep. A 200 ms tick keeps Gemma's ~15 ms tokens flowing on a loaded box too. (Greedy text
+    is not compared with an unpaced run: llama-server's own answers to one prompt differ between runs.)"""
+    paced = engine_for(server, concurrency=2, read_tick=0.2)
     paced.load()
-    unpaced.load()
     flushes: list[int] = []
     try:
         tell = lambda sleep: sleep and flushes.append(1)  # noqa: E731
         request = GenerationRequest("t", STORY, params(max_tokens=48), before_wait=tell)
         items = list(paced.generate(request, lambda: False))
-        text, finish, _ = run(unpaced, max_tokens=48)
     finally:
         paced.unload()
-        unpaced.unload()
     chunks = [i for i in items if isinstance(i, TokenChunk)]
-    assert "".join(c.text for c in chunks) == text
-    assert items[-1] == finish and sum(c.tokens for c in chunks) == finish.completion_tokens == 48
+    finish = items[-1]
+    assert isinstance(finish, Finish) and finish.reason == "length"
+    assert sum(c.tokens for c in chunks) == finish.completion_tokens == 48
+    assert finish.prompt_tokens == upstream_tokens(server, STORY)
+    assert len("".join(c.text for c in chunks).split()) >= 20
     assert 1 <= len(flushes) <= 12, len(flushes)  # read as it came, a flush would never be asked for
