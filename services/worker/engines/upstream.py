@@ -163,12 +163,13 @@ class CompletionStream:
             self.finished, self.cut = "length", True
 
     def ends_within(self, seconds: float) -> bool:
-        """Whether the answer reaches its max_tokens (or the context's end) within `seconds` at its pace so far."""
+        """Whether the answer's last token (its max_tokens, or the context's end) is due within `seconds` at
+        its pace so far; the last token itself always is, however slow the pace."""
         if self._first_at is None or self.seen < 2:
             return False
         per_token = (time.monotonic() - self._first_at) / (self.seen - 1)
         room = min(self.max_tokens, self.context - (self.prompt_tokens or 0)) - self.seen
-        return room * per_token <= seconds
+        return (room - 1) * per_token <= seconds
 
     def _learn_prompt(self, event: dict[str, Any]) -> None:
         usage = event.get("usage") or {}
