@@ -64,8 +64,9 @@ class StreamPublisher:
 
     def publish(self, event: events.Event) -> None:
         """Write `event` now; with a flusher, after the deltas still pending (and a deferred start)."""
-        if self._deferred is not None:
-            self._write(*self._take_deferred(), check_lease=True)
+        if self._deferred is not None:  # the engine failed before its first wait: `started` still comes first
+            started, prelude = self._take_deferred()
+            self._write(started, check_lease=True, prelude=prelude)
         if not isinstance(event, events.Failed):
             self._raise_if_failed()  # no `done` after lost tokens: the runner turns this into an error
         self._write(event)

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from services.common import events, keys
-from services.common.events import Delta, Done, Started
+from services.common.events import Delta, Done, Failed, Started
 from services.common.jobs import Job, SamplingParams
 from services.worker.engines.openai_http import OpenAIHTTPEngine
 from services.worker.engines.sse_client import SSEClient
@@ -97,9 +97,9 @@ def runner_for(sidecar: Sidecar, client: redis.Redis) -> JobRunner:
     return JobRunner(engine, client, worker_id="w1", stream_ttl=60, metrics=WorkerMetrics("vllm"))
 
 
-def job(request_id: str) -> Job:
+def job(request_id: str, max_tokens: int = len(WORDS)) -> Job:
     now = time.time()
-    params = SamplingParams(max_tokens=len(WORDS), max_tokens_explicit=True)
+    params = SamplingParams(max_tokens=max_tokens, max_tokens_explicit=True)
     return Job(request_id=request_id, model="m", kind="completion", prompt=request_id, params=params,
                accepted_at=now, deadline=now + 30)  # fmt: skip
 
@@ -128,4 +128,16 @@ def test_a_job_nobody_waits_for_is_dropped_and_its_upstream_request_closed(
     assert [type(e) for e in stream(redis_client, "cmpl-gone")] == [Started], "no token, no error: nobody reads"
     assert sidecar.cut_short.wait(5), "the sidecar's stream was closed under it"
     assert 0 < redis_client.ttl(keys.stream("cmpl-gone")) <= 60
+    runner.flusher.close()
+
+
+def test_a_job_that_fails_before_its_request_still_starts_first(sidecar: Sidecar, redis_client: redis.Redis) -> None:
+    """An explicit max_tokens as large as the context is refused before any request: `started`, then the 400."""
+    runner = runner_for(sidecar, redis_client)
+    redis_client.set(keys.lease("cmpl-too-long"), "1", ex=60)
+    runner.run(job("cmpl-too-long", max_tokens=100))
+    got = stream(redis_client, "cmpl-too-long")
+    assert [type(e) for e in got] == [Started, Failed]
+    assert got[1].status == 400 and got[1].code == "context_length_exceeded"
+    assert sidecar.started_before_answer == [], "no request went out"
     runner.flusher.close()
