@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import redis
@@ -21,6 +21,7 @@ from services.worker.engines.openai_http import OpenAIHTTPEngine
 from services.worker.engines.sse_client import SSEClient
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import JobRunner
+from tests.support.loopback_sidecar import END, LoopbackSidecar, start_event_stream, write_chunk
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +36,15 @@ def chunk(i: int, word: str) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-class Sidecar(ThreadingHTTPServer):
+class Sidecar(LoopbackSidecar):
     """Answers once the request's `started` is in Redis (or after 2 s), as if the prompt took that long."""
 
-    daemon_threads = True
-
     def __init__(self, client: redis.Redis) -> None:
-        super().__init__(("127.0.0.1", 0), Play)
+        super().__init__(Play)
         self.redis = client
         self.started_before_answer: list[bool] = []
         self.cut_short = threading.Event()
         """The client closed the stream before its end."""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 class Play(BaseHTTPRequestHandler):
@@ -63,17 +58,13 @@ class Play(BaseHTTPRequestHandler):
         while not self.server.redis.exists(stream) and time.monotonic() < deadline:
             time.sleep(0.005)
         self.server.started_before_answer.append(bool(self.server.redis.exists(stream)))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        start_event_stream(self)
         try:
             for i, word in enumerate(WORDS, 1):
-                piece = chunk(i, word)
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                self.wfile.flush()
+                write_chunk(self.wfile, chunk(i, word))
                 time.sleep(0.05)
-            self.wfile.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            write_chunk(self.wfile, b"data: [DONE]\n\n")
+            self.wfile.write(END)
         except OSError:
             self.server.cut_short.set()
             self.close_connection = True
@@ -85,10 +76,8 @@ class Play(BaseHTTPRequestHandler):
 @pytest.fixture
 def sidecar(redis_client: redis.Redis) -> Iterator[Sidecar]:
     server = Sidecar(redis_client)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with server.serving():
+        yield server
 
 
 def runner_for(sidecar: Sidecar, client: redis.Redis) -> JobRunner:

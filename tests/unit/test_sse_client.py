@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -14,17 +14,16 @@ from services.common.errors import InvalidRequest, ServiceUnavailable
 from services.common.ports import free_port
 from services.worker.engines.base import EngineError
 from services.worker.engines.sse_client import SSEClient
+from tests.support.loopback_sidecar import END, LoopbackSidecar, start_event_stream, write_chunk
 
 EVENTS = [b'data: {"n": 1}\r\n\r\n', b": ping\n\n", b'data: {"n": 2}\n\ndata: [DONE]\n\n']
 
 
-class Sidecar(ThreadingHTTPServer):
+class Sidecar(LoopbackSidecar):
     """Counts connections; `pieces` are written as chunks, split mid-line, with a pause between them."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Play)
+        super().__init__(Play)
         self.connections = 0
         self.status = 200
         self.pieces = [b"".join(EVENTS)[i : i + 7] for i in range(0, len(b"".join(EVENTS)), 7)]
@@ -38,10 +37,6 @@ class Sidecar(ThreadingHTTPServer):
         self.held_too_long = False
         self.cut = False
         """Die after the first event: the body ends without its last chunk, as when the sidecar is killed."""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 class Play(BaseHTTPRequestHandler):
@@ -63,23 +58,19 @@ class Play(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        start_event_stream(self)
         pieces = iter(lambda: b"data: {}\n\n", None) if self.server.endless else self.server.pieces
         if self.server.cut:
             pieces = [EVENTS[0]]
         try:
             for piece in pieces:
                 self.server.sent_at.append(time.monotonic())
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                self.wfile.flush()
+                write_chunk(self.wfile, piece)
                 time.sleep(self.server.gap)
             if self.server.cut:
                 self.close_connection = True
                 return
-            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.write(END)
         except OSError:
             self.close_connection = True
 
@@ -90,10 +81,8 @@ class Play(BaseHTTPRequestHandler):
 @pytest.fixture
 def sidecar() -> Iterator[Sidecar]:
     server = Sidecar()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with server.serving():
+        yield server
 
 
 def read_all(client: SSEClient) -> list[str]:
