@@ -19,6 +19,7 @@ from services.api.admission import Admission
 from services.api.jobqueue import JobQueue
 from services.api.leases import Flight, LeaseKeeper
 from services.api.queue_wait import SERVICE_SAMPLES, TICK_S, QueueWait, estimate
+from services.api.stream_reader import StreamReader
 from services.api.traffic import RecentTraffic
 from services.common import events, keys
 from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
@@ -96,7 +97,17 @@ class Gateway:
 
     def events(self, flight: Flight, wait: QueueWait | None = None) -> Iterator[tuple[str, events.Event] | None]:
         """(stream id, event) pairs until `done`/`error`; None on quiet ticks. Raises 504 at the deadline.
-        `wait` learns the dequeue time; one that reports hears, every TICK_S while queued, where it stands."""
+        `wait` learns the dequeue time; one that reports hears, every TICK_S while queued, where it stands.
+        The reads hold one connection until the events end or the caller closes the iterator."""
+        reader = StreamReader(self.redis)
+        try:
+            yield from self._events(flight, wait, reader)
+        finally:
+            reader.close()
+
+    def _events(
+        self, flight: Flight, wait: QueueWait | None, reader: StreamReader
+    ) -> Iterator[tuple[str, events.Event] | None]:
         job = flight.job
         last, seen, worker = "0-0", 0, None
         checked = time.monotonic()
@@ -108,8 +119,8 @@ class Gateway:
                 raise GatewayTimeout(f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds.")
             tick = TICK_S if wait is not None and wait.report and worker is None else self.keepalive
             block = max(1, int(min(remaining, self.keepalive, tick) * 1000))
-            reply = self.redis.xread({keys.stream(job.request_id): last}, block=block, count=256)
-            if not reply:
+            entries = reader.read(keys.stream(job.request_id), last, block_ms=block, count=256)
+            if not entries:
                 # liveness every keep-alive, as without queue ticks (a dequeued job's grace is STRANDED_TICKS of
                 # them); a hang-up is seen on every tick
                 if time.monotonic() - checked >= self.keepalive * 0.9 or tick >= self.keepalive:
@@ -121,8 +132,7 @@ class Gateway:
                     self._locate(job, wait)
                 yield None
                 continue
-            for entry_id, fields in reply[0][1]:
-                last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            for last, fields in entries:
                 seen += 1
                 event = events.decode(fields)
                 if isinstance(event, events.Started):
