@@ -2,10 +2,10 @@
 
 One XADD per token made the gateway's cost per request grow with its length (a round trip, a MULTI/EXEC
 and a reader wake-up per token). Here slots only hand their text over (a lock and an append); one
-thread writes what all of them produced since the last flush in one MULTI/EXEC, and checks their
-leases in the same round trip. Events that must not wait (a request's first token, `started`, `done`,
-`error`) are written at once by the slot's own thread, together with everything pending, so a
-stream's events always land in the order they were produced.
+thread writes what all of them produced since the last flush in one pipeline (one atomic append per
+stream, append.py), and checks their leases in the same round trip. Events that must not wait (a
+request's first token, `started`, `done`, `error`) are written at once by the slot's own thread,
+together with everything pending, so a stream's events always land in the order they were produced.
 
 The hold adapts to the engine's pace. A CPU llama-server emits a token every ~15 ms, so a 10 ms
 flush held one token: every token still cost a pipeline, a Redis write, an API wake-up and a write to
@@ -25,6 +25,7 @@ import redis
 
 from services.common import events
 from services.common.errors import ServiceUnavailable
+from services.worker.append import append
 
 if TYPE_CHECKING:
     from services.worker.publisher import Prelude, StreamPublisher
@@ -151,26 +152,23 @@ class DeltaFlusher:
         batch = self._take()
         if not batch and now is None:
             return None
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=prelude is not None)  # each append is atomic on its own
         if prelude is not None:
             prelude(pipe)
         checked = time.monotonic()
-        leases: list[tuple[StreamPublisher, int]] = []  # whose lease this batch checks, at which reply
+        writes: dict[str, tuple[StreamPublisher, list[events.Event], bool]] = {}
         tokens = 0
         for out, delta in batch:
             tokens += delta.tokens
-            pipe.xadd(out.key, events.encode(delta))
-            pipe.expire(out.key, out.ttl)
-            if out.lease_due(checked, self.max_hold):  # the next batch may come from a slot, in a tick
-                leases.append((out, len(pipe.command_stack)))
-                pipe.exists(out.lease_key)
-        if now is not None:
+            # the next batch may come from a slot, in a tick: check the lease now if it would be stale by then
+            writes[out.key] = (out, [delta], out.lease_due(checked, self.max_hold))
+        if now is not None:  # after its own stream's pending deltas, in the same command
             out, event = now
-            if check_lease:
-                leases.append((out, len(pipe.command_stack)))
-                pipe.exists(out.lease_key)
-            pipe.xadd(out.key, events.encode(event))
-            pipe.expire(out.key, out.ttl)
+            _, written, check = writes.get(out.key, (out, [], False))
+            writes[out.key] = (out, [*written, event], check or check_lease)
+        first = len(pipe.command_stack)
+        for out, written, check in writes.values():
+            append(pipe, out.key, out.lease_key, out.ttl, written, check_lease=check)
         try:
             results = pipe.execute()
         except redis.RedisError as exc:
@@ -181,6 +179,7 @@ class DeltaFlusher:
                 raise  # the slot's own event: its runner handles a Redis error as it always did
             raise failed from exc
         self.flushes += 1
-        for out, reply in leases:
-            out.lease_seen(bool(results[reply]), checked)
+        for (out, _, check), reply in zip(writes.values(), results[first:], strict=True):
+            if check:
+                out.lease_seen(reply == 1, checked)
         return tokens / len(batch) if batch else None

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import redis
 
 from services.common import events, keys
+from services.worker.append import append
 from services.worker.flusher import DeltaFlusher, FlushFailed
 
 Prelude = Callable[[redis.client.Pipeline], None]
@@ -26,7 +27,7 @@ class NotWanted(Exception):
 class StreamPublisher:
     """Bound to one request: XADD events, EXPIRE the stream, poll the lease at most every 100 ms.
 
-    Every write sets the TTL with its XADD, atomically (MULTI/EXEC) and in one round trip: the API deletes
+    Every write sets the TTL with its XADD, atomically (append.py) and in one round trip: the API deletes
     the stream when its client is done, and an XADD that lands after that (a token in flight at a
     disconnect) re-creates the key, which must then expire on its own rather than live forever.
 
@@ -97,22 +98,18 @@ class StreamPublisher:
         return deferred
 
     def _write(self, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None) -> None:
-        """XADD with its EXPIRE in one MULTI/EXEC (through the flusher when there is one), reading the
-        lease in the same round trip when asked."""
+        """XADD with its EXPIRE in one command (through the flusher when there is one), reading the
+        lease in the same round trip when asked; in a MULTI with `prelude`'s commands."""
         if self.flusher is not None:
             self.flusher.send(self, event, check_lease=check_lease, prelude=prelude)
             return
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=prelude is not None)
         if prelude is not None:
             prelude(pipe)
-        lease_reply = len(pipe.command_stack)
+        append(pipe, self.key, self.lease_key, self.ttl, (event,), check_lease=check_lease)
+        reply = pipe.execute()[-1]
         if check_lease:
-            pipe.exists(self.lease_key)
-        pipe.xadd(self.key, events.encode(event))
-        pipe.expire(self.key, self.ttl)
-        replies = pipe.execute()
-        if check_lease:
-            self.lease_seen(bool(replies[lease_reply]), time.monotonic())
+            self.lease_seen(reply == 1, time.monotonic())
 
     def delta(
         self,
