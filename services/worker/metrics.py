@@ -32,6 +32,8 @@ class WorkerMetrics:
         self.engine = engine
         self.worker = worker
         self._seen: set[tuple[str, str, str]] = set()
+        self._itl_series: dict[tuple[str, str, str], Histogram] = {}
+        """The inter-token histogram's series by labels: it is observed for every token."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
 
@@ -69,7 +71,11 @@ class WorkerMetrics:
         self._ttft.labels(*self._labels(model)).observe(max(0.0, seconds))
 
     def inter_token(self, model: str, seconds: float) -> None:
-        self._itl.labels(*self._labels(model)).observe(max(0.0, seconds))
+        labels = (model, self.engine, self.worker)
+        series = self._itl_series.get(labels)
+        if series is None:
+            series = self._itl_series[labels] = self._itl.labels(*self._labels(model))
+        series.observe(max(0.0, seconds))
 
     def finished(self, model: str, usage: Usage, seconds: float, reason: str) -> None:
         labels = self._labels(model)

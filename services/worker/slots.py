@@ -32,6 +32,9 @@ DEQUEUE_TIMEOUT = 5
 """Seconds a slot blocks waiting for a job (RQ derives it as worker_ttl - 15); bounds shutdown time."""
 HEARTBEAT_EVERY_S = DEQUEUE_TIMEOUT / 2
 """The most often a slot's beat goes alone: well inside its worker_ttl (DEQUEUE_TIMEOUT + 15 s)."""
+SUSPENSION_CHECK_S = 1.0
+"""The most often a busy slot reads `rq suspend`'s flag (RQ reads it before every dequeue, a round trip a
+job): a suspension reaches a slot between jobs within this long."""
 
 
 class LeaseBound(BaseDeathPenalty):
@@ -61,6 +64,7 @@ class SlotWorker(SimpleWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._beat_at = -HEARTBEAT_EVERY_S
+        self._unsuspended_at = -SUSPENSION_CHECK_S
 
     def _install_signal_handlers(self) -> None:
         """The main thread owns SIGINT/SIGTERM and asks each slot to stop."""
@@ -78,6 +82,14 @@ class SlotWorker(SimpleWorker):
             super().heartbeat(timeout, pipeline=pipe)
             pipe.execute()
         self._beat_at = time.monotonic()
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's check (waits while `rq suspend` holds), skipped when it found none less than
+        SUSPENSION_CHECK_S ago."""
+        if time.monotonic() - self._unsuspended_at < SUSPENSION_CHECK_S:
+            return
+        super().check_for_suspension(burst)
+        self._unsuspended_at = time.monotonic()
 
     def set_state(self, state: str, pipeline=None) -> None:
         """RQ writes IDLE before every dequeue; a slot already idle (the finishing MULTI wrote it) skips it."""

@@ -100,7 +100,7 @@ def _job_round_trips(cls, client: redis.Redis) -> int:
 def test_a_slot_runs_a_job_in_far_fewer_round_trips_than_rq(redis_url):
     """RQ's SimpleWorker spends 19 round trips on a job here (24 in the stack, where it reads the job's
     status and executions to clean up); a slot spends the dequeue, the fetch, one MULTI to start the job,
-    one to finish it and RQ's suspension check."""
+    one to finish it, and RQ's suspension check at most once a second."""
     from rq import SimpleWorker
 
     from services.worker.slots import SlotWorker
@@ -110,6 +110,33 @@ def test_a_slot_runs_a_job_in_far_fewer_round_trips_than_rq(redis_url):
     print(f"round trips per job: RQ's SimpleWorker {rq_alone}, a slot {slot}")
     assert slot <= 5, slot
     assert rq_alone >= 3 * slot, (rq_alone, slot)
+
+
+def test_a_suspended_slot_takes_no_job_and_a_busy_one_reads_the_flag_once_a_second(redis_url):
+    """`rq suspend` still holds slots back; between back-to-back jobs the flag is read at most every
+    SUSPENSION_CHECK_S, not before each dequeue as RQ does."""
+    from rq.suspension import resume, suspend
+
+    from services.worker.slots import DEQUEUE_TIMEOUT, SUSPENSION_CHECK_S, SlotWorker
+
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=Counting))
+    queue = Queue("suspension-check", connection=client, serializer=JSONSerializer)
+    for _ in range(3):
+        queue.enqueue("builtins.len", "abc", result_ttl=0)
+    suspend(client)
+    try:
+        worker = SlotWorker([queue], connection=client, serializer=JSONSerializer, worker_ttl=DEQUEUE_TIMEOUT + 15)
+        worker.work(burst=True)  # a suspended worker in burst mode stops at once
+        assert queue.count == 3, "a suspended slot dequeued a job"
+    finally:
+        resume(client)
+    worker = SlotWorker([queue], connection=client, serializer=JSONSerializer, worker_ttl=DEQUEUE_TIMEOUT + 15)
+    Counting.sent.clear()
+    started = time.monotonic()
+    assert worker.work(max_jobs=3)  # a slot's dequeue waits for jobs even in burst mode: stop after three
+    assert queue.count == 0
+    reads = [w for w in Counting.sent if b"rq:suspended" in w]
+    assert len(reads) <= 1 + (time.monotonic() - started) / SUSPENSION_CHECK_S, reads
 
 
 @pytest.mark.parametrize("kind", ["SimpleWorker", "SlotWorker"])

@@ -142,3 +142,19 @@ def test_dashboards_are_provisioned_in_compose() -> None:
     assert "./monitoring/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose["services"]["prometheus"]["volumes"]
     uids = [json.loads(dashboards.render(build))["uid"] for build in dashboards.DASHBOARDS.values()]
     assert len(set(uids)) == len(uids)
+
+
+def test_inter_token_latency_follows_the_engine_label_when_it_changes():
+    """The per-token series is kept between tokens; a worker that falls back to another engine counts
+    under that engine's label from then on."""
+    from services.worker.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics("llama_server", worker="w1")
+    for _ in range(2):
+        metrics.inter_token("m", 0.01)
+    metrics.engine = "llama_cpp"
+    metrics.inter_token("m", 0.02)
+    count = metrics.registry.get_sample_value
+    name = "inference_inter_token_latency_seconds_count"
+    assert count(name, {"model_name": "m", "engine": "llama_server", "worker": "w1"}) == 2
+    assert count(name, {"model_name": "m", "engine": "llama_cpp", "worker": "w1"}) == 1
