@@ -27,15 +27,13 @@ if ARGV[2] == '1' then
 end
 return -1
 """
-UNCHECKED = -1
-"""The script's reply when the lease was not read."""
 
 
 def append(
     pipe: Pipeline, stream: str, lease: str, ttl: int, written: Sequence[events.Event], *, check_lease: bool
 ) -> None:
     """Add the write of `written` (in order) to `pipe`; its reply is 1 or 0 (the lease is there or not)
-    when `check_lease`, else UNCHECKED."""
+    when `check_lease`, else -1."""
     args: list[str | int] = [ttl, int(check_lease)]
     for event in written:
         fields = events.encode(event)
