@@ -45,13 +45,20 @@ class EngineRow:
 
 @contextlib.contextmanager
 def llama_server(
-    model_path, *, slots: int, slot_context: int, chat_format: str | None, alias: str
+    model_path, *, slots: int, slot_context: int, chat_format: str | None, alias: str, nice: int = 0
 ) -> Iterator[tuple[str, int]]:
-    """A llama-server sidecar on a free port for this run; yields its base URL and PID (for CPU)."""
+    """A llama-server sidecar on a free port for this run, at the stack's niceness (LLAMA_SERVER_NICE), which
+    the direct side meets too; yields its base URL and PID (for CPU)."""
     from services.worker.engines.llama_server_process import LlamaServerCommand
 
     cmd = LlamaServerCommand(
-        model_path, free_port(), slots=slots, slot_context=slot_context, chat_template=chat_format, alias=alias
+        model_path,
+        free_port(),
+        slots=slots,
+        slot_context=slot_context,
+        chat_template=chat_format,
+        alias=alias,
+        nice=nice,
     )
     launcher = Launcher(ROOT / "run" / f"bench-llama-server-{cmd.port}")
     try:
@@ -135,7 +142,12 @@ def run_engines(session: Session) -> None:
             )
         elif engine == "llama_server" and model.path is not None and model.path.exists():
             with llama_server(
-                model.path, slots=slots, slot_context=model.n_ctx, chat_format=model.chat_format, alias=model.id
+                model.path,
+                slots=slots,
+                slot_context=model.n_ctx,
+                chat_format=model.chat_format,
+                alias=model.id,
+                nice=settings.llama_server_nice,
             ) as (url, pid):
                 raw = HttpTarget("llama-server", url, timeout=options.timeout, max_connections=max(levels) + 4)
                 sidecar = {"llama-server": [pid]}

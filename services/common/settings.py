@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     llama_server_url: str = ""
     llama_server_parallel: int = Field(8, ge=1, le=256, description="slots of the llama-server the stack starts")
     llama_server_port: int = Field(8180, ge=1, le=65535, description="native stack: its llama-server's port")
+    llama_server_nice: int = Field(
+        10, ge=0, le=19, description="how much nicer than its worker the llama-server it starts runs (0: as nice)"
+    )
     embedding_model: str = Field("all-minilm-l6-v2", description="native stack: a worker for it; empty = none")
     embedding_server_port: int = Field(8181, ge=1, le=65535, description="native stack: its llama-server's port")
     vllm_url: str = ""

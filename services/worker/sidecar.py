@@ -42,6 +42,7 @@ def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -
         chat_template_file=settings.models_dir / template if template else None,
         alias=model_id,
         extra=("--embeddings",) if spec.kind == "embedding" else (),  # it then serves /v1/embeddings only
+        nice=settings.llama_server_nice,
     )
 
 

@@ -114,7 +114,7 @@ def test_the_worker_s_llama_server_command(tmp_path: Path) -> None:
     settings = Settings(llama_server_parallel=6, llama_server_port=8299, n_ctx=2048)
     cmd = sidecar.command(settings, Catalog.from_yaml(settings.models_file, settings.default_model))
     server = " ".join(cmd.argv(BINARY))
-    assert server.startswith(f"{BINARY} --model ") and "--port 8299 --parallel 6 --ctx-size 12288" in server
+    assert server.startswith(f"nice -n 10 {BINARY} --model ") and "--port 8299 --parallel 6 --ctx-size 12288" in server
     assert "--alias gemma-3-270m" in server and "--chat-template gemma" in server
     assert cmd.url == "http://127.0.0.1:8299"
 

@@ -75,3 +75,8 @@ def test_llama_server_command_splits_context_over_slots_and_names_the_template()
     assert argv.index("--no-jinja") < argv.index("--chat-template")
     assert "--metrics" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert cmd.url == "http://127.0.0.1:8080"
+    niced = LlamaServerCommand(Path("m.gguf"), 8080, nice=10).argv("/bin/llama-server")
+    assert (
+        niced[:4] == ["nice", "-n", "10", "/bin/llama-server"]
+        and niced[4:] == LlamaServerCommand(Path("m.gguf"), 8080).argv("/bin/llama-server")[1:]
+    )

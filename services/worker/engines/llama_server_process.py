@@ -66,6 +66,12 @@ class LlamaServerCommand:
     host: str = "127.0.0.1"
     metrics: bool = True
     extra: Sequence[str] = ()
+    nice: int = 0
+    """Added to the niceness it starts with (LLAMA_SERVER_NICE): the engine is the batch job of a box it
+    shares with the gateway. Its threads keep every core busy while it generates, so without it each
+    of the gateway's wake-ups (a token through the worker, Redis, the API and nginx) waits for the
+    scheduler to preempt one of them; niced, the woken process runs at once. Its share of an otherwise
+    idle CPU is unchanged."""
 
     def argv(self, binary: str | os.PathLike[str] | None = None) -> list[str]:
         """The full command; `binary` defaults to `find_binary()`."""
@@ -88,7 +94,8 @@ class LlamaServerCommand:
             cmd += ["--alias", self.alias]
         if self.metrics:
             cmd.append("--metrics")
-        return [*cmd, *self.extra]
+        prefix = ["nice", "-n", str(self.nice)] if self.nice else []  # nice execs it: same pid, same argv after
+        return [*prefix, *cmd, *self.extra]
 
     @property
     def url(self) -> str:

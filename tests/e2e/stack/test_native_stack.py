@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -80,6 +81,11 @@ def test_one_request_id_from_nginx_to_the_worker_and_the_gateway_overhead(stack:
     print(f"\ngateway overhead {overhead:.2f} ms of {total_ms:.0f} ms; worker lines: {[w['message'] for w in worker]}")
 
 
+def nice_of(proc: Path) -> int:
+    """The nice value of a process or thread (/proc/<pid>[/task/<tid>]/stat, field 19)."""
+    return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
     """`make up`'s engine on a CPU box: the worker streams from llama-server, which batches the slots; the
     worker runs it as its own child (so it sees it die), and runs itself under the respawn wrapper."""
@@ -90,6 +96,9 @@ def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
     (worker,) = status["workers"]
     assert worker["engine"] == "llama_server" and worker["slots"] == stack.settings.llama_server_parallel
     assert worker["state"] == "serving" and worker["engine_pid"] and worker["engine_pid"] != worker["pid"]
+    # every thread of llama-server (they are made after the exec) runs LLAMA_SERVER_NICE nicer than its worker
+    niceness = {nice_of(task) for task in Path(f"/proc/{worker['engine_pid']}/task").iterdir()}
+    assert niceness == {nice_of(Path(f"/proc/{worker['pid']}")) + stack.settings.llama_server_nice}, niceness
     slots = httpx.get(f"http://127.0.0.1:{stack.settings.llama_server_port}/slots", timeout=5)
     assert slots.status_code == 200 and len(slots.json()) == stack.settings.llama_server_parallel
 
