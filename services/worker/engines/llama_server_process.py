@@ -68,10 +68,9 @@ class LlamaServerCommand:
     extra: Sequence[str] = ()
     nice: int = 0
     """Added to the niceness it starts with (LLAMA_SERVER_NICE): the engine is the batch job of a box it
-    shares with the gateway. Its threads keep every core busy while it generates, so without it each
-    of the gateway's wake-ups (a token through the worker, Redis, the API and nginx) waits for the
-    scheduler to preempt one of them; niced, the woken process runs at once. Its share of an otherwise
-    idle CPU is unchanged."""
+    shares with the gateway. Its threads keep every core busy while it generates, and a gateway thread taken
+    off a core while it holds the GIL stalls its whole process; niced, llama-server gives the cores back
+    sooner (README: Benchmark). Its share of an otherwise idle CPU is unchanged."""
 
     def argv(self, binary: str | os.PathLike[str] | None = None) -> list[str]:
         """The full command; `binary` defaults to `find_binary()`."""
