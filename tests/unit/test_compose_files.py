@@ -138,8 +138,6 @@ def test_engine_profiles(full: dict) -> None:
     )
     server = " ".join(services["llama-server"]["command"])
     assert "--parallel 8" in server and "--chat-template gemma" in server, "the same prompt format as the stack"
-    for name in ("llama-server", "llama-server-embed"):  # the image's entrypoint, niced as natively
-        assert services[name]["entrypoint"] == ["nice", "-n", "10", "/app/llama-server"], name
     assert services["worker-llamaserver"]["depends_on"]["llama-server"]["condition"] == "service_healthy"
 
 
