@@ -26,6 +26,12 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
+def stat_fields(proc: Path) -> list[str]:
+    """The fields of `proc`/stat (proc: /proc/<pid> or /proc/<pid>/task/<tid>) after the command name, the
+    state first: the name may hold spaces and parentheses, so the split is at its last ')'."""
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def http_ok(url: str) -> Callable[[], bool]:
     return lambda: httpx.get(url, timeout=2).status_code < 500
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common.supervisor import History, Policy, State, Supervisor, describe_exit, hint
+from tests.support.procs import stat_fields
 
 FAST = Policy(first=0.05, cap=0.2, window=30, loop_after=3, stable_after=30, ready_timeout=10)
 
@@ -137,6 +138,6 @@ def test_the_child_dies_with_its_supervisor(tmp_path: Path) -> None:
 
 def _state(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+        return stat_fields(Path(f"/proc/{pid}"))[0]
     except (FileNotFoundError, IndexError):
         return "Z"

@@ -18,7 +18,7 @@ from services.stack import exporters
 from services.stack.procfile import settings_env
 from tests.conftest import ROOT, RUN_DIR
 from tests.support.native_stack import child_env, e2e_settings
-from tests.support.procs import stop, wait_until
+from tests.support.procs import stat_fields, stop, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     with contextlib.suppress(FileNotFoundError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(Path(f"/proc/{pid}"))[0] != "Z"
     return False
 
 
@@ -37,7 +37,7 @@ def left_behind(run_dir: Path, groups: list[int]) -> list[int]:
         if not entry.name.isdigit() or not alive(int(entry.name)):
             continue
         with contextlib.suppress(FileNotFoundError):
-            pgrp = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            pgrp = int(stat_fields(entry)[2])
             if pgrp in groups or str(run_dir).encode() in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
     return found

@@ -24,7 +24,7 @@ import redis
 from services.common import keys
 from tests.conftest import RUN_DIR
 from tests.support.native_stack import NativeStack, e2e_settings, native_stack
-from tests.support.procs import wait_until
+from tests.support.procs import stat_fields, wait_until
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
@@ -83,7 +83,7 @@ def test_one_request_id_from_nginx_to_the_worker_and_the_gateway_overhead(stack:
 
 def nice_of(proc: Path) -> int:
     """The nice value of a process or thread (/proc/<pid>[/task/<tid>]/stat, field 19)."""
-    return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    return int(stat_fields(proc)[16])
 
 
 def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
