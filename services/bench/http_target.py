@@ -6,6 +6,7 @@ the server for CPU, and this tool should spend as little as it can.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from urllib.parse import urlsplit
@@ -76,27 +77,43 @@ class HttpTarget:
     def _stream(self, body: dict, started: float) -> Sample:
         ttft: float | None = None
         usage: dict | None = None
+        arrivals: list[float] = []
+        rest = b""
         with self.client.stream("POST", self.url, json=body) as resp:
             if resp.status_code != 200:
                 resp.read()
                 return failed(time.perf_counter() - started, f"HTTP {resp.status_code}")
-            for line in resp.iter_lines():
-                if not line.startswith("data:"):
-                    continue  # SSE comments (keep-alives), ids, blank separators
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    return failed(time.perf_counter() - started, f"stream error: {chunk['error'].get('message')}")
-                if ttft is None and chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
-                    ttft = time.perf_counter() - started
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
+            for data in resp.iter_bytes():  # one HTTP chunk each: what one write of the server's brought
+                lines = (rest + data).split(b"\n")
+                rest = lines.pop()
+                text = done = False
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # SSE comments (keep-alives), ids, blank separators
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    chunk = json.loads(payload)
+                    if "error" in chunk:
+                        message = chunk["error"].get("message")
+                        return failed(time.perf_counter() - started, f"stream error: {message}")
+                    if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                        text = True
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                if text:
+                    arrivals.append(time.perf_counter())
+                    if ttft is None:
+                        ttft = arrivals[0] - started
+                if done:
+                    break  # unread, the connection is not kept: llama-server drops idle ones, and a POST is not resent
         elapsed = time.perf_counter() - started
         if usage is None:
             return failed(elapsed, "stream ended without usage")
-        return Sample(True, elapsed, ttft, usage["completion_tokens"], usage.get("prompt_tokens", 0))
+        gaps = tuple(b - a for a, b in itertools.pairwise(arrivals))
+        tokens, prompt = usage["completion_tokens"], usage.get("prompt_tokens", 0)
+        return Sample(True, elapsed, ttft, tokens, prompt, writes=len(arrivals), write_gaps_s=gaps)
 
     def close(self) -> None:
         self.client.close()

@@ -24,6 +24,9 @@ def level_table(levels: Sequence[LevelSummary], *, cpu: bool = False) -> str:
     """One row per concurrency; `cpu` adds milliseconds of CPU per request for each process role."""
     roles = sorted({r for lv in levels for r in lv.cpu_ms_per_request}) if cpu else []
     head = ["conc", "requests", "success", "req/s", "p50 latency", "p95 latency", "p50 TTFT", "p95 TTFT", "tokens/s"]
+    writes = any(lv.writes_per_request for lv in levels)
+    if writes:
+        head += ["writes/req", "p50 write gap"]
     head.append("others' CPU")
     head += [f"CPU ms/req {r}" for r in roles]
     rows = []
@@ -38,8 +41,10 @@ def level_table(levels: Sequence[LevelSummary], *, cpu: bool = False) -> str:
             _ms(lv.ttft_p50_s),
             _ms(lv.ttft_p95_s),
             f"{lv.tokens_per_s:.1f}",
-            "-" if lv.other_cpu_cores is None else f"{lv.other_cpu_cores:.2f} cores",
         ]
+        if writes:
+            row += ["-" if lv.writes_per_request is None else f"{lv.writes_per_request:.1f}", _ms(lv.write_gap_p50_s)]
+        row += ["-" if lv.other_cpu_cores is None else f"{lv.other_cpu_cores:.2f} cores"]
         row += [f"{lv.cpu_ms_per_request.get(r, 0.0):.2f}" for r in roles]
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]

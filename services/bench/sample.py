@@ -15,6 +15,11 @@ class Sample:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     error: str | None = None
+    writes: int = 0
+    """HTTP chunks that brought text (streamed over HTTP only): one a token from llama-server, one a batch
+    from the stack, so it shows how often a reader's screen moves, whatever the tokens/s."""
+    write_gaps_s: tuple[float, ...] = ()
+    """Seconds between those chunks' arrivals."""
 
 
 def failed(latency_s: float, error: str) -> Sample:

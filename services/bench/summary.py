@@ -40,6 +40,11 @@ class LevelSummary:
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
     other_cpu_cores: float | None = None
     """Cores other processes on the machine kept busy on average during the level (noise)."""
+    writes_per_request: float | None = None
+    """HTTP chunks with text a streamed request got, on average (Sample.writes); None when not streamed over HTTP."""
+    write_gap_p50_s: float | None = None
+    write_gap_p95_s: float | None = None
+    """Time between those chunks: how smooth a stream looks, against what the gateway's batching saves."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,6 +55,8 @@ def summarize(samples: Sequence[Sample], concurrency: int, wall_s: float) -> Lev
     latencies = [s.latency_s for s in good]
     ttfts = [s.ttft_s for s in good if s.ttft_s is not None]
     tokens = sum(s.completion_tokens for s in good)
+    written = [s for s in good if s.writes]
+    gaps = [gap for s in written for gap in s.write_gaps_s]
     wall = max(wall_s, 1e-9)
     return LevelSummary(
         concurrency=concurrency,
@@ -65,4 +72,7 @@ def summarize(samples: Sequence[Sample], concurrency: int, wall_s: float) -> Lev
         completion_tokens=tokens,
         tokens_per_s=tokens / wall,
         errors=dict(Counter(s.error or "unknown" for s in samples if not s.ok)),
+        writes_per_request=sum(s.writes for s in written) / len(written) if written else None,
+        write_gap_p50_s=percentile(gaps, 50),
+        write_gap_p95_s=percentile(gaps, 95),
     )

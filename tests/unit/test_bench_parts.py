@@ -30,6 +30,22 @@ def test_summary_counts_tokens_of_successes_only():
     assert s.errors == {"HTTP 503": 1}
 
 
+def test_summary_tells_how_often_a_stream_moves():
+    """Writes with text per streamed request and the gaps between them, over the successes that had any:
+    a JSON answer or the in-process target (no writes) must not drag the mean towards zero."""
+    samples = [
+        Sample(True, 1.0, 0.1, 64, writes=3, write_gaps_s=(0.05, 0.05)),
+        Sample(True, 1.0, 0.1, 64, writes=5, write_gaps_s=(0.01, 0.02, 0.03, 0.2)),
+        Sample(True, 1.0, None, 64),
+        Sample(False, 1.0, writes=9, write_gaps_s=(9.0,)),
+    ]
+    s = summarize(samples, concurrency=2, wall_s=2.0)
+    assert s.writes_per_request == 4.0
+    assert s.write_gap_p50_s == pytest.approx(0.04) and s.write_gap_p95_s == pytest.approx(0.1625)
+    none = summarize([Sample(True, 1.0, 0.1, 8)], concurrency=1, wall_s=1.0)
+    assert (none.writes_per_request, none.write_gap_p50_s) == (None, None)
+
+
 def test_options_defaults_and_gateway_alone():
     o = parse([])
     assert o.modes == ("direct", "stack") and o.levels == (1, 2, 5, 8, 10, 15, 20) and o.max_tokens == 64

@@ -165,6 +165,14 @@ def test_engines_side_by_side(tmp_path, gemma_path):
             tokens[path] = [lv["completion_tokens"] for lv in levels]
         # the same greedy prompts in the same format: both sides generate the same number of tokens
         assert tokens["stack"] == tokens["direct"], (engine, tokens)
+        # streamed over HTTP, a request's writes with text are counted: at least one, at most one a token
+        for path in ("stack", "direct"):
+            for level in result["modes"][f"engine-{engine}-{path}"]["levels"]:
+                writes = level["writes_per_request"]
+                if engine == "llama_server" or path == "stack":
+                    assert writes is not None, (engine, path, level)
+                if writes is not None:
+                    assert 1 <= writes <= level["completion_tokens"] / level["ok"], (engine, path, level)
         figures = result["figures"]["engines"][engine]
         assert set(figures["stack_over_direct"]) == {"1", "2"}  # JSON keys
         assert figures["stack_scaling_c2_over_c1"] > 0 and figures["direct_scaling_c2_over_c1"] > 0
