@@ -8,8 +8,8 @@ import falcon
 import redis
 
 from services.api import errors
+from services.api.access import Access, AccessMiddleware, Routes
 from services.api.admission import Admission
-from services.api.auth import AuthMiddleware
 from services.api.completions import ChatCompletions, Completions
 from services.api.embeddings import EmbeddingsResource
 from services.api.gateway import Gateway
@@ -47,7 +47,7 @@ EXPOSED = ("X-Request-ID", "Retry-After", "x-should-retry", "x-gateway-overhead-
 
 def cors(origins: str) -> falcon.CORSMiddleware:
     """CORS_ORIGINS: `*`, or origins separated by commas. Preflights are answered by Falcon's own OPTIONS
-    responder (the auth middleware lets them through: browsers send no key with a preflight)."""
+    responder (the access middleware lets them through: browsers send no key with a preflight)."""
     allowed = "*" if origins.strip() == "*" else [o.strip() for o in origins.split(",") if o.strip()]
     return falcon.CORSMiddleware(allow_origins=allowed, expose_headers=EXPOSED)
 
@@ -89,28 +89,31 @@ def create_app(
         middleware.insert(0, cors(settings.cors_origins))
     app = falcon.App(middleware=middleware, cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
-    if settings.api_keys_file is not None:  # authentication before admission; no keys file, no change
-        app.add_middleware(AuthMiddleware(KeyRing(settings.api_keys_file)))
+    routes = Routes(app)
+    # who may call each route is declared below, where it is added; the check runs on the matched route
+    ring = KeyRing(settings.api_keys_file) if settings.api_keys_file is not None else None
+    app.add_middleware(AccessMiddleware(routes, ring))
+    if ring is not None:
         app.add_middleware(RateLimitHeaders(limiter))  # x-ratelimit-* on every keyed response
     errors.install(app)
     app.add_error_handler(redis.RedisError, handle_redis_down)
 
     models = ModelsResource(catalog, gateway)
-    app.add_route("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, metrics))
-    app.add_route("/v1/completions", Completions(settings, catalog, gateway, metrics))
-    app.add_route("/v1/embeddings", EmbeddingsResource(settings, catalog, gateway, metrics))
-    app.add_route("/v1/responses", ResponsesResource(settings, catalog, gateway, metrics))
-    app.add_route("/v1/models", models)
-    app.add_route("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway))
-    app.add_route("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway))
-    app.add_route("/v1/models/{model_id:path}", models, suffix="one")
-    app.add_route("/v1/system/status", StatusResource(settings, catalog, gateway, admission, traffic))
-    app.add_route("/v1/usage", UsageResource(usage))
-    app.add_route("/status", StatusPage())
-    app.add_route("/health", HealthResource(client, gateway))
+    routes.add("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, metrics), Access.KEY)
+    routes.add("/v1/completions", Completions(settings, catalog, gateway, metrics), Access.KEY)
+    routes.add("/v1/embeddings", EmbeddingsResource(settings, catalog, gateway, metrics), Access.KEY)
+    routes.add("/v1/responses", ResponsesResource(settings, catalog, gateway, metrics), Access.KEY)
+    routes.add("/v1/models", models, Access.KEY)
+    routes.add("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway), Access.ADMIN)
+    routes.add("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway), Access.ADMIN)
+    routes.add("/v1/models/{model_id:path}", models, Access.KEY, suffix="one")
+    routes.add("/v1/system/status", StatusResource(settings, catalog, gateway, admission, traffic), Access.ADMIN)
+    routes.add("/v1/usage", UsageResource(usage), Access.ADMIN)
+    routes.add("/status", StatusPage(), Access.PUBLIC)  # the page only; the data it fetches is ADMIN
+    routes.add("/health", HealthResource(client, gateway), Access.PUBLIC)
     waiting = QueueProbe(client, lambda model: gateway.jobs.queue(model).key)
     state = StateCollector(registry.live, waiting, tuple(catalog.models), catalog.default)
     metrics_resource = MetricsResource(metrics, state)
     metrics_resource.state.register(UsageCollector(usage))
-    app.add_route("/metrics", metrics_resource)
+    routes.add("/metrics", metrics_resource, Access.ADMIN)
     return app

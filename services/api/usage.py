@@ -57,7 +57,7 @@ class UsageBook:
 
 
 class UsageResource:
-    """GET /v1/usage?date=YYYY-MM-DD: one day's usage per key (an admin route, see auth.py)."""
+    """GET /v1/usage?date=YYYY-MM-DD: one day's usage per key (an admin route, see access.py)."""
 
     def __init__(self, book: UsageBook) -> None:
         self.book = book

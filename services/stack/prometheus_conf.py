@@ -5,7 +5,7 @@ Compose: DNS service discovery, so each of the `api` service's replicas is its o
 service that is not running (another profile) is simply absent rather than down. The compose file is
 checked in as monitoring/prometheus.yml; `python -m services.stack.prometheus_conf --check` keeps it current.
 
-With API keys, a replica's /metrics needs an admin key unless the call comes straight from loopback (auth.py).
+With API keys, a replica's /metrics needs an admin key unless the call comes straight from loopback (api/access.py).
 Native: Prometheus scrapes each replica on 127.0.0.1, so it needs none. Compose: it scrapes over the network
 with a scrape token, an admin key read from COMPOSE_SCRAPE_TOKEN (`authorization: credentials_file`), which
 docker-compose.yml copies there from run/keys/prometheus.token.

@@ -84,7 +84,7 @@ def test_missing_wrong_revoked_and_expired_keys_are_401(stack, caplog):
     assert_invalid_key(stack.chat(None))
     assert_invalid_key(stack.chat("sk-" + "x" * 43))
     assert_invalid_key(stack.call("GET", "/v1/models", "Basic abc"))
-    assert_invalid_key(stack.call("GET", "/v1/nonexistent"))
+    assert stack.call("GET", "/v1/nonexistent").status_code == 404  # decided on matched routes; they are public
     assert_invalid_key(stack.chat(stack.keys["old"]))
     assert "sk-" not in stack.chat(stack.keys["old"]).text
     assert "x" * 43 not in caplog.text and stack.keys["old"] not in caplog.text, "keys are never logged"
