@@ -11,8 +11,8 @@ leading slashes, so `//v1/chat/completions` reached the completions route with n
 
 Keys: with no keys file (ALLOW_OPEN or a loopback-only API, see exposure.py) every declared route is open.
 With one, KEY routes need a valid, unexpired key (401 `invalid_api_key`, as OpenAI answers) and ADMIN routes
-an admin key, unless the request reached this process directly from loopback (a local scraper or operator on
-the replica's own port): nginx always connects from loopback, so a request it relayed (it sets X-Real-IP and
+an admin key, unless it only reads (GET) and reached this process directly from loopback (Prometheus scraping a
+replica's own port; a load or unload always needs the key): nginx always connects from loopback, so a request it relayed (it sets X-Real-IP and
 X-Forwarded-For) never counts as local, whatever its client sent. The key's record is left on
 `req.context.api_key` and its name on `req.context.key_name` for limits and usage.
 """
@@ -31,6 +31,7 @@ from services.keys.store import ApiKey
 
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+READS = frozenset({"GET", "HEAD"})
 NONCANONICAL = r"//|/\.\.?(/|\?|$)|\x5c|%(2f|5c|2e|00)"
 """Doubled slashes, dot segments, backslashes, percent-encoded slash, backslash, dot or NUL: nginx's
 `$noncanonical` map (nginx/nginx.conf.template) holds the same pattern; tests/unit/test_access.py checks."""
@@ -40,7 +41,7 @@ _REFUSED = re.compile(f"{NONCANONICAL}|[\\x00-\\x1f\\x7f]", re.IGNORECASE)
 class Access(StrEnum):
     PUBLIC = "public"  # anyone: /health, the /status page, the OpenAPI document
     KEY = "key"  # any valid key
-    ADMIN = "admin"  # an admin key, or a direct loopback caller on a replica's own port
+    ADMIN = "admin"  # an admin key; reads also from a direct loopback caller on a replica's own port
 
 
 def canonical(raw_path: str) -> bool:
@@ -124,10 +125,11 @@ class AccessMiddleware:
             raise PermissionDenied("This route is not open to any caller.", code="route_not_declared")
         if self.ring is None or access is Access.PUBLIC or req.method == "OPTIONS":
             return  # no keys configured; or public; or a CORS preflight, which carries no key by design
-        if access is Access.ADMIN and bearer(req) is None and direct_from_loopback(req):
-            return  # a local scraper or operator on the replica's own port
+        local_read = req.method in READS and direct_from_loopback(req)
+        if access is Access.ADMIN and local_read and bearer(req) is None:
+            return  # a local scraper on the replica's own port reads /metrics; nothing it may change
         record = self._authenticate(req)
-        if access is Access.ADMIN and not record.admin and not direct_from_loopback(req):
+        if access is Access.ADMIN and not record.admin and not local_read:
             raise PermissionDenied(f"This route needs an admin key; the key '{record.name}' is not one.")
 
     def _authenticate(self, req: falcon.Request) -> ApiKey:
