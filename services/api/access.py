@@ -11,10 +11,10 @@ leading slashes, so `//v1/chat/completions` reached the completions route with n
 
 Keys: with no keys file (ALLOW_OPEN or a loopback-only API, see exposure.py) every declared route is open.
 With one, KEY routes need a valid, unexpired key (401 `invalid_api_key`, as OpenAI answers) and ADMIN routes
-an admin key, unless it only reads (GET) and reached this process directly from loopback (Prometheus scraping a
-replica's own port; a load or unload always needs the key): nginx always connects from loopback, so a request it relayed (it sets X-Real-IP and
-X-Forwarded-For) never counts as local, whatever its client sent. The key's record is left on
-`req.context.api_key` and its name on `req.context.key_name` for limits and usage.
+an admin key, unless the request only reads (GET) and reached this process directly from loopback (Prometheus
+scraping a replica's own port; a load or unload always needs the key). nginx always connects from loopback,
+so a request it relayed (it sets X-Real-IP and X-Forwarded-For) never counts as local, whatever its client
+sent. The key's record is left on `req.context.api_key` and its name on `req.context.key_name`.
 """
 
 from __future__ import annotations
