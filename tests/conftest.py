@@ -31,9 +31,11 @@ def _docker_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """URL of a real Redis with a password, private to this test session."""
+    """URL of a real Redis with a password, private to this test session: this machine's redis-server (`make
+    test` installs it), else a container. A Docker engine that answers may reach no registry (the compose test
+    starts one here), so a container is tried only where there is no redis-server."""
     password = "test-" + os.urandom(6).hex()
-    if _docker_answers():
+    if which("redis-server") is None and _docker_answers():
         from testcontainers.redis import RedisContainer
 
         with RedisContainer("redis:7.4.1-alpine", password=password) as container:
