@@ -15,6 +15,7 @@ from services.api.embeddings import EmbeddingsResource
 from services.api.gateway import Gateway
 from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
 from services.api.models import ModelsResource
+from services.api.openapi import OpenApiResource
 from services.api.queue_wait import QueueWaitMiddleware
 from services.api.ratelimit import RateLimiter, RateLimitHeaders
 from services.api.request_id import RequestIdMiddleware
@@ -111,6 +112,7 @@ def create_app(
     routes.add("/v1/usage", UsageResource(usage), Access.ADMIN)
     routes.add("/status", StatusPage(), Access.PUBLIC)  # the page only; the data it fetches is ADMIN
     routes.add("/health", HealthResource(client, gateway), Access.PUBLIC)
+    routes.add("/openapi.json", OpenApiResource(routes), Access.PUBLIC)  # built from these routes on first GET
     waiting = QueueProbe(client, lambda model: gateway.jobs.queue(model).key)
     state = StateCollector(registry.live, waiting, tuple(catalog.models), catalog.default)
     metrics_resource = MetricsResource(metrics, state)
