@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -91,15 +92,29 @@ def read(path: Path) -> KeyFile:
         raise KeyFileError(f"{path} is not a valid keys file: {exc}") from None
 
 
+def file_mode(path: Path) -> int:
+    """An existing file's mode, kept across edits (a chmod made on purpose stays); else 0644 less the umask.
+
+    The file holds digests, never keys, so it is made like any other file: compose's API replicas run as
+    uid 10001, not as the user who runs this CLI on the host, and read it through the mounted directory.
+    A umask of 077, or a chmod 600, keeps it to its owner (then compose's API cannot read it: README)."""
+    with contextlib.suppress(FileNotFoundError):
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0o022)  # the only way to read it; this CLI is single-threaded
+    os.umask(umask)
+    return 0o644 & ~umask
+
+
 def write(path: Path, keys: KeyFile) -> None:
-    """Replace the file atomically (a reader sees the old or the new one, never half), readable by its owner only."""
+    """Replace the file atomically (a reader sees the old or the new one, never half), with `file_mode`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
             json.dump(keys.model_dump(mode="json"), out, indent=2)
             out.write("\n")
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

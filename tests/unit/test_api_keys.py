@@ -35,7 +35,25 @@ def test_a_key_is_long_random_and_only_its_sha256_is_stored(tmp_path):
     assert key not in text and key[8:] not in text
     record = store.read(path).named("alice")
     assert record.sha256 == hashlib.sha256(key.encode()).hexdigest() and record.shown == key[:8]
-    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_the_keys_file_is_made_as_the_umask_says_and_keeps_a_mode_chosen_for_it(tmp_path):
+    """Compose's API replicas (uid 10001) read a file the host's user made: it holds digests, not keys, so it
+    is made like any file (0644 under the usual umask); a mode set on purpose survives every later edit."""
+    path = tmp_path / "keys.json"
+    old = os.umask(0o022)
+    try:
+        store.create(path, "alice")
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        store.create(path, "bob")
+        store.revoke(path, "alice")
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        os.umask(0o077)
+        store.create(tmp_path / "private.json", "carol")
+        assert os.stat(tmp_path / "private.json").st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_names_are_unique_and_revoke_removes(tmp_path):
