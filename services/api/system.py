@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import falcon
@@ -13,9 +12,11 @@ from services.api.body import read_json_body
 from services.api.gateway import Gateway
 from services.api.queue_view import waiting
 from services.api.traffic import RecentTraffic
-from services.common import keys
+from services.common import commands
 from services.common.catalog import Catalog
-from services.common.errors import InvalidRequest, ServiceUnavailable
+from services.common.commands import ModelCommandConflict
+from services.common.errors import InternalError, InvalidRequest, ServiceUnavailable
+from services.common.registry import WorkerRecord
 from services.common.schemas import ModelCommand, parse
 from services.common.settings import Settings
 
@@ -94,10 +95,18 @@ class StatusResource:
 
 
 class ModelCommandResource:
-    """Ask workers to load or unload a model; answers 202 since loading takes time (watch /v1/models)."""
+    """Load or unload a model on the workers that can, and answer with what they did.
+
+    A load goes only to a live worker whose engine can serve the model (WorkerRecord.can_serve: a sidecar
+    serves the one model it was started with); it is a no-op where a worker already serves it. An unload
+    goes to the workers serving it. The answer waits up to `wait` seconds for every worker asked: 200 with
+    the outcome, 409 when the fleet's state forbids it (no worker can serve the model, none has room, the
+    worker refused), 500 when a worker's engine failed; 202 with the command's id when some worker is still
+    at it (the outcome then shows in /v1/models and in the worker's log under that id).
+    """
 
     def __init__(self, op: str, settings: Settings, catalog: Catalog, gateway: Gateway) -> None:
-        self.op = op
+        self.op: commands.Op = "load" if op == "load" else "unload"
         self.settings = settings
         self.catalog = catalog
         self.gateway = gateway
@@ -107,26 +116,80 @@ class ModelCommandResource:
         model_id = self.catalog.resolve(cmd.model)
         workers = self.gateway.registry.live()
         if cmd.worker:
-            targets = [w for w in workers if w.id == cmd.worker]
-            if not targets:
-                raise InvalidRequest(f"No live worker is named '{cmd.worker}'.", param="worker")
-        elif self.op == "unload":
-            targets = [w for w in workers if model_id in w.models]
+            workers = [w for w in workers if w.id == cmd.worker]
+            if not workers:
+                raise InvalidRequest(f"No live worker is named '{cmd.worker[:200]}'.", param="worker")
+        elif not workers:
+            raise ServiceUnavailable("No worker is running (see /v1/system/status).")
+        if self.op == "load":
+            targets, already = self._load_targets(model_id, workers, named=bool(cmd.worker))
         else:
-            candidates = [
-                w for w in workers if model_id not in w.models and len(w.models) < self.settings.max_concurrent_models
-            ]
-            targets = sorted(candidates, key=lambda w: (len(w.models), w.busy))[:1]
+            targets, already = [w for w in workers if model_id in w.models], []
         if not targets:
-            raise ServiceUnavailable(f"No worker can {self.op} '{model_id}' now (see /v1/system/status).")
+            resp.media = self._answer(model_id, "", [w.id for w in already], [])
+            return
+        command = commands.Command(id=commands.new_id(), op=self.op, model=model_id)
         for worker in targets:
-            key = keys.control(worker.id)
-            self.gateway.redis.rpush(key, json.dumps({"op": self.op, "model": model_id}))
-            self.gateway.redis.expire(key, 300)
-        resp.status = falcon.HTTP_202
-        resp.media = {
+            commands.send(self.gateway.redis, worker.id, command)
+        results = commands.collect(self.gateway.redis, command.id, len(targets), cmd.wait)
+        for result in results:
+            self._raise_for(result)
+        answered = {r.worker for r in results}
+        pending = [w.id for w in targets if w.id not in answered]
+        resp.media = self._answer(model_id, command.id, [w.id for w in targets], pending)
+        if pending:
+            resp.status = falcon.HTTP_202
+
+    def _load_targets(
+        self, model_id: str, workers: list[WorkerRecord], *, named: bool
+    ) -> tuple[list[WorkerRecord], list[WorkerRecord]]:
+        """(the worker to send the load to, the workers that already serve it): one or the other is empty."""
+        serving = [w for w in workers if model_id in w.models]
+        if serving:
+            return [], serving
+        able = [w for w in workers if model_id in w.can_serve]
+        if not able:
+            if named:
+                (worker,) = workers
+                serves = ", ".join(worker.can_serve) or "no model"
+                raise ModelCommandConflict(
+                    f"Worker '{worker.id}' ({worker.engine}) cannot serve '{model_id}': it can serve {serves}.",
+                    param="worker",
+                    code="model_not_servable",
+                )
+            engines = ", ".join(sorted({w.engine for w in workers}))
+            raise ModelCommandConflict(
+                f"No live worker can serve '{model_id}': their engines ({engines}) do not hold it "
+                "(see can_serve in /v1/system/status).",
+                param="model",
+                code="model_not_servable",
+            )
+        room = [w for w in able if not w.draining and len(w.models) < self.settings.max_concurrent_models]
+        if not room:
+            raise ModelCommandConflict(
+                f"Every worker that can serve '{model_id}' is draining or already serves "
+                f"MAX_CONCURRENT_MODELS={self.settings.max_concurrent_models} models: unload one first.",
+                code="no_room",
+            )
+        return sorted(room, key=lambda w: (len(w.models), w.busy))[:1], []
+
+    def _raise_for(self, result: commands.Result) -> None:
+        said = f"Worker '{result.worker}' could not {result.op} '{result.model}': {result.message}"
+        if result.outcome == "refused":
+            raise ModelCommandConflict(said, code="refused")
+        if result.outcome == "failed":
+            raise InternalError(said, code=f"model_{result.op}_failed")
+
+    def _answer(self, model_id: str, command_id: str, workers: list[str], pending: list[str]) -> dict:
+        done = "loaded" if self.op == "load" else "unloaded"
+        body = {
             "object": f"model.{self.op}",
+            "id": command_id or None,
             "model": model_id,
-            "status": "accepted",
-            "workers": [w.id for w in targets],
+            "status": "pending" if pending else done,
+            "workers": workers,
         }
+        if pending:
+            body["pending"] = pending
+            body["message"] = f"Still at it on {', '.join(pending)}: watch /v1/models."
+        return body

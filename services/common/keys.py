@@ -39,6 +39,12 @@ def control(worker_id: str) -> str:
     return f"{PREFIX}:control:{worker_id}"
 
 
+def command_result(command_id: str) -> str:
+    """List a worker pushes its answer to one load/unload command onto (common/commands.py), read by the API
+    replica that sent it; it expires unread when nobody waits any more."""
+    return f"{PREFIX}:command:{command_id}"
+
+
 def inflight() -> str:
     """Sorted set of admitted request ids scored by lease expiry (renewed with the lease), for
     MAX_CONCURRENT_REQUESTS: the entries of a dead API replica fall out within LEASE_TTL."""

@@ -36,6 +36,9 @@ class WorkerRecord(BaseModel):
     """How the engine process (or this worker's previous incarnation) last died, e.g. 'killed by SIGSEGV'."""
     engine_pid: int | None = None
     """PID of the llama-server this worker supervises, if it runs one."""
+    can_serve: tuple[str, ...] = ()
+    """Catalog ids its engine can load (services/worker/servable.py): a sidecar's one model, an in-process
+    engine's models whose weights are here. /v1/models/load sends a model only to a worker that lists it."""
 
     @property
     def free_slots(self) -> int:

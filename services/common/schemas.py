@@ -310,6 +310,8 @@ class ModelCommand(_Body):
 
     model: str = Field(min_length=1)
     worker: str | None = None
+    wait: float = Field(default=30.0, ge=0, le=300)
+    """Seconds to wait for the workers' answer before answering 202 (the command still runs); 0 waits not."""
 
 
 def _param(loc: tuple) -> str | None:

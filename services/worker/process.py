@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import start_http_server
 
-from services.common import keys
+from services.common import commands, keys
 from services.common.catalog import Catalog
 from services.common.registry import Registry, WorkerRecord, default_worker_id
 from services.common.settings import Settings
@@ -25,6 +24,7 @@ from services.worker.engines.factory import build_engine, sidecar_url
 from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import JobRunner
+from services.worker.servable import Refused, Servable
 from services.worker.sidecar import EngineProcess, UpstreamWatch
 from services.worker.slots import Slots
 
@@ -62,6 +62,7 @@ class WorkerProcess:
         self.redis = client
         self.catalog = catalog
         self.engine_order = engines
+        self.servable = Servable(catalog, engines, settings.models_dir)
         self.device = device
         self.slot_count = slots
         self.id = worker_id or default_worker_id(socket.gethostname(), os.getpid())
@@ -110,13 +111,22 @@ class WorkerProcess:
 
     # -- models ---------------------------------------------------------------------------------
     def load(self, model_id: str) -> None:
-        """Load `model_id` with the first engine that can, logging why each earlier one could not."""
+        """Load `model_id` with the first engine that can, logging why each earlier one could not; Refused
+        (before any engine is touched) when none of this worker's engines holds it, or it has no room."""
         model_id = self.catalog.resolve(model_id)
         with self._lock:
             if model_id in self.served:
                 return
+            if self._draining:
+                raise Refused(f"worker {self.id} is draining")
+            why = self.servable.reason(model_id)
+            if why:
+                raise Refused(f"worker {self.id} cannot serve {model_id}: {why}")
             if len(self.served) >= self.settings.max_concurrent_models:
-                raise EngineUnavailable(f"MAX_CONCURRENT_MODELS={self.settings.max_concurrent_models} reached")
+                raise Refused(
+                    f"worker {self.id} serves {', '.join(self.served)} and MAX_CONCURRENT_MODELS="
+                    f"{self.settings.max_concurrent_models}: unload one first"
+                )
             engine = self._load_engine(model_id)
             runner = JobRunner(
                 engine,
@@ -192,6 +202,7 @@ class WorkerProcess:
             restarts=self.history.restarts + (sidecar.restarts if sidecar else 0),
             last_exit=(sidecar.last_exit if sidecar and sidecar.last_exit else self.history.last_exit),
             engine_pid=sidecar.pid if sidecar else None,
+            can_serve=self.servable.models(),
         )
 
     def _beat(self) -> None:
@@ -218,17 +229,43 @@ class WorkerProcess:
                 continue
             if item is None:
                 continue
-            command = json.loads(item[1])
-            op = {"load": self.load, "unload": self.unload}.get(command.get("op"))
-            if op is None:
-                log.error("unknown command %s", command)
+            command = commands.parse(item[1])
+            if command is None:
+                log.error("unreadable command %r", item[1][:200])
                 continue
+            result = self.obey(command)
             try:
-                op(command["model"])
-            except Exception as exc:
-                log.error("command %s failed: %s", command, exc)
+                commands.reply(self.redis, result)
+            except redis.RedisError as exc:
+                log.warning("could not answer command %s: %s", command.id, exc)
+
+    def obey(self, command: commands.Command) -> commands.Result:
+        """Run one load or unload and say how it went: refused (nothing was touched) or failed (the engine
+        could not load it) carry the reason, which the admin who asked reads in the API's answer."""
+        started = time.monotonic()
+        op = self.load if command.op == "load" else self.unload
+        outcome: commands.Outcome = "loaded" if command.op == "load" else "unloaded"
+        message = ""
+        try:
+            op(command.model)
+        except Refused as exc:
+            outcome, message = "refused", str(exc)
+        except Exception as exc:
+            outcome, message = "failed", f"{type(exc).__name__}: {exc}"
+        level = logging.INFO if outcome in ("loaded", "unloaded") else logging.ERROR
+        log.log(level, "command %s %s %s: %s %s", command.id, command.op, command.model, outcome, message)
+        return commands.Result(
+            id=command.id,
+            worker=self.id,
+            op=command.op,
+            model=command.model,
+            outcome=outcome,
+            message=message,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def start(self, models: list[str], *, sidecar_wait: float = 120.0) -> None:
+        self.servable.pin(models)
         if self.metrics_port:
             start_http_server(self.metrics_port, addr=self.metrics_host, registry=self.metrics.registry)
         if self.sidecar is not None:

@@ -27,6 +27,16 @@ def sidecar_url(engine: str, settings: Settings, explicit: str | None = None) ->
     return explicit or (settings.llama_server_url if engine == "llama_server" else settings.vllm_url)
 
 
+def upstream_names(catalog: Catalog, model_id: str, engine: str) -> tuple[str, ...]:
+    """Every name a sidecar serving `model_id` may report: `--alias`/`--served-model-name` set to the id or an
+    alias, else llama-server's model file or vLLM's repo; the id comes first (error messages name it)."""
+    spec = catalog.models[model_id]
+    src = spec.source(engine) or {}
+    files = [Path(src["path"]).name] if "path" in src else []
+    repos = [src["hf_repo"]] if "hf_repo" in src else []
+    return tuple(dict.fromkeys([spec.id, *spec.aliases, *files, *repos]))
+
+
 def build_engine(
     engine: str,
     model_id: str,
@@ -62,6 +72,7 @@ def build_engine(
             context=min(settings.n_ctx, spec.context_length),
             timeout=settings.request_timeout,
             read_tick=settings.stream_read_tick_ms / 1000,
+            accepts=upstream_names(catalog, model_id, engine),
         )
     if engine == "mlx":
         from services.worker.engines.mlx import MLXEngine

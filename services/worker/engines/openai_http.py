@@ -71,6 +71,7 @@ class OpenAIHTTPEngine:
         timeout: float,
         upstream_model: str | None = None,
         read_tick: float = 0.0,
+        accepts: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.read_tick = read_tick
@@ -80,6 +81,9 @@ class OpenAIHTTPEngine:
         self.context = context
         self.timeout = timeout
         self.upstream_model = upstream_model
+        self.accepts = accepts
+        """Names the sidecar's model may go by (the catalog id, its aliases, its file or repo): load() refuses a
+        sidecar serving anything else, which would otherwise be advertised under this model's id."""
         self._client: httpx.Client | None = None
         self._streams: SSEClient | None = None
 
@@ -103,12 +107,17 @@ class OpenAIHTTPEngine:
         if not models:
             client.close()
             raise EngineUnavailable(f"{self.name} at {self.base_url} serves no model")
+        model = self._ours(models)
+        if model is None:
+            client.close()
+            served = ", ".join(str(m.get("id")) for m in models)
+            raise EngineUnavailable(f"{self.name} serves {served}, not {self.accepts[0]}")
         self._client = client
         self._streams = SSEClient(
             self.base_url, upstream=self.name, timeout=self.timeout, keep=self.concurrency + 4, tick=self.read_tick
         )
-        self.upstream_model = self.upstream_model or models[0]["id"]
-        upstream_ctx = self._upstream_context(models[0])
+        self.upstream_model = self.upstream_model or model["id"]
+        upstream_ctx = self._upstream_context(model)
         if upstream_ctx and upstream_ctx < self.context:
             log.warning(
                 "%s allows %d tokens per request, not %d: using its limit", self.name, upstream_ctx, self.context
@@ -122,6 +131,17 @@ class OpenAIHTTPEngine:
             self.concurrency,
             self.context,
         )
+
+    def _ours(self, models: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The sidecar's model that is the one we were built for (any, when we were not told which)."""
+        if not self.accepts:
+            return models[0]
+        names = {n.lower() for n in self.accepts}
+        for model in models:
+            ident = str(model.get("id", ""))
+            if ident.lower() in names or ident.rsplit("/", 1)[-1].lower() in names:
+                return model
+        return None
 
     def _wait_ready(self, client: httpx.Client) -> None:
         """A sidecar started beside us (honcho starts every process at once) may not listen yet, or
