@@ -60,7 +60,7 @@ def create_app(
     metrics: ApiMetrics | None = None,
 ) -> falcon.App:
     traffic = RecentTraffic(client)
-    metrics = metrics or ApiMetrics(recent=traffic)
+    metrics = metrics or ApiMetrics(recent=traffic, models=catalog.models)
     registry = Registry(client, settings.heartbeat_ttl)
     limiter = RateLimiter(client, settings)
     usage = UsageBook(client, retention_days=settings.usage_retention_days)

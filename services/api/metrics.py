@@ -3,6 +3,9 @@ admission rejects, client disconnects, and the gateway's own overhead (also the 
 
 Latency, tokens and finish reasons are the engine-side set (`inference_*`, services/worker/metrics.py),
 measured once by the worker for every engine; the API does not count them twice.
+Every label value comes from a closed set, never from the request as sent: a method outside METHODS is
+`other`, a route is the matched route's template or `unmatched`, a model is a catalog id (or `unknown`), a
+status is the one we sent; so no client can grow /metrics (300 random methods once added 3,000 lines).
 Under gunicorn each process writes its samples to PROMETHEUS_MULTIPROC_DIR and /metrics merges them
 (prometheus_client's multiprocess mode); without that variable the app's own registry is served.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import falcon
 from prometheus_client import (
@@ -35,14 +38,30 @@ from services.common.errors import RateLimited
 PREFIX = "inference_gateway_"
 ADMISSION_REASONS = ("queue_full", "too_many_requests")
 """The 429s of services/api/admission.py that every deployment can meet (keyed limits add their own)."""
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+"""Methods counted by name; any other is counted as `other`."""
+UNMATCHED = "unmatched"
+UNKNOWN_MODEL = "unknown"
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class ApiMetrics:
-    """`recent`, when given, also sees each request and first token, for the status page (api/traffic.py)."""
+    """`recent`, when given, also sees each request and first token, for the status page (api/traffic.py).
+    `models`, the catalog's ids, are the model label's values; any other name is `unknown` (None: no catalog
+    to check against, as in tests of the metrics alone)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, recent: RecentTraffic | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        recent: RecentTraffic | None = None,
+        models: Collection[str] | None = None,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         self.recent = recent
+        self.models = None if models is None else frozenset(models)
         r = self.registry
         self.requests = Counter(
             PREFIX + "requests",
@@ -89,7 +108,11 @@ class ApiMetrics:
         if self.recent is not None:
             self.recent.first_token(seconds)
 
+    def model_label(self, model: str) -> str:
+        return model if not model or self.models is None or model in self.models else UNKNOWN_MODEL
+
     def responded(self, route: str, method: str, status: str, seconds: float | None, model: str = "") -> None:
+        method, model = method_label(method), self.model_label(model)
         self.requests.labels(route, method, status, model).inc()
         if model and model not in self._models:  # its disconnect counter at 0, so a first one is an increase
             self._models.add(model)
@@ -103,12 +126,12 @@ class ApiMetrics:
         """Counted by the worker (inference_request_success_total); kept as the request path's hook."""
 
     def gateway_overhead(self, model: str, seconds: float) -> None:
-        self.overhead.labels(model).observe(max(0.0, seconds))
+        self.overhead.labels(self.model_label(model)).observe(max(0.0, seconds))
 
     def cancelled(self, model: str, deadline: float | None = None) -> None:
         """An answer that did not end: the client left, unless its deadline had passed (a 504, counted by status)."""
         if deadline is None or time.time() < deadline:
-            self.disconnects.labels(model).inc()
+            self.disconnects.labels(self.model_label(model)).inc()
 
     def rejected(self, reason: str) -> None:
         self.rejects.labels(reason).inc()
@@ -145,11 +168,11 @@ class MetricsMiddleware:
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
         if resource is not None:
-            req.context.in_flight = self.metrics.in_flight.labels(req.uri_template or "unmatched")
+            req.context.in_flight = self.metrics.in_flight.labels(req.uri_template or UNMATCHED)
             req.context.in_flight.inc()
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
-        route = req.uri_template or "unmatched"
+        route = req.uri_template or UNMATCHED
         status = str(resp.status_code if hasattr(resp, "status_code") else resp.status).split()[0]
         started = getattr(req.context, "started", None)
         clock = getattr(req.context, "gateway", None)
