@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 MAX_INPUTS = 2048
 """OpenAI's limit on inputs per request."""
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+MAX_TOKEN_ID = 2**31 - 1
+"""Token ids are int32 in every engine; whether an id is in the model's vocabulary only the worker knows
+(its engine refuses one past it with a 400 naming `input`)."""
+MAX_DIMENSIONS = 2**16
+"""OpenAI's largest embeddings have 3,072; the field is refused anyway, but a number is bounded first."""
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]], Field(min_length=1)]
 
 
 class EmbeddingRequest(BaseModel):
@@ -42,7 +48,7 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
     input: str | list[str] | TokenIds | list[TokenIds]
     model: str = Field(min_length=1)
-    dimensions: int | None = None
+    dimensions: Annotated[int, Field(ge=1, le=MAX_DIMENSIONS)] | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
 

@@ -6,7 +6,7 @@ import logging
 
 import falcon
 
-from services.common.errors import APIError, InternalError
+from services.common.errors import APIError, InternalError, clip
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     err_type, code = _FALCON_TYPES.get(status, ("invalid_request_error" if status < 500 else "server_error", None))
     message = ex.description or ex.title or "error"
     if status == 404:
-        message = f"Unknown request URL: {req.method} {req.path}. Please check the URL for typos."
+        message = f"Unknown request URL: {clip(req.method)} {clip(req.path)}. Please check the URL for typos."
     elif status == 405:
-        message = f"Method {req.method} is not allowed for {req.path}."
+        message = f"Method {clip(req.method)} is not allowed for {clip(req.path)}."
     resp.status = status
     resp.media = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
     for name, value in (ex.headers or {}).items():

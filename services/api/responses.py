@@ -32,7 +32,7 @@ from services.common.catalog import Catalog
 from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
-from services.common.schemas import FunctionName, parse
+from services.common.schemas import FunctionName, TokenCount, parse
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class FunctionTool(_Body):
 
 class FunctionChoice(_Body):
     type: Literal["function"]
-    name: str
+    name: FunctionName
 
 
 InputItem = InputMessage | FunctionCallItem | FunctionCallOutput
@@ -133,7 +133,7 @@ class ResponseRequest(_Body):
     model: str = Field(min_length=1)
     input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: TokenCount | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     stream: bool = False

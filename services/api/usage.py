@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from redis.client import Pipeline
 
 from services.common import keys
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, clip
 from services.common.events import Usage
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class UsageResource:
         try:
             day = date.fromisoformat(day).isoformat()
         except ValueError:
-            raise InvalidRequest(f"date {day!r} is not YYYY-MM-DD.", param="date", code="invalid_date") from None
+            raise InvalidRequest(f"date {clip(day)!r} is not YYYY-MM-DD.", param="date", code="invalid_date") from None
         rows = self.book.day(day)
         resp.media = {
             "object": "list",

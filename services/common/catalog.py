@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.errors import InvalidRequest, ModelNotFound
+from services.common.errors import InvalidRequest, ModelNotFound, clip
 
 
 class ModelSpec(BaseModel):
@@ -51,10 +51,11 @@ class Catalog:
         return cls(models, chosen, tuple(data.get("openai_names") or ()))
 
     def resolve(self, name: str) -> str:
-        """Canonical id for `name`, or ModelNotFound (404) naming what was asked for."""
+        """Canonical id for `name`, or ModelNotFound (404) naming what was asked for (its start: a name is
+        the client's text, of any length)."""
         found = self._names.get(name.lower())
         if found is None:
-            raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+            raise ModelNotFound(f"The model '{clip(name)}' does not exist", param="model")
         return found
 
     def get(self, name: str) -> ModelSpec:

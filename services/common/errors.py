@@ -5,6 +5,18 @@ The envelope is OpenAI's: {"error": {"message", "type", "param", "code"}}.
 
 from __future__ import annotations
 
+ECHO_CHARS = 64
+"""How much of a value the client sent an error message repeats: enough to recognise it, never a body's worth."""
+MAX_MESSAGE_CHARS = 2048
+MAX_PARAM_CHARS = 256
+"""The envelope's own bound, whatever a message was built from (an engine's text, a path, a dict key)."""
+
+
+def clip(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` as an error message may repeat it: cut to `limit` characters, an ellipsis marking the cut."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 class APIError(Exception):
     """Base of every error a client may see."""
@@ -24,6 +36,7 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message, param = clip(message, MAX_MESSAGE_CHARS), None if param is None else clip(param, MAX_PARAM_CHARS)
         super().__init__(message)
         self.message = message
         self.param = param
@@ -68,6 +81,12 @@ class MethodNotAllowed(APIError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class LengthRequired(APIError):
+    status = 411
+    type = "invalid_request_error"
+    code = "length_required"
 
 
 class PayloadTooLarge(APIError):

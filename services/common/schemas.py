@@ -16,13 +16,18 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from services.common.errors import InvalidRequest
+from services.common.errors import ECHO_CHARS, InvalidRequest, clip
 
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 """OpenAI documents no length for a stop sequence; a bound keeps the engines' stop scans cheap."""
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 """OpenAI's seed range (int64): a bigger integer is a 400 here, not an overflow inside an engine."""
+MAX_TOKENS = 2**24
+"""Above any served model's context (the largest today hold ~10M tokens), far below the engines' int32:
+a bigger max_tokens could never be served, and past 2**31 it would overflow inside llama.cpp."""
+MAX_TOP_K = 2**20
+"""Above any vocabulary (Gemma's is 262,144): a larger top_k means the same as the whole vocabulary."""
 
 
 class _Body(BaseModel):
@@ -143,7 +148,7 @@ class Message(_Body):
         if isinstance(value, list):
             for part in value:
                 if part.type != "text" or part.text is None:
-                    raise ValueError(f"content part type {part.type!r} is not supported; send text parts")
+                    raise ValueError(f"content part type {clip(part.type)!r} is not supported; send text parts")
         return value
 
     def text(self) -> str:
@@ -166,7 +171,7 @@ class StreamOptions(_Body):
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-PositiveInt = Annotated[int, Field(ge=1)]
+TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
 
 
@@ -174,7 +179,7 @@ class _SamplingBody(_Body):
     """Parameters shared by both completion endpoints."""
 
     frequency_penalty: Penalty = 0.0
-    max_tokens: PositiveInt | None = None
+    max_tokens: TokenCount | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
     presence_penalty: Penalty = 0.0
     seed: Seed | None = None
@@ -185,7 +190,7 @@ class _SamplingBody(_Body):
     top_p: TopP = 1.0
     user: str | None = None
     # vendor extras (extra_body), as vLLM and llama-server name them: None leaves the engine's default
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOP_K)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
     logit_bias: dict[str, float] | None = None
@@ -228,7 +233,7 @@ class ChatCompletionRequest(_SamplingBody):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     logprobs: bool = False
-    max_completion_tokens: PositiveInt | None = None
+    max_completion_tokens: TokenCount | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -322,9 +327,17 @@ def _param(loc: tuple) -> str | None:
             out += f"[{part}]"
         elif part in ("str", "bool", "int", "float") or any(m in str(part) for m in ("[", "(", "constrained-")):
             continue  # pydantic names union members in the location; OpenAI does not
-        else:
-            out += f".{part}" if out else str(part)
+        else:  # a dict's key is the client's text
+            out += f".{clip(part, ECHO_CHARS)}" if out else clip(part, ECHO_CHARS)
     return out or None
+
+
+def _telling(errors: list) -> dict:
+    """The error to report: pydantic fails a union once per member, first the members of another type
+    (a list of token ids is not a string); the member of the right type says what is wrong with the value."""
+    first = errors[0]
+    same_field = (e for e in errors if e["loc"][:1] == first["loc"][:1])
+    return next((e for e in same_field if not e["type"].endswith("_type")), first)
 
 
 def parse(model: type[BodyT], raw: bytes) -> BodyT:
@@ -332,7 +345,7 @@ def parse(model: type[BodyT], raw: bytes) -> BodyT:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = _telling(exc.errors())
         param = _param(tuple(err["loc"]))
         if err["type"] == "json_invalid":
             raise InvalidRequest(f"We could not parse the JSON body of your request: {err['msg']}") from None
