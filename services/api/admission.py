@@ -205,7 +205,7 @@ class Admission:
         quota = flight.admitted.quota if flight.admitted is not None else None
         if quota is not None and quota.tokens and flight.usage is not None and self.limiter is not None:
             used = flight.usage.completion_tokens + (flight.usage.prompt_tokens if job.prompt_counted else 0)
-            self.limiter.settle(quota.limits, quota.tokens, used)  # unfinished: the estimate stays charged
+            self.limiter.settle(quota, used)  # unfinished: the estimate stays charged
 
     def inflight(self) -> int:
         return int(self.redis.zcount(keys.inflight(), time.time(), "+inf"))

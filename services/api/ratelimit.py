@@ -2,8 +2,10 @@
 
 The `limits` library keeps the counters (see RateLimiter for which window each limit uses). A completion is charged one
 request and its token estimate (prompt characters / 4 + max_tokens) at admission; at its end the estimate
-is corrected to the tokens the worker reported, so a key pays for what it used. A request refused by one
-limit gives back what the other already took. Concurrency per key is not here: it is counted atomically
+is corrected to the tokens the worker reported, so a key pays for what it used. The correction goes to the
+window the estimate was charged to, which by then may be the previous one: booked into the current window,
+a refund started the next minute in credit, and a key passed its TPM across the boundary. A request refused
+by one limit gives back what the other already took. Concurrency per key is not here: it is counted atomically
 with admission (admission.py), scored by lease expiry like the global in-flight set.
 
 Headers follow OpenAI's: `x-ratelimit-limit-requests`, `-remaining-requests`, `-reset-requests` (time until
@@ -13,8 +15,10 @@ keyed caller, for each dimension the key is limited in.
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -30,6 +34,10 @@ from services.common.jobs import Job
 from services.common.settings import Settings
 from services.keys.store import ApiKey
 
+WINDOW_S = 60
+"""Both limits are per minute."""
+SAME_WINDOW_S = 1.0
+"""How far apart two readings of one window's end may be (round trips): windows end WINDOW_S apart."""
 CHARS_PER_TOKEN = 4
 """A prompt's token estimate at admission; the real count corrects it at the end."""
 TOKENS_PER_MESSAGE = 4
@@ -67,6 +75,8 @@ class Window:
     remaining: int
     reset_s: float
     retry_s: float = 0.0
+    ends: float = 0.0
+    """Tokens: when the current window stops being current (the limiter's clock), which names it."""
 
     def headers(self) -> dict[str, str]:
         return {
@@ -86,6 +96,9 @@ class Quota:
     """1 when a request was charged (the key has an RPM limit)."""
     tokens: int = 0
     """Tokens charged at admission (0 when the key has no TPM limit)."""
+    tokens_window: float = 0.0
+    """When the window they were charged to stopped or stops being the current one (the limiter's clock):
+    which window their correction belongs to."""
 
     def headers(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -104,14 +117,22 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
+def _json_chars(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":"))) if value else 0
+
+
 def estimate_tokens(job: Job) -> int:
     """Prompt estimate + max_tokens: what the request may use at most, roughly (an embedding job: its inputs;
-    a prompt's further choice: max_tokens, its prompt is counted once)."""
+    a prompt's further choice: max_tokens, its prompt is counted once). Tool schemas, a response_format's
+    schema and the calls in assistant turns count as prompt: the engine templates them into it, and a
+    schema can be far bigger than the messages."""
+    schemas = _json_chars(job.params.tools) + _json_chars(job.params.response_format)
     if job.kind == "chat":
-        prompt = sum(len(m.content) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in job.messages)
+        chars = sum(len(m.content) + _json_chars(m.tool_calls) for m in job.messages) + schemas
+        prompt = chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(job.messages)
         return prompt * job.prompt_counted + job.params.max_tokens
     if job.kind == "completion":
-        return len(job.prompt) // CHARS_PER_TOKEN * job.prompt_counted + job.params.max_tokens
+        return (len(job.prompt) + schemas) // CHARS_PER_TOKEN * job.prompt_counted + job.params.max_tokens
     inputs = getattr(job, "inputs", ())
     return sum(len(i) // CHARS_PER_TOKEN + 1 if isinstance(i, str) else len(i) for i in inputs)
 
@@ -124,8 +145,10 @@ class RateLimiter:
     counts fully in its minute and then decays over the next, so a burst frees up a little later than 60 s).
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
+        self._book = client.register_script(BOOK)
         # limits builds its client on our pool (the URL only names the scheme), so it shares our timeouts
         self.storage = RedisStorage("redis://", connection_pool=client.connection_pool, key_prefix=keys.limits_prefix())
         self.requests = MovingWindowRateLimiter(self.storage)
@@ -153,7 +176,9 @@ class RateLimiter:
                 self.refund(quota)
                 self._refuse(Quota(limits, [*quota.windows]), window, tokens)
             quota.tokens = tokens
-            quota.windows.append(self._tokens_window(limits, 1))
+            window = self._tokens_window(limits, 1)
+            quota.tokens_window = window.ends
+            quota.windows.append(window)
         return quota
 
     def _refuse(self, quota: Quota, refused: Window, cost: int) -> NoReturn:
@@ -183,13 +208,13 @@ class RateLimiter:
             self.storage.get_connection().lpop(self.storage.prefixed_key(key))  # the newest entry is ours
             quota.requests = 0
         if quota.tokens:
-            self._adjust_tokens(limits, -quota.tokens)
+            self._correct_tokens(quota, -quota.tokens)
             quota.tokens = 0
 
-    def settle(self, limits: KeyLimits, charged: int, used: int) -> None:
+    def settle(self, quota: Quota, used: int) -> None:
         """Correct the token estimate charged at admission to the tokens used (usually a refund)."""
-        if limits.tpm and charged and used != charged:
-            self._adjust_tokens(limits, used - charged)
+        if quota.limits.tpm and quota.tokens and used != quota.tokens:
+            self._correct_tokens(quota, used - quota.tokens)
 
     def peek(self, limits: KeyLimits) -> Quota:
         """The headers' values without charging anything (routes that cost nothing)."""
@@ -210,22 +235,45 @@ class RateLimiter:
         return RateLimitItemPerMinute(limits.tpm).key_for("tokens", limits.name)
 
     def _tokens_window(self, limits: KeyLimits, cost: int) -> Window:
-        expiry, limit = 60.0, limits.tpm
-        prev, prev_ttl, cur, cur_ttl = self.storage.get_sliding_window(self._tokens_key(limits), int(expiry))
+        expiry, limit = float(WINDOW_S), limits.tpm
+        prev, prev_ttl, cur, cur_ttl = self.storage.get_sliding_window(self._tokens_key(limits), WINDOW_S)
         used = prev * prev_ttl / expiry + cur
         remaining = max(0, limit - math.floor(used))
         reset = cur_ttl if cur > 0 else (prev_ttl if prev > 0 else 0.0)
-        return Window("tokens", limit, remaining, reset, _wait_for(cost, limit, prev, prev_ttl, cur, cur_ttl, expiry))
+        wait = _wait_for(cost, limit, prev, prev_ttl, cur, cur_ttl, expiry)
+        return Window("tokens", limit, remaining, reset, wait, ends=self.clock() + cur_ttl - expiry)
 
-    def _adjust_tokens(self, limits: KeyLimits, amount: int) -> None:
-        """Add `amount` (negative: give back) to the current window's token counter (limits' own key name
-        for it, and its INCRBY-with-expiry script)."""
-        self.storage.incr(self.storage._current_window_key(self._tokens_key(limits)), 120, amount)
+    def _correct_tokens(self, quota: Quota, amount: int) -> None:
+        """Add `amount` (negative: give back) to the token counter of the window `quota` was charged to,
+        the current or the previous one (limits' two keys); a window gone by counts no more: nothing to do."""
+        storage, key = self.storage, self._tokens_key(quota.limits)
+        names = [storage.prefixed_key(k) for k in (storage._previous_window_key(key), storage._current_window_key(key))]
+        args = [round(self.clock() * 1000), WINDOW_S * 1000, round(quota.tokens_window * 1000), amount]
+        self._book(keys=names, args=[*args, round(SAME_WINDOW_S * 1000)])
+
+
+# KEYS: the previous and the current window's counters, as limits names them. ARGV: now, the window's length,
+# the end of the window to correct (all ms, the limiter's clock), the amount, the tolerance (ms).
+# A counter's window ends (stops being current) when its TTL falls below one window: limits' scripts create
+# a current counter with two windows' TTL and rename it to the previous one once it has less than one left.
+BOOK = """
+for i = 2, 1, -1 do
+  local ttl = redis.call('PTTL', KEYS[i])
+  local ends = tonumber(ARGV[1]) + ttl - tonumber(ARGV[2])
+  if ttl > 0 and math.abs(ends - tonumber(ARGV[3])) <= tonumber(ARGV[5]) then
+    if redis.call('INCRBY', KEYS[i], ARGV[4]) < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+    return i
+  end
+end
+return 0
+"""
 
 
 def _wait_for(cost: int, limit: int, prev: int, prev_ttl: float, cur: int, cur_ttl: float, expiry: float) -> float:
     """Seconds until `cost` fits under `limit` in a sliding window counter (previous window weighted by the
-    share of it still inside the last minute)."""
+    share of it still inside the last minute); never (inf) for a cost over the limit itself."""
+    if cost > limit:
+        return math.inf
     room = limit - cost - cur
     if room >= 0:
         if prev <= 0 or prev * prev_ttl / expiry <= room:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from limits import RateLimitItemPerMinute
 from rq import Queue
 
 from services.api import queue_view
@@ -15,7 +16,7 @@ from services.api.usage import UsageBook
 from services.common import keys
 from services.common.errors import RateLimited
 from services.common.events import Usage
-from services.common.jobs import Job, SamplingParams
+from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.registry import Registry
 from services.common.settings import Settings
 from services.keys.store import ApiKey
@@ -42,9 +43,19 @@ def job(rid: str, key: str | None, *, prompt: str = "p" * 40, max_tokens: int = 
     )
 
 
-def gateway(client, *, fair: bool = True, **settings) -> Gateway:
+class Clock:
+    """The limiter's clock, which a test moves on together with the TTLs of the key's counters (`age`)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def gateway(client, *, fair: bool = True, clock: Clock | None = None, **settings) -> Gateway:
     cfg = Settings(**settings)
-    limiter = RateLimiter(client, cfg)
+    limiter = RateLimiter(client, cfg, clock=clock or time.time)
     admission = Admission(
         client,
         max_inflight=1000,
@@ -192,3 +203,73 @@ def test_usage_is_counted_per_key_per_day_on_release(redis_client):
 
 def test_durations_are_spelled_as_openai_does():
     assert [duration(s) for s in (0.02, 1.5, 6, 60, 361)] == ["20ms", "1.5s", "6s", "1m0s", "6m1s"]
+
+
+def age(client, limiter: RateLimiter, key: ApiKey, clock: Clock, seconds: float) -> None:
+    """`seconds` pass for the key's token counters (limits' two keys: the current window and the previous)
+    and for the limiter's clock, without waiting for them."""
+    storage, tpm = limiter.storage, limiter.limits_of(key).tpm
+    item = RateLimitItemPerMinute(tpm).key_for("tokens", key.name)
+    for name in (storage._current_window_key(item), storage._previous_window_key(item)):
+        ttl = client.pttl(storage.prefixed_key(name))
+        if ttl > 0:
+            left = ttl - int(seconds * 1000)
+            client.pexpire(storage.prefixed_key(name), left) if left > 0 else client.delete(storage.prefixed_key(name))
+    clock.offset += seconds
+
+
+def test_the_tpm_correction_is_booked_in_the_window_of_the_request(redis_client):
+    """A request charged near a minute's end and settled in the next: its refund goes back to its own minute,
+    so the next minute does not start in credit (it used to: -890 there, and 1,490 tokens then fit in it)."""
+    clock = Clock()
+    gw = gateway(redis_client, clock=clock)
+    limiter, key = gw.admission.limiter, api_key("edge", tpm=1000)
+    flight = gw.submit(job("e0", "edge", max_tokens=890), key=key)  # 10 + 890
+    age(redis_client, limiter, key, clock, 61)  # the next minute
+    limiter.peek(limiter.limits_of(key))  # any response's headers read the counters: the window moves on
+    flight.usage = Usage(prompt_tokens=10, completion_tokens=0)
+    gw.release(flight, finished=True)  # 890 given back
+    age(redis_client, limiter, key, clock, 58)  # that minute's end: the first minute weighs 1/60 now
+    gw.submit(job("e1", "edge", max_tokens=980), key=key)  # 990 in this minute
+    with pytest.raises(RateLimited) as info:
+        gw.submit(job("e2", "edge", max_tokens=490), key=key)  # 500 more would be 1,490 in one minute
+    assert "tokens per min (TPM)" in info.value.message
+
+
+def test_a_correction_for_a_window_gone_by_is_dropped(redis_client):
+    """Settled after both windows have expired: nothing to correct, and no counter starts below zero."""
+    clock = Clock()
+    gw = gateway(redis_client, clock=clock)
+    limiter, key = gw.admission.limiter, api_key("late", tpm=1000)
+    flight = gw.submit(job("l0", "late", max_tokens=890), key=key)
+    age(redis_client, limiter, key, clock, 125)
+    flight.usage = Usage(prompt_tokens=10, completion_tokens=0)
+    gw.release(flight, finished=True)
+    assert limiter.peek(limiter.limits_of(key)).headers()["x-ratelimit-remaining-tokens"] == "1000"
+    gw.submit(job("l1", "late", max_tokens=990), key=key)
+    with pytest.raises(RateLimited):
+        gw.submit(job("l2", "late", max_tokens=1), key=key)  # 11: one over
+
+
+def test_tool_schemas_count_in_the_tpm_estimate(redis_client):
+    """A chat's tools are templated into its prompt: a 40 KB schema is ~10k tokens, not 0."""
+    gw = gateway(redis_client)
+    key = api_key("tools", tpm=5000)
+    schema = {"type": "object", "properties": {f"field_{i}": {"type": "string", "description": "d" * 300}
+                                               for i in range(120)}}  # fmt: skip
+    tools = ({"type": "function", "function": {"name": "f", "parameters": schema}},)
+    now = time.time()
+    chat = Job(request_id="t0", model=MODEL, kind="chat", messages=(ChatMessage(role="user", content="hi"),),
+               params=SamplingParams(max_tokens=10, tools=tools), accepted_at=now, deadline=now + 30,
+               key_name="tools")  # fmt: skip
+    with pytest.raises(RateLimited) as info:
+        gw.submit(chat, key=key)
+    assert "too large" in info.value.message and not redis_client.exists(keys.lease("t0"))
+
+
+def test_a_request_over_the_whole_tpm_is_refused_on_an_unused_key_too(redis_client):
+    """Nothing charged yet in either window: the wait for room divided by the current count (0), a 500."""
+    gw = gateway(redis_client)
+    with pytest.raises(RateLimited) as info:
+        gw.submit(job("f0", "fresh", max_tokens=200), key=api_key("fresh", tpm=100))
+    assert "too large" in info.value.message and "Retry-After" not in info.value.headers

@@ -16,14 +16,29 @@ from services.keys import store
 
 def job(**fields) -> Job:
     now = time.time()
-    return Job(request_id="r", model="m", params=SamplingParams(max_tokens=50), accepted_at=now, deadline=now + 9,
-               **fields)  # fmt: skip
+    fields.setdefault("params", SamplingParams(max_tokens=50))
+    return Job(request_id="r", model="m", accepted_at=now, deadline=now + 9, **fields)
 
 
 def test_the_estimate_is_prompt_characters_over_four_plus_max_tokens():
     assert estimate_tokens(job(kind="completion", prompt="x" * 40)) == 10 + 50
     chat = job(kind="chat", messages=(ChatMessage(role="user", content="y" * 20),) * 2)
     assert estimate_tokens(chat) == 2 * (5 + 4) + 50, "each message's text and its template tokens"
+
+
+def test_tools_response_formats_and_calls_count_as_prompt():
+    tools = ({"type": "function", "function": {"name": "f", "parameters": {"description": "z" * 4000}}},)
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"description": "z" * 2000}}}
+    plain = estimate_tokens(job(kind="chat", messages=(ChatMessage(role="user", content="hi"),)))
+    with_tools = estimate_tokens(job(kind="chat", messages=(ChatMessage(role="user", content="hi"),),
+                                     params=SamplingParams(max_tokens=50, tools=tools)))  # fmt: skip
+    assert with_tools - plain >= 1000, "4,000 characters of schema are ~1,000 tokens"
+    with_format = estimate_tokens(job(kind="completion", prompt="hi",
+                                      params=SamplingParams(max_tokens=50, response_format=fmt)))  # fmt: skip
+    assert with_format - estimate_tokens(job(kind="completion", prompt="hi")) >= 500
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "a" * 4000}}
+    turns = (ChatMessage(role="assistant", content="", tool_calls=(call,)),)
+    assert estimate_tokens(job(kind="chat", messages=turns)) - 50 >= 1000, "a call's arguments are prompt too"
 
 
 def test_reset_times_are_spelled_as_openai_does():
