@@ -133,6 +133,17 @@ def test_an_input_over_the_context_is_a_client_error(engine: OpenAIHTTPEngine) -
     assert err.value.code == "context_length_exceeded" and err.value.param == "input"
 
 
+@pytest.mark.parametrize("token", [30522, 2**31 - 1, 2**32 + 1996], ids=["vocab", "int32", "wraps"])
+def test_a_token_id_outside_the_vocabulary_is_a_400_naming_input(engine: OpenAIHTTPEngine, token: int) -> None:
+    """all-MiniLM-L6-v2 has 30,522 tokens. llama-server refused 30522 naming no field, and read 2**32 + 1996
+    as 1996 ("the"): an input that was not what the client sent, embedded without a word (issue 25)."""
+    with pytest.raises(InvalidRequest) as err:
+        engine.embed([TEXTS[0], [101, token, 102]])
+    assert err.value.status == 400 and err.value.param == "input", err.value.message
+    assert "input[1][1]" in err.value.message and "vocabulary of 30522 tokens" in err.value.message
+    assert engine.embed([[101, 30521, 102]]).prompt_tokens == 3, "the last id of the vocabulary is one"
+
+
 def test_vectors_travel_as_openai_base64() -> None:
     vector = [0.25, -1.5, 3.0e-7]
     packed = pack_vector(vector)

@@ -23,7 +23,7 @@ import httpx
 from services.common import tracing
 from services.common.errors import APIError
 from services.common.jobs import ChatMessage, SamplingParams
-from services.worker.engines import echo, features
+from services.worker.engines import echo, features, token_ids
 from services.worker.engines.base import (
     CancelCheck,
     ContextLengthExceeded,
@@ -60,6 +60,8 @@ class OpenAIHTTPEngine:
 
     templates_chat = True
     calls_before_wait = True
+    _vocab: int | None = None
+    """The sidecar model's vocabulary size (0: it does not say), asked the first time token ids come."""
 
     def __init__(
         self,
@@ -299,6 +301,8 @@ class OpenAIHTTPEngine:
     def embed(self, inputs: Sequence[str | Sequence[int]]) -> Embeddings:
         """The sidecar's /v1/embeddings (llama-server with --embeddings, vLLM on an embedding model), as floats:
         the worker packs them itself, whatever the client's encoding_format."""
+        if any(not isinstance(x, str) for x in inputs):
+            token_ids.check(inputs, self._vocab_size())
         body = {"model": self.upstream_model, "input": [x if isinstance(x, str) else list(x) for x in inputs]}
         try:
             reply = self._json("POST", "/v1/embeddings", body | {"encoding_format": "float"})
@@ -315,6 +319,13 @@ class OpenAIHTTPEngine:
             raise EngineError(f"{self.name} returned {len(data)} embeddings for {len(inputs)} inputs")
         usage = reply.get("usage") or {}
         return Embeddings([d["embedding"] for d in data], int(usage.get("prompt_tokens") or 0))
+
+    def _vocab_size(self) -> int | None:
+        if self._vocab is None:
+            models = self._json("GET", "/v1/models").get("data") or [{}]
+            model = next((m for m in models if m.get("id") == self.upstream_model), models[0])
+            self._vocab = token_ids.vocab_size(model) or 0
+        return self._vocab or None
 
     # HTTP ----------------------------------------------------------------------------------------
 
