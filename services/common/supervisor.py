@@ -1,13 +1,19 @@
 """Keep one child process running: start it, see it die, say why in one line, restart it with backoff.
 
-The worker supervises its llama-server sidecar with this, and the native stack wraps the worker in it
-(services/stack/respawn.py), because honcho stops the whole stack when one process exits and cannot
-restart anything. A child that dies several times in a short window is in a crash loop: the state says
-so, and the backoff grows to its cap instead of hammering a machine that cannot run it.
+The worker supervises its llama-server sidecar with this, the native stack's launcher runs each of its
+processes under one (services/stack/supervise.py), and the worker also runs under one inside
+services/stack/respawn.py, which removes a dead worker's registry record. A child that dies several times
+in a short window is in a crash loop: the state says so, and the backoff grows to its cap instead of
+hammering a machine that cannot run it.
+
+Each child leads a process group of its own. What is left in that group when the child dies (nginx's or
+gunicorn's workers when their master was killed, still holding the listening socket) is killed before
+the next start, which would otherwise fail to bind its port, and after a stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -63,6 +69,13 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a dead child's process group. Linux does not reuse a PID while a group of
+    that number has a member, so this never reaches a stranger."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class State(StrEnum):
@@ -152,6 +165,7 @@ class Supervisor:
         *,
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
         ready: Callable[[], bool] = lambda: True,
         on_up: Callable[[], None] = lambda: None,
         on_down: Callable[[str], None] = lambda _reason: None,
@@ -161,6 +175,7 @@ class Supervisor:
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
+        self.cwd = cwd
         self.ready = ready
         self.on_up = on_up
         self.on_down = on_down
@@ -199,7 +214,7 @@ class Supervisor:
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace`; no restart follows. Returns the child's exit code."""
-        self._stop.set()
+        self._stop.set()  # before the lock: a restart under way either sees it or has set proc by now
         with self._lock:
             proc = self.proc
         code = None
@@ -212,20 +227,26 @@ class Supervisor:
                 code = proc.wait()
         elif proc is not None:
             code = proc.returncode
+        if proc is not None:
+            kill_group(proc.pid)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(grace)
         self.state = State.STOPPED
         return code
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Start the child; False when a stop came first (checked under the lock stop() reads proc with)."""
         out = self.log_path.open("ab") if self.log_path else None  # None: the child writes to our output
         try:
             with self._lock:
+                if self._stop.is_set():
+                    return False
                 self.proc = subprocess.Popen(
                     self.argv,
                     stdout=out,
                     stderr=subprocess.STDOUT if out else None,
                     env=self._child_env(),
+                    cwd=self.cwd,
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
@@ -235,6 +256,7 @@ class Supervisor:
         self.state = State.STARTING
         self.started_at = time.monotonic()
         log.info("%s started (pid %d)", self.name, self.proc.pid)
+        return True
 
     def _child_env(self) -> dict[str, str]:
         """The child learns how often it was restarted and why (the worker publishes it in its record)."""
@@ -251,12 +273,14 @@ class Supervisor:
             code = self.proc.wait()
             if self._stop.is_set():
                 return
+            kill_group(self.proc.pid)
             self._died(code)
             delay = self._delay()
             if self._stop.wait(delay):
                 return
             self.restarts += 1
-            self._spawn()
+            if not self._spawn():
+                return
 
     def _await_ready(self) -> None:
         deadline = time.monotonic() + self.policy.ready_timeout

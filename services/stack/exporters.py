@@ -54,7 +54,7 @@ def native(settings: Settings, env: Mapping[str, str], redis_url: str) -> list[E
             nginx,
             f"-nginx.scrape-uri=http://{nginx_status_listen(settings)}{STUB_STATUS_PATH}",
             f"-web.listen-address=127.0.0.1:{settings.nginx_exporter_port}",
-            "-nginx.retries=30",  # it exits when nginx does not answer at its start; honcho starts all at once
+            "-nginx.retries=30",  # it exits when nginx does not answer at its start; all start at once
             "-nginx.retry-interval=1s",
         )
         out.append(Exporter("nginx-exporter", argv, base, settings.nginx_exporter_port))

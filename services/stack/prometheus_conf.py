@@ -9,6 +9,10 @@ With API keys, a replica's /metrics needs an admin key unless the call comes str
 Native: Prometheus scrapes each replica on 127.0.0.1, so it needs none. Compose: it scrapes over the network
 with a scrape token, an admin key read from COMPOSE_SCRAPE_TOKEN (`authorization: credentials_file`), which
 docker-compose.yml copies there from run/keys/prometheus.token.
+
+Prometheus runs without --web.enable-lifecycle: its lifecycle API (POST /-/quit, /-/reload) takes no
+credentials, so anyone who reaches its port could stop it. Nothing here reloads it; a config change is a
+restart.
 """
 
 from __future__ import annotations
@@ -110,14 +114,14 @@ def write_native(
 
 
 def command(prometheus: str, settings: Settings, layout: Layout) -> list[str]:
-    """A plain foreground process with its data under RUN_DIR, never the Debian service's paths."""
+    """A plain foreground process with its data under RUN_DIR, never the Debian service's paths; no
+    lifecycle API (see above)."""
     return [
         prometheus,
         f"--config.file={layout.prometheus_conf}",
         f"--storage.tsdb.path={layout.prometheus_dir / 'data'}",
         "--storage.tsdb.retention.time=7d",
         f"--web.listen-address=127.0.0.1:{settings.prometheus_port}",
-        "--web.enable-lifecycle",
     ]
 
 

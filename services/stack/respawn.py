@@ -1,10 +1,12 @@
-"""`python -m services.stack.respawn NAME -- ARGV...`: run a process of the native stack, restarting it.
+"""`python -m services.stack.respawn NAME -- ARGV...`: run a worker of the native stack, restarting it.
 
-honcho ends the whole stack when any process exits and restarts nothing, so the worker runs under this
-wrapper: when an in-process engine takes the worker down (SIGSEGV, SIGILL, the OOM killer) the death is
-logged in one line with its signal, the dead worker's registry record is removed at once (its clients
-get a 503 within a keep-alive tick instead of waiting for the heartbeat to expire), and the worker is
-started again with backoff. SIGTERM and SIGINT are passed on, and the wrapper exits with the child.
+The launcher restarts every process of the stack (services/stack/supervise.py), but a worker needs one
+thing more, so it runs under this wrapper: when an in-process engine takes the worker down (SIGSEGV,
+SIGILL, the OOM killer) the death is logged in one line with its signal, the dead worker's registry record
+is removed at once (its clients get a 503 within a keep-alive tick instead of waiting for the heartbeat to
+expire), and the worker is started again with backoff. The wrapper is in the worker's command line, so the
+e2e tests, which start the stack's processes one by one without the launcher, get the same. SIGTERM and
+SIGINT are passed on, and the wrapper exits with the child.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from services.common.supervisor import Supervisor
 log = logging.getLogger("respawn")
 
 STOP_GRACE_S = 60.0
-"""Time the child gets to drain after SIGTERM; honcho's own grace (supervise.STOP_GRACE_S) must not be
-shorter, or it kills the group first."""
+"""Time the child gets to drain after SIGTERM; the launcher's grace (supervise.STOP_GRACE_S) is longer."""
 
 
 def forget_worker(registry: Registry, pid: int | None) -> None:

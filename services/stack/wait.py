@@ -1,7 +1,7 @@
 """`python -m services.stack.wait -- CMD...`: wait until Redis (REDIS_URL) answers, then exec CMD.
 
-Honcho starts every process at once and stops them all when one exits, so a worker that met a
-Redis still starting would take the whole stack down; this wrapper orders the start instead.
+The launcher starts every process at once; a worker or replica that met a Redis still starting would die
+and be restarted after a backoff, so this wrapper orders the start instead.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ counted into a crash loop, and a stop is never taken for a crash."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -141,3 +142,41 @@ def _state(pid: int) -> str:
         return stat_fields(Path(f"/proc/{pid}"))[0]
     except (FileNotFoundError, IndexError):
         return "Z"
+
+
+def _gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _state(pid) == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_what_a_dead_child_leaves_in_its_group_is_killed(tmp_path: Path) -> None:
+    """A master killed by SIGKILL leaves its workers (nginx's, gunicorn's) holding its listening socket, so the
+    next start could not bind: they are killed before the restart, and what a stopped child leaves at the stop."""
+    pids = tmp_path / "grandchildren"
+    code = (
+        "import subprocess, time;"
+        f"p = subprocess.Popen(['sleep', '60']); open({str(pids)!r}, 'a').write(f'{{p.pid}}\\n'); time.sleep(60)"
+    )
+    ups = threading.Semaphore(0)
+    sup = Supervisor("master", python(code), on_up=ups.release, policy=FAST)
+    sup.start()
+    try:
+        assert ups.acquire(timeout=5)
+        deadline = time.monotonic() + 5
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = int(pids.read_text().split()[0])
+        os.kill(sup.pid, signal.SIGKILL)
+        assert ups.acquire(timeout=10), "restarted"
+        assert _gone(first), "the dead master's worker outlived it"
+        deadline = time.monotonic() + 5
+        while len(pids.read_text().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = int(pids.read_text().split()[1])
+    finally:
+        sup.stop(grace=5)
+    assert _gone(second), "the stopped master's worker outlived it"

@@ -146,7 +146,7 @@ class OpenAIHTTPEngine:
         return None
 
     def _wait_ready(self, client: httpx.Client) -> None:
-        """A sidecar started beside us (honcho starts every process at once) may not listen yet, or
+        """A sidecar started beside us (the launcher starts every process at once) may not listen yet, or
         still load its model (503): both are waited out (CONNECT_WAIT, LOAD_WAIT); any other answer is final."""
         started = time.monotonic()
         deadline = started + LOAD_WAIT

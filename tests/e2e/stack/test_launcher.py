@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -60,17 +60,17 @@ def test_up_serves_and_stops_everything(signum: signal.Signals) -> None:
         wait_until(lambda: httpx.get(f"{url}/health").status_code in (200, 503), 60, "stack behind nginx", launcher)
         prometheus = f"http://127.0.0.1:{settings.prometheus_port}/-/ready"
         wait_until(lambda: httpx.get(prometheus).status_code == 200, 30, "prometheus", launcher)
-        system_log = (settings.log_dir / "system.log").read_text()
-        pids = [int(p) for p in re.findall(r"started \(pid=(\d+)\)", system_log)]
         # redis, api-1, api-2, nginx, prometheus, and Redis's and nginx's exporters where installed
         names = ["redis", "api-1", "api-2", "nginx", "prometheus"]
         names += [e.name for e in exporters.native(settings, env, settings.redis_url)]
-        assert len(pids) == len(names)
+        pids_file = run_dir / "stack.pids"
+        wait_until(lambda: sorted(json.loads(pids_file.read_text())) == sorted(names), 30, "every pid", launcher)
+        pids = list(json.loads(pids_file.read_text()).values())
         for name in names:
             assert (settings.log_dir / f"{name}.log").stat().st_size > 0, name
         os.kill(launcher.pid, signum)  # as Ctrl-C (to the launcher alone) or a service manager would
         launcher.wait(60)
     finally:
         stop(launcher)
-    # honcho runs each process as a group leader, so the groups hold gunicorn's and nginx's workers too
+    # each process leads a group of its own, so the groups hold gunicorn's and nginx's workers too
     assert left_behind(run_dir, pids) == []
