@@ -14,7 +14,7 @@ import pytest
 from services.common.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from services.worker.engines.base import ContextLengthExceeded, EngineError
 from services.worker.engines.llama_server_process import LlamaServerCommand
-from services.worker.engines.upstream import error_from_body, error_from_transport, sse_events
+from services.worker.engines.upstream import error_from_body, error_from_socket, error_from_transport, sse_events
 
 
 def test_sse_skips_pings_and_other_fields_and_stops_at_done():
@@ -65,6 +65,25 @@ def test_transport_failures_are_503_when_unreachable_500_otherwise():
     assert type(error_from_transport(httpx.ConnectError("refused", request=request), "vllm", "u")) is ServiceUnavailable
     assert type(error_from_transport(httpx.ReadTimeout("slow", request=request), "vllm", "u")) is EngineError
     assert type(error_from_transport(httpx.RemoteProtocolError("cut", request=request), "vllm", "u")) is EngineError
+
+
+def test_transport_failures_tell_the_client_nothing_of_the_sidecar_s_address(caplog: pytest.LogCaptureFixture):
+    """Clients got 'llama_server at http://127.0.0.1:PORT is unreachable: [Errno 111] ...': the address is for
+    the log alone."""
+    url = "http://127.0.0.1:18180"
+    request = httpx.Request("POST", f"{url}/v1/chat/completions")
+    failures = [
+        error_from_transport(httpx.ConnectError("[Errno 111] refused", request=request), "llama_server", url),
+        error_from_transport(httpx.ReadTimeout(f"timed out reading {url}", request=request), "llama_server", url),
+        error_from_transport(httpx.RemoteProtocolError(f"{url} cut", request=request), "llama_server", url),
+        error_from_socket(ConnectionRefusedError(111, "Connection refused"), "llama_server", url),
+        error_from_socket(TimeoutError(), "llama_server", url),
+        error_from_socket(ConnectionResetError(104, "reset"), "llama_server", url),
+    ]
+    for err in failures:
+        assert "127.0.0.1" not in err.message and "18180" not in err.message and "Errno" not in err.message, err
+    assert "retry" in failures[0].message and type(failures[3]) is ServiceUnavailable
+    assert len(caplog.records) == len(failures) and all(url in r.getMessage() for r in caplog.records)
 
 
 def test_llama_server_command_splits_context_over_slots_and_names_the_template():

@@ -6,11 +6,15 @@ so no httpx exception ever reaches the worker.
 
 The size of the prompt comes back with the completion (vLLM's continuous usage, llama-server's
 timings on every chunk), so no request needs a /tokenize call of its own before it.
+
+A transport failure is told to the client in general words (the engine is down, slow or broke off) and
+logged here in full: the sidecar's address and the socket's error are ours, not the client's to see.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -30,7 +34,12 @@ from services.worker.engines.base import (
     prompt_too_long,
 )
 
+log = logging.getLogger(__name__)
+
 DONE = "[DONE]"
+UNREACHABLE = "The model's engine is unavailable; retry shortly."
+TOO_SLOW = "The model's engine did not answer in time."
+BROKE_OFF = "The model's engine broke off its answer."
 
 
 def sse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
@@ -96,20 +105,26 @@ def error_from_raw(status: int, raw: bytes, upstream: str) -> APIError:
 def error_from_transport(exc: httpx.HTTPError, upstream: str, url: str) -> APIError:
     """Connection failures mean the sidecar is down (retry elsewhere); a stalled stream is an engine fault."""
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return ServiceUnavailable(f"{upstream} at {url} is unreachable: {exc}")
+        return _told(ServiceUnavailable(UNREACHABLE), f"{upstream} at {url} is unreachable: {exc}")
     if isinstance(exc, httpx.TimeoutException):
-        return EngineError(f"{upstream} at {url} did not answer in time ({type(exc).__name__})")
-    return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
+        return _told(EngineError(TOO_SLOW), f"{upstream} at {url} did not answer in time ({type(exc).__name__})")
+    return _told(EngineError(BROKE_OFF), f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
 
 
 def error_from_socket(exc: OSError | h11.ProtocolError, upstream: str, url: str) -> APIError:
     """`error_from_transport` for our own sockets and h11 (sse_client): refused or
     unresolvable is a sidecar that is down, a timeout, a cut stream or a garbled answer an engine fault."""
     if isinstance(exc, ConnectionRefusedError | socket.gaierror):
-        return ServiceUnavailable(f"{upstream} at {url} is unreachable: {exc}")
+        return _told(ServiceUnavailable(UNREACHABLE), f"{upstream} at {url} is unreachable: {exc}")
     if isinstance(exc, TimeoutError):
-        return EngineError(f"{upstream} at {url} did not answer in time")
-    return EngineError(f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
+        return _told(EngineError(TOO_SLOW), f"{upstream} at {url} did not answer in time")
+    return _told(EngineError(BROKE_OFF), f"{upstream} at {url} failed: {type(exc).__name__}: {exc}")
+
+
+def _told(error: APIError, detail: str) -> APIError:
+    """`error` for the client; `detail`, with the sidecar's address, for our log only."""
+    log.warning("%s (the client is told: %s)", detail, error.message)
+    return error
 
 
 class CompletionStream:
