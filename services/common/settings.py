@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     n_threads: int = Field(0, ge=0, le=256, description="llama.cpp threads; 0 = physical cores")
     n_ctx: int = Field(4096, ge=256, le=1_048_576)
     llama_server_url: str = ""
+    llama_server_api_key: str = Field(
+        "", description="the key LLAMA_SERVER_URL's llama-server requires; one the worker starts gets a new one"
+    )
     llama_server_parallel: int = Field(8, ge=1, le=256, description="slots of the llama-server the stack starts")
     llama_server_port: int = Field(8180, ge=1, le=65535, description="native stack: its llama-server's port")
     llama_server_nice: int = Field(

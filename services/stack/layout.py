@@ -45,7 +45,13 @@ class Layout:
 
     @property
     def pids_file(self) -> Path:
+        """Each process's current PID by name, rewritten by the launcher as they (re)start."""
         return self.run_dir / "stack.pids"
+
+    @property
+    def llama_server_key(self) -> Path:
+        """The key of the worker's llama-server, for Prometheus: the worker writes it at each start."""
+        return self.run_dir / "llama-server.key"
 
     def metrics_dir(self, replica: int) -> Path:
         """prometheus_client multiprocess files, one directory per API replica so counts never mix."""

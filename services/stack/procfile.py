@@ -1,8 +1,8 @@
 """The native stack as a list of processes: the same topology as docker-compose.yml, without Docker.
 
-`prepare()` writes every config under RUN_DIR and returns the processes; `make up` hands them to
-honcho (services/stack/supervise.py), and the e2e tests start the very same list one by one, so they
-can kill a single replica by its PID.
+`prepare()` writes every config under RUN_DIR and returns the processes; `make up` runs each under a
+Supervisor that restarts it when it dies (services/stack/supervise.py), and the e2e tests start the very
+same list one by one, so they can kill a single replica by its PID.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _waiting_for_redis(python: str, argv: list[str]) -> tuple[str, ...]:
 
 
 def _respawned(python: str, name: str, argv: list[str]) -> list[str]:
-    """Restarted with backoff when it dies (services/stack/respawn.py): honcho restarts nothing."""
+    """Restarted with backoff, and its registry record removed, when it dies (services/stack/respawn.py)."""
     return [python, "-m", "services.stack.respawn", name, "--", *argv]
 
 
@@ -105,6 +105,7 @@ def worker_proc(
     upstream_url: str | None = None,
     slots: int | None = None,
     spawn_llama_server: bool = False,
+    sidecar_key_file: Path | None = None,
 ) -> Proc:
     argv = [
         python, "-m", "services.worker",
@@ -115,6 +116,8 @@ def worker_proc(
     ]  # fmt: skip
     if upstream_url:
         argv += ["--upstream-url", upstream_url]
+    if sidecar_key_file:
+        argv += ["--sidecar-key-file", str(sidecar_key_file)]
     if spawn_llama_server:
         argv.append("--spawn-llama-server")
     ready = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None
@@ -129,14 +132,21 @@ def llama_server_binary() -> Path | None:
 
 
 def engine_procs(
-    settings: Settings, env: Mapping[str, str], python: str, facts: Facts, binary: Path | None
+    settings: Settings, layout: Layout, env: Mapping[str, str], python: str, facts: Facts, binary: Path | None
 ) -> list[Proc]:
     """The worker; where llama-server is the engine to run (sidecar.wanted) the worker starts it as its own
-    child on LLAMA_SERVER_PORT, sees it die and restarts it (services/worker/sidecar.py)."""
+    child on LLAMA_SERVER_PORT, sees it die and restarts it (services/worker/sidecar.py), with a key that it
+    writes where Prometheus reads it."""
     if not sidecar.wanted(settings, facts, binary=binary):
         return [worker_proc(settings, env, python)]
     worker = worker_proc(
-        settings, env, python, engine="llama_server", slots=settings.llama_server_parallel, spawn_llama_server=True
+        settings,
+        env,
+        python,
+        engine="llama_server",
+        slots=settings.llama_server_parallel,
+        spawn_llama_server=True,
+        sidecar_key_file=layout.llama_server_key,
     )
     return [worker]
 
@@ -195,7 +205,7 @@ def prepare(
     if worker:
         facts = facts or Facts.probe(vllm_url=settings.vllm_url, llama_server_url=settings.llama_server_url)
         binary = find_llama_server()
-        procs += engine_procs(settings, env, python, facts, binary)
+        procs += engine_procs(settings, layout, env, python, facts, binary)
         procs += embedder_procs(settings, env, python, binary)
     nginx_conf.write_native(settings, layout)
     listen_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host

@@ -10,6 +10,10 @@ Native: Prometheus scrapes each replica on 127.0.0.1, so it needs none. Compose:
 with a scrape token, an admin key read from COMPOSE_SCRAPE_TOKEN (`authorization: credentials_file`), which
 docker-compose.yml copies there from run/keys/prometheus.token.
 
+llama-server's /metrics needs the key its worker started it with: the native stack's worker writes it to
+RUN_DIR/llama-server.key, compose's Prometheus writes LLAMA_SERVER_API_KEY to COMPOSE_LLAMA_SERVER_KEY, and
+the job reads it from there (Prometheus reads a credentials_file again at every scrape).
+
 Prometheus runs without --web.enable-lifecycle: its lifecycle API (POST /-/quit, /-/reload) takes no
 credentials, so anyone who reaches its port could stop it. Nothing here reloads it; a config change is a
 restart.
@@ -40,6 +44,7 @@ COMPOSE_API_PORT = 8000
 COMPOSE_WORKER_METRICS_PORT = 9201
 COMPOSE_WORKERS = ("worker-llamacpp", "worker-llamaserver", "worker-vllm")
 COMPOSE_SCRAPE_TOKEN = "/prometheus/scrape.token"
+COMPOSE_LLAMA_SERVER_KEY = "/prometheus/llama-server.key"
 
 
 def _base(scrape_interval: str, rules: str) -> dict[str, Any]:
@@ -55,11 +60,21 @@ def _dns_job(name: str, hosts: list[str], port: int) -> dict[str, Any]:
     return {"job_name": name, "dns_sd_configs": [{"names": hosts, "type": "A", "port": port}]}
 
 
+def _bearer(credentials_file: str | Path) -> dict[str, Any]:
+    return {"authorization": {"type": "Bearer", "credentials_file": str(credentials_file)}}
+
+
 def native(
-    settings: Settings, *, scrape_interval: str = "15s", llama_server: bool = False, extra: Sequence[dict] = ()
+    settings: Settings,
+    *,
+    scrape_interval: str = "15s",
+    llama_server: bool = False,
+    llama_server_key: Path | None = None,
+    extra: Sequence[dict] = (),
 ) -> dict[str, Any]:
-    """Every API replica, the worker, the stack's llama-server (when it runs one) and `extra` jobs (the
-    Redis and nginx exporters, services/stack/exporters.py) by loopback port; Prometheus scrapes itself too."""
+    """Every API replica, the worker, the stack's llama-server (when it runs one; with the key in
+    `llama_server_key`) and `extra` jobs (the Redis and nginx exporters, services/stack/exporters.py) by
+    loopback port; Prometheus scrapes itself too."""
     cfg = _base(scrape_interval, str(ALERTS_FILE))
     replicas = [
         {"targets": [f"127.0.0.1:{settings.api_base_port + i}"], "labels": {"replica": f"api-{i + 1}"}}
@@ -72,7 +87,8 @@ def native(
         )
     if llama_server:
         target = f"127.0.0.1:{settings.llama_server_port}"
-        jobs.append({"job_name": "llama-server", "static_configs": [{"targets": [target]}]})
+        job: dict[str, Any] = {"job_name": "llama-server", "static_configs": [{"targets": [target]}]}
+        jobs.append(job | (_bearer(llama_server_key) if llama_server_key else {}))
     jobs += extra
     jobs.append({"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{settings.prometheus_port}"]}]})
     cfg["scrape_configs"] = jobs
@@ -83,11 +99,10 @@ def compose() -> dict[str, Any]:
     """The rules file sits beside the config, in the repository and where compose mounts both."""
     cfg = _base("15s", ALERTS_FILE.name)
     cfg["scrape_configs"] = [
-        _dns_job("api", ["api"], COMPOSE_API_PORT)
-        | {"authorization": {"type": "Bearer", "credentials_file": COMPOSE_SCRAPE_TOKEN}},
+        _dns_job("api", ["api"], COMPOSE_API_PORT) | _bearer(COMPOSE_SCRAPE_TOKEN),
         _dns_job("worker", list(COMPOSE_WORKERS), COMPOSE_WORKER_METRICS_PORT),
         _dns_job("vllm", ["vllm"], 8000),
-        _dns_job("llama-server", ["llama-server"], 8080),
+        _dns_job("llama-server", ["llama-server"], 8080) | _bearer(COMPOSE_LLAMA_SERVER_KEY),
         _dns_job("redis", ["redis-exporter"], 9121),
         _dns_job("nginx", ["nginx-exporter"], 9113),
         {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
@@ -108,7 +123,10 @@ def write_native(
     extra: Sequence[dict] = (),
 ) -> Path:
     layout.prometheus_dir.mkdir(parents=True, exist_ok=True)
-    cfg = native(settings, scrape_interval=scrape_interval, llama_server=llama_server, extra=extra)
+    key = layout.llama_server_key if llama_server else None
+    cfg = native(
+        settings, scrape_interval=scrape_interval, llama_server=llama_server, llama_server_key=key, extra=extra
+    )
     layout.prometheus_conf.write_text(dump(cfg))
     return layout.prometheus_conf
 
@@ -136,7 +154,8 @@ def promtool_check(path: Path) -> list[str]:
 
 def check() -> list[str]:
     """Problems with the checked-in compose config: stale, or rejected by promtool. promtool wants the scrape
-    token's file to exist, which it does only inside the container: it checks a copy whose token is a temp file."""
+    token's and the key's files to exist, which they do only inside the container: it checks a copy whose
+    credentials are temp files."""
     if not COMPOSE_FILE.exists() or COMPOSE_FILE.read_text() != dump(compose()):
         return [f"{COMPOSE_FILE.relative_to(ROOT)} is stale: run python -m services.stack.prometheus_conf --write"]
     with tempfile.TemporaryDirectory(prefix="prometheus-check-") as tmp:
@@ -144,7 +163,8 @@ def check() -> list[str]:
         token.write_text("token\n")
         shutil.copy(ALERTS_FILE, Path(tmp) / ALERTS_FILE.name)
         copy = Path(tmp) / COMPOSE_FILE.name
-        copy.write_text(COMPOSE_FILE.read_text().replace(COMPOSE_SCRAPE_TOKEN, str(token)))
+        text = COMPOSE_FILE.read_text()
+        copy.write_text(text.replace(COMPOSE_SCRAPE_TOKEN, str(token)).replace(COMPOSE_LLAMA_SERVER_KEY, str(token)))
         return promtool_check(copy)
 
 

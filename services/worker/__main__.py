@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from services.common import logs
 from services.common.catalog import Catalog
@@ -32,6 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--spawn-llama-server",
         action="store_true",
         help="run llama-server as this worker's child on LLAMA_SERVER_PORT, restarting it when it dies",
+    )
+    p.add_argument(
+        "--sidecar-key-file",
+        help="with --spawn-llama-server: write its key here (mode 0600) for the stack's Prometheus to scrape it",
     )
     p.add_argument("--worker-id", help="default: hostname-pid")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 disables; default: WORKER_METRICS_PORT")
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = sidecar.command(settings, catalog, models[0]) if args.spawn_llama_server else None
     if cmd is not None:
         upstream_url = cmd.url
+        settings = settings.model_copy(update={"llama_server_api_key": cmd.api_key})  # for its engine alone
+        if args.sidecar_key_file:
+            sidecar.write_key(Path(args.sidecar_key_file), cmd.api_key)
     facts = Facts.probe(
         vllm_url=upstream_url or settings.vllm_url, llama_server_url=upstream_url or settings.llama_server_url
     )

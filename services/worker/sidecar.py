@@ -2,6 +2,8 @@
 
 Owning the process (rather than finding it at a URL) is what lets the worker see a crash the moment it
 happens, with the signal, and stop advertising the model before any client is routed to a dead server.
+It also lets the worker give it a key made when the worker starts, which no one else is told: only the
+native stack's Prometheus reads it, from a file only the stack's user may read (`write_key`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +46,18 @@ def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -
         alias=model_id,
         extra=("--embeddings",) if spec.kind == "embedding" else (),  # it then serves /v1/embeddings only
         nice=settings.llama_server_nice,
+        api_key=secrets.token_urlsafe(32),
     )
+
+
+def write_key(path: Path, key: str) -> None:
+    """The key in a file of mode 0600 (Prometheus' credentials_file), replaced whole so no reader sees half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    os.replace(tmp, path)
 
 
 class HealthProbe:
@@ -101,12 +115,13 @@ def supervise(
     binary: str | None = None,
 ) -> Supervisor:
     """A Supervisor for `cmd` (not started yet). llama-server never talks to Redis: it gets none of its
-    settings, so the password in REDIS_URL stays with the processes that need it."""
+    settings, so the password in REDIS_URL stays with the processes that need it; its key goes in its
+    environment. /health needs no key, so the probe sends none."""
     probe = HealthProbe()
     return Supervisor(
         "llama-server",
         cmd.argv(binary or find_binary()),
-        env={k: v for k, v in os.environ.items() if not k.startswith("REDIS_")},
+        env=cmd.env({k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}),
         log_path=log_path,
         ready=lambda: probe(cmd.url),
         on_up=on_up,

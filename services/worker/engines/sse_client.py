@@ -45,8 +45,19 @@ no longer comes faster than the tick, so the next read does not sleep first."""
 class SSEClient:
     """Opens streamed POSTs to one base URL; a connection whose stream was read to its end is kept for the next."""
 
-    def __init__(self, base_url: str, *, upstream: str, timeout: float, keep: int, tick: float = 0.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        upstream: str,
+        timeout: float,
+        keep: int,
+        tick: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
+        self._headers = list((headers or {}).items())
+        """Sent with every request (the sidecar's key)."""
         self.upstream = upstream
         self.base_url = base_url
         self.timeout = timeout
@@ -77,6 +88,7 @@ class SSEClient:
             ("Content-Type", "application/json"),
             ("Accept", "text/event-stream"),
             ("Content-Length", str(len(payload))),
+            *self._headers,
             *headers.items(),
         ]
         conn, status = self._send(self._prefix + path, payload, head, before_wait)

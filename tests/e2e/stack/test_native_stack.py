@@ -99,7 +99,11 @@ def test_the_default_engine_is_llama_server(stack: NativeStack) -> None:
     # every thread of llama-server (they are made after the exec) runs LLAMA_SERVER_NICE nicer than its worker
     niceness = {nice_of(task) for task in Path(f"/proc/{worker['engine_pid']}/task").iterdir()}
     assert niceness == {min(19, nice_of(Path(f"/proc/{worker['pid']}")) + stack.settings.llama_server_nice)}, niceness
-    slots = httpx.get(f"http://127.0.0.1:{stack.settings.llama_server_port}/slots", timeout=5)
+    # it wants the key its worker made (written for Prometheus, 0600), and nobody else's call
+    slots_url = f"http://127.0.0.1:{stack.settings.llama_server_port}/slots"
+    assert httpx.get(slots_url, timeout=5).status_code == 401
+    key = stack.stack.layout.llama_server_key.read_text().strip()
+    slots = httpx.get(slots_url, headers={"Authorization": f"Bearer {key}"}, timeout=5)
     assert slots.status_code == 200 and len(slots.json()) == stack.settings.llama_server_parallel
 
 
