@@ -55,16 +55,49 @@ def url_with_password(settings: Settings, secret: str, host: str | None = None) 
     return parts._replace(netloc=netloc).geturl()
 
 
+PERSISTENCE = ('save ""', "appendonly yes", "appendfsync everysec")
+"""An append-only file fsynced once a second, no RDB snapshots: a restart keeps the queue, the keys' counters
+and usage, losing at most the last second of writes; a write never waits for the disk."""
+
+SENTINEL_QUORUM = 2
+"""Of three Sentinels, two must agree the master is down: one partitioned Sentinel cannot start a failover."""
+SENTINEL_TIMING = {"down-after-milliseconds": 3000, "failover-timeout": 30000, "parallel-syncs": 1}
+"""A master silent for 3 s is down (Sentinel's default is 30 s); the failover that follows took about 4 s
+more here, inside the 10 s the 503 window may last (tests/e2e/stack/test_redis_failover.py measures it).
+deploy/kubernetes/components/redis-sentinel/configure.sh sets the same (tests/unit/test_kubernetes.py)."""
+
+
 def config(settings: Settings, layout: Layout, secret: str) -> str:
-    """redis.conf text. The queue and streams are short-lived, so no snapshots: a restart starts clean."""
+    """redis.conf text, persistent (PERSISTENCE). `masterauth` lets it follow a master with the same
+    password, should Sentinel make it a replica."""
     lines = [
         *_listen(settings),
         f"bind {settings.redis_bind}",
         "protected-mode yes",
         f"requirepass {_quoted(secret)}",
+        f"masterauth {_quoted(secret)}",
         f"dir {layout.redis_dir}",
-        'save ""',
-        "appendonly no",
+        *PERSISTENCE,
+        "daemonize no",
+        'logfile ""',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sentinel_config(
+    *, port: int, master: tuple[str, int], secret: str, master_name: str, bind: str = "127.0.0.1"
+) -> str:
+    """sentinel.conf text for one Sentinel watching `master` (Sentinel rewrites this file as it learns, so it
+    is written anew before each start). The Sentinel asks for the same password as Redis and gives it."""
+    host, master_port = master
+    lines = [
+        f"port {port}",
+        f"bind {bind}",
+        f"requirepass {_quoted(secret)}",
+        f"sentinel sentinel-pass {_quoted(secret)}",
+        f"sentinel monitor {master_name} {host} {master_port} {SENTINEL_QUORUM}",
+        f"sentinel auth-pass {master_name} {_quoted(secret)}",
+        *(f"sentinel {option} {master_name} {value}" for option, value in SENTINEL_TIMING.items()),
         "daemonize no",
         'logfile ""',
     ]
