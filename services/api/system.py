@@ -124,7 +124,7 @@ class ModelCommandResource:
         if self.op == "load":
             targets, already = self._load_targets(model_id, workers, named=bool(cmd.worker))
         else:
-            targets, already = [w for w in workers if model_id in w.models], []
+            targets, already = [w for w in workers if model_id in w.models and not w.draining], []  # leaving anyway
         if not targets:
             resp.media = self._answer(model_id, "", [w.id for w in already], [])
             return
