@@ -28,6 +28,13 @@ from services.common.registry import Registry
 from services.keys.store import ApiKey
 
 log = logging.getLogger(__name__)
+RIDE_OUT_S = 15.0
+"""How long a request whose job is still queued waits for an unreachable Redis to come back, as after a Sentinel
+failover (about 5 s measured: tests/e2e/stack/test_redis_failover.py), before it fails with a 503; the job was
+replicated with its enqueue, or is found gone and enqueued again (`_lost`). A request that has read an event
+fails at once: its stream on the new master may lack what the old one had not yet replicated, and text with a
+hole in it must never reach a client as a whole answer."""
+RIDE_OUT_TICK_S = 0.5
 STRANDED_TICKS = 2
 """Quiet ticks a dequeued job may sit in RQ's intermediate list before it counts as lost: a live worker
 moves it on within milliseconds, one that died between BLMOVE and start never does."""
@@ -108,6 +115,32 @@ class Gateway:
     def _events(
         self, flight: Flight, wait: QueueWait | None, reader: StreamReader
     ) -> Iterator[tuple[str, events.Event] | None]:
+        """The events, riding out a Redis that fails over while the job waits in the queue (RIDE_OUT_S)."""
+        outage: float | None = None
+        inner = self._events_once(flight, wait, reader)
+        while True:
+            try:
+                item = next(inner)
+            except StopIteration:
+                return
+            except redis.ConnectionError:
+                if flight.started:
+                    raise
+                outage = outage or time.monotonic()
+                if time.monotonic() - outage > RIDE_OUT_S:
+                    raise
+                log.warning("request %s: Redis unreachable while queued; waiting for it", flight.rid)
+                reader.close()
+                time.sleep(RIDE_OUT_TICK_S)
+                inner = self._events_once(flight, wait, reader)  # from the stream's start, on the master now
+                yield None
+                continue
+            outage = None
+            yield item
+
+    def _events_once(
+        self, flight: Flight, wait: QueueWait | None, reader: StreamReader
+    ) -> Iterator[tuple[str, events.Event] | None]:
         job = flight.job
         last, seen, worker = "0-0", 0, None
         checked = time.monotonic()
@@ -134,6 +167,7 @@ class Gateway:
                 continue
             for last, fields in entries:
                 seen += 1
+                flight.started = True  # from here a lost connection fails the request (RIDE_OUT_S says why)
                 event = events.decode(fields)
                 if isinstance(event, events.Started):
                     worker = event.worker

@@ -47,6 +47,8 @@ class Flight:
     """Its key's limits and charge, and its queue position at admission (admission.py)."""
     usage: Usage | None = None
     """The tokens its `done` event reported, for the key's usage and TPM correction at release."""
+    started: bool = False
+    """Whether an event of its job has been read: a Redis lost after that fails it (gateway.RIDE_OUT_S)."""
 
     @property
     def key_concurrency(self) -> str | None:

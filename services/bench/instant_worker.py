@@ -13,7 +13,7 @@ import sys
 
 from services.bench.instant_engine import InstantEngine
 from services.common.catalog import Catalog
-from services.common.redis_client import connect
+from services.common.redis_client import from_settings
 from services.common.settings import settings_or_exit
 from services.worker.engines.base import Engine
 from services.worker.process import WorkerProcess
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
     worker = WorkerProcess(
         settings,
-        connect(settings.redis_url),
+        from_settings(settings),
         catalog,
         engines=("instant",),
         device="none",

@@ -21,7 +21,10 @@ class RedisConfigError(ValueError):
 
 
 def is_local(settings: Settings) -> bool:
-    """The stack runs its own redis-server only when REDIS_URL points at this machine."""
+    """The stack runs its own redis-server only when REDIS_URL points at this machine and no Sentinels
+    (REDIS_SENTINELS) name the master instead."""
+    if settings.redis_sentinels:
+        return False
     parts = urlsplit(settings.redis_url)
     return parts.scheme in ("redis", "rediss") and (parts.hostname or "127.0.0.1") in LOCAL_HOSTS
 

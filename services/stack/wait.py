@@ -15,15 +15,16 @@ import time
 import redis
 
 from services.common import logs
-from services.common.redis_client import tls_options
-from services.common.settings import settings_or_exit
+from services.common.redis_client import from_settings
+from services.common.settings import Settings, settings_or_exit
 
 log = logging.getLogger("services.stack.wait")
 
 
-def redis_ready(url: str, timeout: float, tls: dict[str, object] | None = None) -> bool:
+def redis_ready(settings: Settings, timeout: float) -> bool:
+    """Whether Redis (REDIS_URL, or the master REDIS_SENTINELS name) answers a PING within `timeout`."""
     deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, **(tls or {}))
+    client = from_settings(settings, max_connections=2, longest_block=0.0, socket_timeout=1.0)
     while time.monotonic() < deadline:
         try:
             return bool(client.ping())
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command after --")
     settings = settings_or_exit()
     logs.configure(settings, "wait")
-    url = settings.redis_url
-    if not redis_ready(url, args.timeout, tls_options(settings)):
-        log.error("redis at %s did not answer in %.0fs", url.rsplit("@", 1)[-1], args.timeout)
+    if not redis_ready(settings, args.timeout):
+        where = settings.redis_sentinels or settings.redis_url.rsplit("@", 1)[-1]
+        log.error("redis at %s did not answer in %.0fs", where, args.timeout)
         return 1
     os.execvp(cmd[0], cmd)
 
