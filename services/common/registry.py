@@ -6,7 +6,9 @@ A worker that dies simply stops beating: its record expires and its models drop 
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from pathlib import Path
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -46,8 +48,18 @@ class WorkerRecord(BaseModel):
 
 
 def default_worker_id(host: str, pid: int) -> str:
-    """hostname-pid: unique per process, and derivable by whoever supervises the worker."""
-    return f"{host}-{pid}"
+    """hostname-pid: unique per process, and derivable by whoever supervises the worker.
+
+    A container's first process is pid 1 again after every restart, under the same hostname: there the id
+    also carries when the process started (clock ticks since boot, /proc/1/stat), or a restarted worker passes
+    for its dead self and the requests the dead one held wait for their deadline instead of failing at once."""
+    if pid != 1:
+        return f"{host}-{pid}"
+    try:
+        started = Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = secrets.token_hex(4)
+    return f"{host}-1-{started}"
 
 
 class Registry:
