@@ -7,6 +7,7 @@ worker. Every field is documented here and in the README.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,6 +167,24 @@ class Catalog:
                 f"The model '{model_id}' {does} and cannot serve {route}.", param="model", code="model_not_supported"
             )
 
+    def missing_weights(self, model_id: str, engine: str, models_dir: Path, origin: str = "models.yaml") -> str | None:
+        """One line naming the model and the field when `engine`'s weights for it are not on this machine."""
+        path = self.path_for(model_id, engine, models_dir)
+        if path is None:
+            return f"{origin}: model {model_id!r}: field sources.{engine}: missing (no {engine} source)"
+        if not path.exists():
+            return f"{origin}: model {model_id!r}: field sources.{engine}.path: no such file {path}"
+        return None
+
     def path_for(self, model_id: str, engine: str, models_dir: Path) -> Path | None:
         src = self.models[model_id].source(engine) or {}
         return models_dir / src["path"] if "path" in src else None
+
+
+def catalog_or_exit(path: Path, default: str | None = None) -> Catalog:
+    """For entry points: the catalog, or its one-line reason on stderr and exit status 2 (as settings_or_exit)."""
+    try:
+        return Catalog.from_yaml(path, default)
+    except CatalogError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from services.common import logs
-from services.common.catalog import Catalog
+from services.common.catalog import Catalog, catalog_or_exit
 from services.common.redis_client import from_settings
 from services.common.settings import Settings, settings_or_exit
 from services.common.supervisor import History
@@ -74,12 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_or_exit()
     logs.configure(settings, "worker")
-    catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
+    catalog = catalog_or_exit(settings.models_file, settings.default_model)
     models = args.model or [catalog.default]
     if args.probe_engine:
         return selfcheck.probe(args.probe_engine, catalog.resolve(models[0]), settings, catalog)
     engine = "llama_server" if args.spawn_llama_server else (args.engine or settings.inference_engine)
     upstream_url = args.upstream_url
+    if args.spawn_llama_server:  # a missing GGUF is one line now, not llama-server's exit status later
+        missing = catalog.missing_weights(
+            catalog.resolve(models[0]), "llama_server", settings.models_dir, str(settings.models_file)
+        )
+        if missing:
+            print(missing, file=sys.stderr)
+            return 2
     cmd = sidecar.command(settings, catalog, models[0]) if args.spawn_llama_server else None
     if cmd is not None:
         upstream_url = cmd.url

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,38 @@ def test_the_shipped_catalog_is_valid_and_reads_as_before():
 def test_a_missing_file_is_one_line(tmp_path):
     with pytest.raises(CatalogError, match=r"^.*nope.yaml: cannot read the model catalog \(No such file"):
         Catalog.from_yaml(tmp_path / "nope.yaml")
+
+
+def _start(module: list[str], catalog: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MODELS_FILE": str(catalog), "DEFAULT_MODEL": "m", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    return subprocess.run(
+        [sys.executable, *module, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+API = ["-c", "from services.api.wsgi import create; create()"]
+WORKER = ["-m", "services.worker"]
+
+
+@pytest.mark.parametrize("module", [API, WORKER], ids=["api", "worker"])
+def test_api_and_worker_stop_at_start_with_one_line(tmp_path, module):
+    bad = tmp_path / "models.yaml"
+    bad.write_text("default: m\nmodels:\n  m:\n    sources:\n      llama_sever: {path: m.gguf}\n")
+    done = _start(module, bad)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"{bad}: model 'm': field sources.llama_sever: unknown engine, "
+        "expected one of llama_cpp, llama_server, mlx, vllm"
+    )
+
+
+def test_worker_names_a_missing_gguf_at_start(tmp_path):
+    catalog = tmp_path / "models.yaml"
+    catalog.write_text("default: m\nmodels:\n  m:\n    sources:\n      llama_server: {path: nope.gguf}\n")
+    done = _start(WORKER, catalog, "--spawn-llama-server")
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"{catalog}: model 'm': field sources.llama_server.path: no such file ")
+    )
