@@ -19,14 +19,17 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
+from services.common import keys
 from services.common.ports import free_port
 from services.common.settings import Settings
+from services.keys import store
 from services.stack import redis_conf
 from services.stack.layout import Layout
 from tests.conftest import RUN_DIR
@@ -36,6 +39,7 @@ from tests.support.procs import stop, wait_until, which
 pytestmark = pytest.mark.e2e
 
 MASTER_NAME = "inference"
+KEY_NAME = "failover-user"
 WINDOW_S = 10.0
 """The longest the service may answer 503 after the master dies (Sentinel's timing: redis_conf.SENTINEL_TIMING)."""
 CLIENTS = 6
@@ -75,6 +79,7 @@ class Outcome:
 @dataclass
 class Load:
     url: str
+    key: str
     stop: threading.Event = field(default_factory=threading.Event)
     outcomes: list[Outcome] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,7 +89,8 @@ class Load:
             return sum(1 for o in self.outcomes if o.kind == kind and (since is None or o.started >= since))
 
     def run(self, streamed: bool) -> None:
-        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(HANG_S, connect=5)) as client:
+        auth = {"Authorization": f"Bearer {self.key}"}
+        with httpx.Client(base_url=self.url, headers=auth, timeout=httpx.Timeout(HANG_S, connect=5)) as client:
             while not self.stop.is_set():
                 outcome = one_request(client, streamed)
                 with self.lock:
@@ -143,6 +149,12 @@ def judge_stream(lines: Iterator[str]) -> tuple[str, str]:
     return "stream ended without [DONE]", error or ""
 
 
+def usage_days() -> set[str]:
+    """Today in UTC, and yesterday should the test run across midnight."""
+    now = datetime.now(UTC)
+    return {now.date().isoformat(), (now - timedelta(hours=1)).date().isoformat()}
+
+
 def node_conf(run_dir: Path, port: int, secret: str, replica_of: int | None) -> Path:
     """redis.conf as the native stack writes it (persistence on), on its own port and directory."""
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", run_dir=run_dir / f"redis-{port}")
@@ -196,11 +208,15 @@ def redis_set() -> Iterator[dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_set: dict[str, object], gemma_path: object) -> Iterator[NativeStack]:
+def stack(redis_set: dict[str, object], gemma_path: object) -> Iterator[tuple[NativeStack, str]]:
     nodes: dict[str, Node] = redis_set["nodes"]  # type: ignore[assignment]
     sentinels = ",".join(f"127.0.0.1:{n.port}" for name, n in nodes.items() if name.startswith("sentinel"))
+    run_dir: Path = redis_set["run_dir"] / "stack"  # type: ignore[operator]
+    run_dir.mkdir(parents=True)
+    key = store.create(run_dir / "api-keys.json", KEY_NAME)
     settings = e2e_settings(
-        redis_set["run_dir"] / "stack",  # type: ignore[operator]
+        run_dir,
+        api_keys_file=run_dir / "api-keys.json",
         # the host here is not used: every client asks the Sentinels for the master
         redis_url=f"redis://:{redis_set['secret']}@127.0.0.1:{nodes['master'].port}/0",
         redis_sentinels=sentinels,
@@ -211,14 +227,15 @@ def stack(redis_set: dict[str, object], gemma_path: object) -> Iterator[NativeSt
     )
     with native_stack(settings) as running:
         assert "redis" not in running.procs, "the stack must use the Sentinels' master, not start its own"
-        yield running
+        yield running, key
 
 
-def test_master_killed_under_load(stack: NativeStack, redis_set: dict[str, object]) -> None:
+def test_master_killed_under_load(stack: tuple[NativeStack, str], redis_set: dict[str, object]) -> None:
+    running, key = stack
     nodes: dict[str, Node] = redis_set["nodes"]  # type: ignore[assignment]
     secret = str(redis_set["secret"])
     sentinel = redis.Redis(port=nodes["sentinel-0"].port, password=secret)
-    load = Load(stack.url)
+    load = Load(running.url, key)
     threads = [threading.Thread(target=load.run, args=(i % 2 == 0,), daemon=True) for i in range(CLIENTS)]
     for t in threads:
         t.start()
@@ -258,6 +275,13 @@ def test_master_killed_under_load(stack: NativeStack, redis_set: dict[str, objec
     assert served_after, "nothing was served after the failover"
     assert queued_then_served, "requests waiting in the queue at the kill must be served after the failover"
     assert window <= WINDOW_S, f"503 for {window:.1f} s"
+
+    # the key's usage, on the new master, counts every answer given (and nothing else)
+    master = redis.Redis(port=nodes["replica"].port, password=secret)
+    counted = sum(int(master.hget(keys.usage(day), f"{KEY_NAME}|requests") or 0) for day in usage_days())
+    answers = sum(1 for o in load.outcomes if o.kind == "answer")
+    print(f"usage after the failover: {counted} requests counted, {answers} answered")
+    assert counted == answers
 
     # the old master comes back, as a replica of the new one (Sentinel rewrites its role)
     nodes["master"].start()
