@@ -222,11 +222,14 @@ def test_probes_reach_public_routes_on_the_ports_we_listen_on() -> None:
             for c in ours(spec):
                 for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
                     probe = c.get(kind, {})
+                    assert "host" not in probe.get("httpGet", {}), "the kubelet would probe the node, not the pod"
+                    if c["name"] == "llama-server" and probe:  # its /health on its --port, from inside the pod
+                        command = probe["exec"]["command"][-1]
+                        assert f"127.0.0.1:{arg(c, '--port')}/health" in command, (pod, kind)
+                    if c["name"] == "llama-server":
+                        continue
                     port = probe.get("httpGet", probe.get("tcpSocket", {})).get("port")
                     if port is None:
-                        continue
-                    if c["name"] == "llama-server":  # the engine's own /health, on the --port it is given
-                        assert container_port(c, port) == int(arg(c, "--port")), (pod, kind)
                         continue
                     assert container_port(c, port) == listening_port(c), (pod, c["name"], kind)
                     path = probe.get("httpGet", {}).get("path")
