@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     redis_tls_ca_file: Path | None = Field(None, description="rediss://: CA that signed Redis's certificate")
     redis_tls_cert_file: Path | None = Field(None, description="rediss://: certificate (server's; clients' if mutual)")
     redis_tls_key_file: Path | None = Field(None, description="rediss://: its private key")
+    redis_sentinels: str = Field(
+        "", description="Sentinels' host:port, comma-separated: the master is asked of them, not REDIS_URL's host"
+    )
+    redis_master_name: str = Field("inference", description="the master's name the sentinels monitor")
     stream_ttl: int = Field(600, ge=10, le=86_400)
     stream_flush_ms: float = Field(10.0, ge=0, le=1000, description="worker: how long a token may wait for others")
     stream_read_tick_ms: float = Field(
@@ -108,7 +112,9 @@ class Settings(BaseSettings):
 
     # deployment (native stack and compose)
     run_dir: Path = ROOT / "run"
-    redis_password: str = Field("", description="native stack: empty = generated once into RUN_DIR")
+    redis_password: str = Field(
+        "", description="native stack: empty = generated once into RUN_DIR; clients: used when REDIS_URL has none"
+    )
     redis_bind: str = Field("127.0.0.1", description="native stack: addresses redis-server binds, space separated")
     prometheus_port: int = Field(9090, ge=1, le=65535)
     nginx_status_port: int = Field(8081, ge=1, le=65535, description="native stack: nginx's stub_status, loopback")
@@ -126,6 +132,15 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: str) -> str:
+        for address in filter(None, (a.strip() for a in value.split(","))):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not host:port")
         return value
 
 
