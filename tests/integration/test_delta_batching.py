@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.bench.instant_engine import InstantEngine
+from bench.instant_engine import InstantEngine
 from services.common import events, keys
 from services.common.events import Delta, Done, Failed, Started, Usage
 from services.common.jobs import Job, SamplingParams

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench.http_target import NotLoopback, require_loopback
-from services.bench.instant_engine import InstantEngine
-from services.bench.options import parse
-from services.bench.sample import Sample, failed
-from services.bench.summary import percentile, summarize
+from bench.http_target import NotLoopback, require_loopback
+from bench.instant_engine import InstantEngine
+from bench.options import parse
+from bench.sample import Sample, failed
+from bench.summary import percentile, summarize
 from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines.base import Engine, Finish, GenerationRequest, TokenChunk
 

@@ -1,4 +1,4 @@
-"""`python -m services.bench` end to end in a tiny configuration, so the tool cannot rot unnoticed.
+"""`python -m bench` end to end in a tiny configuration, so the tool cannot rot unnoticed.
 
 Direct and stack modes on the real Gemma model (one level, two requests, four tokens), then the
 gateway mode with the instant engine beside LiteLLM's proxy, then the five goal figures of issue 10;
@@ -35,7 +35,7 @@ LEVEL_FIELDS = {
 
 def bench(out: Path, *args: str, timeout: float = 180) -> dict:
     """Run the CLI as `make bench` does and return the one JSON file it wrote."""
-    cmd = [sys.executable, "-m", "services.bench", "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "bench", "--out", str(out), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

@@ -46,7 +46,7 @@ def instant_stack(label: str, keys: bool) -> Iterator[tuple[NativeStack, dict[st
             for k, v in running.stack.proc("api-1").env.items()
             if k not in ("PROMETHEUS_MULTIPROC_DIR", "API_REPLICA")
         }
-        argv = [sys.executable, "-m", "services.bench.instant_worker", "--model", MODEL, "--slots", "4"]
+        argv = [sys.executable, "-m", "bench.instant_worker", "--model", MODEL, "--slots", "4"]
         log = running.log("instant-worker").open("ab")
         worker = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

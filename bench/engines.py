@@ -19,15 +19,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from services.bench.cpu import CpuMeter
-from services.bench.direct_target import DirectTarget
-from services.bench.http_target import HttpTarget
-from services.bench.launcher import Launcher
-from services.bench.mlx_direct import GEMMA_TEMPLATE, mlx_server
-from services.bench.options import ENGINES
-from services.bench.session import Contender, Session
-from services.bench.stack import private_stack
-from services.bench.summary import LevelSummary
+from bench.cpu import CpuMeter
+from bench.direct_target import DirectTarget
+from bench.http_target import HttpTarget
+from bench.launcher import Launcher
+from bench.mlx_direct import GEMMA_TEMPLATE, mlx_server
+from bench.options import ENGINES
+from bench.session import Contender, Session
+from bench.stack import private_stack
+from bench.summary import LevelSummary
 from services.common.catalog import Catalog
 from services.common.ports import free_port
 from services.common.settings import ROOT

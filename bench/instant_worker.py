@@ -1,4 +1,4 @@
-"""`python -m services.bench.instant_worker`: a real worker process whose engine answers instantly.
+"""`python -m bench.instant_worker`: a real worker process whose engine answers instantly.
 
 The normal worker CLI cannot run the instant engine; this entry builds the same WorkerProcess with
 an engine factory that returns it, so the queue, slots, heartbeat and event stream are the real ones.
@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 
-from services.bench.instant_engine import InstantEngine
+from bench.instant_engine import InstantEngine
 from services.common.catalog import Catalog
 from services.common.redis_client import from_settings
 from services.common.settings import settings_or_exit
@@ -24,7 +24,7 @@ def instant_factory(engine: str, model_id: str, *, slots: int, **_: object) -> E
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.instant_worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.instant_worker", description=__doc__)
     parser.add_argument("--model", help="model id to pretend to serve; default: DEFAULT_MODEL")
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--metrics-port", type=int, default=0)

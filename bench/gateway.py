@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import time
 
-from services.bench.cpu import CpuMeter
-from services.bench.http_target import HttpTarget
-from services.bench.litellm_proxy import LiteLLMUnavailable, litellm_proxy
-from services.bench.load import run_level
-from services.bench.session import ModeResult, Session, WarmupFailed
-from services.bench.stack import private_stack
-from services.bench.target import Target
-from services.bench.workload import Workload
+from bench.cpu import CpuMeter
+from bench.http_target import HttpTarget
+from bench.litellm_proxy import LiteLLMUnavailable, litellm_proxy
+from bench.load import run_level
+from bench.session import ModeResult, Session, WarmupFailed
+from bench.stack import private_stack
+from bench.target import Target
+from bench.workload import Workload
 
 VARIANTS = {"json": False, "stream": True}
 WARM_REQUESTS = 20  # warm every connection path and server process a little
@@ -27,7 +27,7 @@ WARM_LIMIT_S = 60.0
 
 
 def instant_worker(model: str, slots: int) -> list[str]:
-    return ["-m", "services.bench.instant_worker", "--model", model, "--slots", str(slots)]
+    return ["-m", "bench.instant_worker", "--model", model, "--slots", str(slots)]
 
 
 def warm_up(target: Target, workload: Workload) -> None:

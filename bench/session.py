@@ -11,15 +11,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.bench import comparison
-from services.bench.cpu import CpuMeter
-from services.bench.direct_target import DirectTarget
-from services.bench.http_target import HttpTarget, require_loopback
-from services.bench.load import combine, run_level, run_part
-from services.bench.options import Options
-from services.bench.stack import private_stack
-from services.bench.summary import LevelSummary
-from services.bench.target import Target
+from bench import comparison
+from bench.cpu import CpuMeter
+from bench.direct_target import DirectTarget
+from bench.http_target import HttpTarget, require_loopback
+from bench.load import combine, run_level, run_part
+from bench.options import Options
+from bench.stack import private_stack
+from bench.summary import LevelSummary
+from bench.target import Target
 from services.common.catalog import Catalog
 from services.common.settings import Settings, load_settings
 
@@ -94,7 +94,7 @@ class Session:
         self.slots = self.options.slots or self.settings.worker_slots
 
     def workload(self, **changes):
-        from services.bench.workload import Workload
+        from bench.workload import Workload
 
         return Workload(model=self.model.id, max_tokens=self.options.max_tokens, **changes)
 

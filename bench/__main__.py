@@ -1,4 +1,4 @@
-"""`python -m services.bench` (what `make bench` runs); `--help` lists the modes and knobs."""
+"""`python -m bench` (what `make bench` runs); `--help` lists the modes and knobs."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import signal
 import sys
 import time
 
-from services.bench import comparison, goals, report
-from services.bench.options import Options, parse
-from services.bench.plot import plot_modes
-from services.bench.session import Session
+from bench import comparison, goals, report
+from bench.options import Options, parse
+from bench.plot import plot_modes
+from bench.session import Session
 
 
 def stop_on_sigterm() -> None:
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 def run_modes(session: Session, options: Options) -> None:
     session.run(direct="direct" in options.modes, stack="stack" in options.modes, stress="stress" in options.modes)
     if options.engines:  # first: the figures with a real model need the quietest machine
-        from services.bench.engines import run_engines
+        from bench.engines import run_engines
 
         run_engines(session)
     if options.gateway:
-        from services.bench.gateway import run_gateway
+        from bench.gateway import run_gateway
 
         run_gateway(session)
 

@@ -3,7 +3,7 @@
 Both run the same model, prompts and settings; they take turns, so they never share the CPU.
 The server is driven by concurrent HTTP completions on loopback; the engine by concurrent threads.
 
-    .venv/bin/python -m services.bench.mlx_direct --levels 1,4,8 --tokens 64
+    .venv/bin/python -m bench.mlx_direct --levels 1,4,8 --tokens 64
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from services.bench.launcher import Launcher
+from bench.launcher import Launcher
 from services.common.jobs import SamplingParams
 from services.common.ports import free_port
 from services.common.settings import ROOT

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from services.bench.summary import LevelSummary
+from bench.summary import LevelSummary
 
 
 def _ms(value: float | None) -> str:

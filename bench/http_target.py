@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from services.bench.sample import Sample, failed
-from services.bench.workload import Workload
+from bench.sample import Sample, failed
+from bench.workload import Workload
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from services.bench.sample import Sample
+from bench.sample import Sample
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

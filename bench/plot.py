@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from services.bench.summary import LevelSummary
+from bench.summary import LevelSummary
 
 PANELS = (
     ("tokens_per_s", "generated tokens/s", 1.0),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from services.bench.sample import Sample
-from services.bench.workload import Workload
+from bench.sample import Sample
+from bench.workload import Workload
 
 
 class Target(Protocol):

@@ -13,11 +13,11 @@ import time
 
 from tqdm import tqdm
 
-from services.bench.cpu import CpuMeter
-from services.bench.sample import Sample, failed
-from services.bench.summary import LevelSummary, summarize
-from services.bench.target import Target
-from services.bench.workload import Workload
+from bench.cpu import CpuMeter
+from bench.sample import Sample, failed
+from bench.summary import LevelSummary, summarize
+from bench.target import Target
+from bench.workload import Workload
 
 
 @dataclasses.dataclass(frozen=True)

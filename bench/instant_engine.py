@@ -1,7 +1,7 @@
 """An engine that answers at once: a benchmark tool to measure the gateway alone, never a default.
 
 Nothing in the worker's engine factory or INFERENCE_ENGINE can select it; only
-`python -m services.bench.instant_worker` runs it. It still goes through every step a real engine
+`python -m bench.instant_worker` runs it. It still goes through every step a real engine
 does (template, one chunk per token, which the worker batches as it would a real engine's, a Finish
 with usage), so what is measured is the gateway's path.
 """

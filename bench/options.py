@@ -77,7 +77,7 @@ class Options:
 
 def parse(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(
-        prog="python -m services.bench",
+        prog="python -m bench",
         description="Load-test the service: in-process llama.cpp (direct) vs the stack through nginx.",
     )
     p.add_argument(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from services.bench.summary import LevelSummary
+from bench.summary import LevelSummary
 
 GATEWAY_ROLES = ("api", "worker", "redis", "nginx")
 """The gateway's processes; llama-server's CPU is the engine's, and the bench's own is the client's."""

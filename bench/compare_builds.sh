@@ -4,7 +4,7 @@
 # Both llama-server wheels come from services/stack/build_llama.sh (the native one is compiled on first
 # use, about 5 minutes on 2 cores, into its own wheelhouse; nothing is installed into .venv). The figures
 # are llama.cpp's own llama-bench on the default model, runs interleaved so drift hits both builds alike.
-# usage: services/bench/compare_builds.sh [ROUNDS]     (make bench-builds)
+# usage: bench/compare_builds.sh [ROUNDS]     (make bench-builds)
 set -euo pipefail
 rounds="${1:-3}"
 pip=.venv/bin/pip

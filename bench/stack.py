@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from services.bench.cpu import CpuMeter
-from services.bench.launcher import Launcher
+from bench.cpu import CpuMeter
+from bench.launcher import Launcher
 from services.common.ports import free_port, free_run
 from services.common.settings import ROOT, Settings, load_settings
 from services.stack.procfile import prepare

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from services.bench.launcher import Launcher
+from bench.launcher import Launcher
 from services.common.ports import free_port
 from services.common.settings import ROOT
 

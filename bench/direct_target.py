@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from services.bench.sample import Sample, failed
-from services.bench.workload import Workload
+from bench.sample import Sample, failed
+from bench.workload import Workload
 from services.worker.engines.llama_cpp import default_threads
 
 

@@ -3,7 +3,7 @@
 Shows what the engine layer costs (it should be ~nothing: it only relays the stream) and how far
 llama-server's batching scales on this CPU. One server, the same prompts and settings for both paths.
 
-    .venv/bin/python -m services.bench.llama_server_direct --levels 1,4,8 --tokens 64
+    .venv/bin/python -m bench.llama_server_direct --levels 1,4,8 --tokens 64
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from services.bench.launcher import Launcher
+from bench.launcher import Launcher
 from services.common.jobs import SamplingParams
 from services.common.ports import free_port
 from services.common.settings import ROOT

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.bench.summary import LevelSummary
+from bench.summary import LevelSummary
 
 LITELLM = {
     "added_ttft_p50_ms": 18.0,
