@@ -8,7 +8,7 @@ a tail, then idle again, seeded), and prints and plots the replicas KEDA asks fo
 each request's wait. What it models, second by second:
 - a replica serves `slots` requests at once; a request's service time is its tokens over the per-stream rate
   at the replica's concurrency (llama-server on this project's 2-core VM: ~75 tokens/s alone, 1.8x in
-  aggregate at 8 concurrent, interpolated between: DESIGN.md, services/bench/MEASUREMENTS.md);
+  aggregate at 8 concurrent, interpolated between: DESIGN.md, bench/MEASUREMENTS.md);
 - every pollingInterval KEDA reads the queue length and the running requests, the HPA wants
   ceil(metric / target) replicas (the larger of the two triggers), scale-up at once, scale-down held by the
   stabilization window and limited to the policy's pods per period; a new replica serves after STARTUP_S
