@@ -60,7 +60,7 @@ def create_app(
     metrics: ApiMetrics | None = None,
 ) -> falcon.App:
     traffic = RecentTraffic(client)
-    metrics = metrics or ApiMetrics(recent=traffic, models=catalog.models)
+    metrics = metrics or ApiMetrics(recent=traffic, models=catalog.ids())
     registry = Registry(client, settings.heartbeat_ttl)
     limiter = RateLimiter(client, settings)
     usage = UsageBook(client, retention_days=settings.usage_retention_days)
@@ -114,7 +114,7 @@ def create_app(
     routes.add("/health", HealthResource(client, gateway), Access.PUBLIC)
     routes.add("/openapi.json", OpenApiResource(routes), Access.PUBLIC)  # built from these routes on first GET
     waiting = QueueProbe(client, lambda model: gateway.jobs.queue(model).key)
-    state = StateCollector(registry.live, waiting, tuple(catalog.models), catalog.default)
+    state = StateCollector(registry.live, waiting, catalog.ids(), catalog.default)
     metrics_resource = MetricsResource(metrics, state)
     metrics_resource.state.register(UsageCollector(usage))
     routes.add("/metrics", metrics_resource, Access.ADMIN)

@@ -61,7 +61,7 @@ class ApiMetrics:
     ) -> None:
         self.registry = registry or CollectorRegistry()
         self.recent = recent
-        self.models = None if models is None else frozenset(models)
+        self.models = models  # the catalog's live ids (Catalog.ids()): a model added since start is labelled
         r = self.registry
         self.requests = Counter(
             PREFIX + "requests",

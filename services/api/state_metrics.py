@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -69,7 +69,7 @@ class StateCollector(Collector):
         self,
         live: Callable[[], list[WorkerRecord]],
         waiting: Callable[[tuple[str, ...]], dict[str, Waiting]],
-        models: tuple[str, ...],
+        models: Collection[str],
         default_model: str,
     ) -> None:
         self.live = live
@@ -82,7 +82,7 @@ class StateCollector(Collector):
         would call a healthy API replica down."""
         try:
             workers = self.live()
-            queues = self.waiting(self.models)
+            queues = self.waiting(tuple(self.models))  # the catalog's ids now (Catalog.ids())
         except redis.RedisError as exc:
             log.warning("queue and worker gauges skipped, Redis did not answer: %s", exc)
             return

@@ -8,7 +8,7 @@ import falcon
 
 from services.api.app import create_app
 from services.common import logs
-from services.common.catalog import catalog_or_exit
+from services.common.live_catalog import LiveCatalog
 from services.common.redis_client import from_settings
 from services.common.settings import settings_or_exit
 
@@ -24,7 +24,7 @@ def create() -> falcon.App:
     name = process_name()
     # with LOG_FILES each gunicorn worker writes its own files, so none rotates another's
     logs.configure(settings, f"{name}-{os.getpid()}" if settings.log_files else name)
-    catalog = catalog_or_exit(settings.models_file, settings.default_model)
+    catalog = LiveCatalog.or_exit(settings.models_file, settings.default_model)  # re-read when the file changes
     client = from_settings(
         settings,
         max_connections=settings.api_threads * 2 + 8,

@@ -8,6 +8,8 @@ worker. Every field is documented here and in the README.
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,20 +115,65 @@ def parse(text: str, origin: str = "models.yaml") -> tuple[dict[str, ModelSpec],
     return models, top
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One catalog as read: its models, its default and every name that resolves (lower-cased)."""
+
+    models: dict[str, ModelSpec]
+    default: str
+    names: dict[str, str]
+
+
+class _Ids(Collection[str]):
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.catalog.models
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self.catalog.models))
+
+    def __len__(self) -> int:
+        return len(self.catalog.models)
+
+
 class Catalog:
-    """Resolves whatever name a client sends to one canonical model id."""
+    """Resolves whatever name a client sends to one canonical model id.
+
+    Its state is one Snapshot, read once per call, so a catalog that reloads (LiveCatalog) swaps the whole of
+    it at once and a call never mixes two files."""
 
     def __init__(self, models: dict[str, ModelSpec], default: str, openai_names: tuple[str, ...] = ()):
         if default not in models:
             raise ValueError(f"default model {default!r} is not in the catalog")
-        self.models = models
-        self.default = default
-        self._names: dict[str, str] = {}
+        names: dict[str, str] = {}
         for spec in models.values():
             for name in (spec.id, *spec.aliases):
-                self._names[name.lower()] = spec.id
+                names[name.lower()] = spec.id
         for name in openai_names:
-            self._names.setdefault(name.lower(), default)
+            names.setdefault(name.lower(), default)
+        self._now = Snapshot(models, default, names)
+
+    def snapshot(self) -> Snapshot:
+        """The catalog to use now (LiveCatalog re-reads its file here when it changed)."""
+        return self._now
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return self.snapshot().models
+
+    @property
+    def default(self) -> str:
+        return self.snapshot().default
+
+    @property
+    def _names(self) -> dict[str, str]:
+        return self.snapshot().names
+
+    def ids(self) -> Collection[str]:
+        """The model ids as they are at each use, for holders that outlive a reload (metric labels, queue gauges)."""
+        return _Ids(self)
 
     @classmethod
     def from_yaml(cls, path: Path, default: str | None = None) -> Catalog:
@@ -150,17 +197,23 @@ class Catalog:
     def resolve(self, name: str) -> str:
         """Canonical id for `name`, or ModelNotFound (404) naming what was asked for (its start: a name is
         the client's text, of any length)."""
-        found = self._names.get(name.lower())
+        found = self.snapshot().names.get(name.lower())
         if found is None:
             raise ModelNotFound(f"The model '{clip(name)}' does not exist", param="model")
         return found
 
     def get(self, name: str) -> ModelSpec:
-        return self.models[self.resolve(name)]
+        now = self.snapshot()
+        found = now.names.get(name.lower())
+        if found is None:
+            raise ModelNotFound(f"The model '{clip(name)}' does not exist", param="model")
+        return now.models[found]
 
     def require_kind(self, model_id: str, kind: str, route: str) -> None:
         """A 400 naming the model when it cannot serve `route` (an embedding model asked to chat, or the reverse)."""
-        spec = self.models[model_id]
+        spec = self.models.get(model_id)
+        if spec is None:  # resolved a moment ago, gone from a catalog reloaded since
+            raise ModelNotFound(f"The model '{clip(model_id)}' does not exist", param="model")
         if spec.kind != kind:
             does = "embeds text" if spec.kind == "embedding" else "generates text"
             raise InvalidRequest(
