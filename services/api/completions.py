@@ -14,6 +14,7 @@ import falcon
 
 from services.api import auth, fanout, intake, shapes
 from services.api.body import read_json_body
+from services.api.chat_model import ChatModel
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
@@ -38,6 +39,7 @@ class CompletionResource:
         self.catalog = catalog
         self.gateway = gateway
         self.metrics = metrics
+        self.chat_model = ChatModel(settings.chat_model if self.chat else "", catalog, gateway)
 
     def _job(
         self,
@@ -88,7 +90,7 @@ class CompletionResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         schema = ChatCompletionRequest if self.chat else CompletionRequest
         body = parse(schema, read_json_body(req, self.settings.max_request_bytes))
-        model_id = self.catalog.resolve(body.model)
+        model_id = self.chat_model.resolve(req, body.model)  # an OpenAI name chats with CHAT_MODEL
         req.context.model_name = model_id  # the requests counter's model label
         auth.require_model(req, model_id, self.catalog)
         self.catalog.require_kind(model_id, "generate", req.path)

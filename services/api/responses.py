@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from services.api import auth, intake
 from services.api.body import read_json_body
+from services.api.chat_model import ChatModel
 from services.api.gateway import Gateway
 from services.api.leases import Flight
 from services.api.metrics import ApiMetrics
@@ -287,6 +288,7 @@ class ResponsesResource:
         self.catalog = catalog
         self.gateway = gateway
         self.metrics = metrics
+        self.chat_model = ChatModel(settings.chat_model, catalog, gateway)
 
     def _job(self, body: ResponseRequest, model_id: str, rid: str, req: falcon.Request) -> Job:
         params = SamplingParams(
@@ -312,7 +314,7 @@ class ResponsesResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse(ResponseRequest, read_json_body(req, self.settings.max_request_bytes))
-        model_id = self.catalog.resolve(body.model)
+        model_id = self.chat_model.resolve(req, body.model)  # an OpenAI name chats with CHAT_MODEL
         auth.require_model(req, model_id, self.catalog)
         self.catalog.require_kind(model_id, "generate", "/v1/responses")
         refuse_unsupported(body)

@@ -76,9 +76,11 @@ class CatalogFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     default: str | None = None
-    """The model a request gets when it names an OpenAI model (and DEFAULT_MODEL's default)."""
+    """The model a request gets when it names an OpenAI model (and DEFAULT_MODEL's default); on the chat routes
+    the CHAT_MODEL setting's model instead, while a worker serves it (services/api/chat_model.py)."""
     openai_names: tuple[str, ...] = ()
-    """OpenAI model names (gpt-4o, ...) that resolve to the default model, for clients written for OpenAI."""
+    """OpenAI model names (gpt-4o, text-davinci-003, ...) that resolve to the default model, for clients written
+    for OpenAI; a chat (/v1/chat/completions, /v1/responses) naming one goes to CHAT_MODEL while it is served."""
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Model id -> its fields (ModelSpec)."""
 
@@ -117,11 +119,13 @@ def parse(text: str, origin: str = "models.yaml") -> tuple[dict[str, ModelSpec],
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One catalog as read: its models, its default and every name that resolves (lower-cased)."""
+    """One catalog as read: its models, its default, every name that resolves (lower-cased) and which of
+    those are OpenAI names standing in for the default (a chat route may send them to CHAT_MODEL instead)."""
 
     models: dict[str, ModelSpec]
     default: str
     names: dict[str, str]
+    openai: frozenset[str] = frozenset()
 
 
 class _Ids(Collection[str]):
@@ -151,9 +155,9 @@ class Catalog:
         for spec in models.values():
             for name in (spec.id, *spec.aliases):
                 names[name.lower()] = spec.id
-        for name in openai_names:
-            names.setdefault(name.lower(), default)
-        self._now = Snapshot(models, default, names)
+        openai = {name.lower() for name in openai_names if name.lower() not in names}  # a model's own name wins
+        names |= dict.fromkeys(openai, default)
+        self._now = Snapshot(models, default, names, frozenset(openai))
 
     def snapshot(self) -> Snapshot:
         """The catalog to use now (LiveCatalog re-reads its file here when it changed)."""
@@ -201,6 +205,11 @@ class Catalog:
         if found is None:
             raise ModelNotFound(f"The model '{clip(name)}' does not exist", param="model")
         return found
+
+    def is_openai_name(self, name: str) -> bool:
+        """Whether `name` is one of `openai_names` (not a model's id or alias): a client written for OpenAI
+        that wants whatever this service offers, not a model of ours by name."""
+        return name.lower() in self.snapshot().openai
 
     def get(self, name: str) -> ModelSpec:
         now = self.snapshot()

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     )
     embedding_model: str = Field("all-minilm-l6-v2", description="native stack: a worker for it; empty = none")
     embedding_server_port: int = Field(8181, ge=1, le=65535, description="native stack: its llama-server's port")
+    chat_model: str = Field(
+        "smollm2-135m-instruct",
+        description="chats naming an OpenAI model go to it while served (the native stack starts it); empty = none",
+    )
+    chat_server_port: int = Field(8182, ge=1, le=65535, description="native stack: the chat model's llama-server")
     vllm_url: str = ""
 
     # request handling

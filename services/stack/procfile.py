@@ -151,16 +151,18 @@ def engine_procs(
     return [worker]
 
 
-def embedder_procs(settings: Settings, env: Mapping[str, str], python: str, binary: Path | None) -> list[Proc]:
-    """The worker for EMBEDDING_MODEL (/v1/embeddings), its own llama-server --embeddings as its child on
-    EMBEDDING_SERVER_PORT; none when the setting is empty, llama-server is missing or the weights are not
-    fetched (`make models` converts them), so a stack without them still starts."""
-    if not settings.embedding_model or binary is None:
+def model_worker_procs(
+    name: str, model: str, port: int, settings: Settings, env: Mapping[str, str], python: str, binary: Path | None
+) -> list[Proc]:
+    """A worker for one more model beside the default's, its own llama-server as its child on `port`; none when
+    `model` is empty or the default model, llama-server is missing or the weights are not fetched (`make models`
+    puts them in place), so a stack without them still starts."""
+    if not model or binary is None:
         return []
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
-    model_id = catalog.resolve(settings.embedding_model)
+    model_id = catalog.resolve(model)
     path = catalog.path_for(model_id, "llama_server", settings.models_dir)
-    if path is None or not path.exists():
+    if model_id == catalog.default or path is None or not path.exists():
         return []
     argv = [
         python, "-m", "services.worker",
@@ -170,8 +172,20 @@ def embedder_procs(settings: Settings, env: Mapping[str, str], python: str, bina
         "--metrics-port", "0",
         "--spawn-llama-server",
     ]  # fmt: skip
-    env = {**env, "LLAMA_SERVER_PORT": str(settings.embedding_server_port)}
-    return [Proc("embedder", _waiting_for_redis(python, _respawned(python, "embedder", argv)), env)]
+    env = {**env, "LLAMA_SERVER_PORT": str(port)}
+    return [Proc(name, _waiting_for_redis(python, _respawned(python, name, argv)), env)]
+
+
+def embedder_procs(settings: Settings, env: Mapping[str, str], python: str, binary: Path | None) -> list[Proc]:
+    """The worker for EMBEDDING_MODEL (/v1/embeddings): llama-server --embeddings on EMBEDDING_SERVER_PORT."""
+    port = settings.embedding_server_port
+    return model_worker_procs("embedder", settings.embedding_model, port, settings, env, python, binary)
+
+
+def chat_procs(settings: Settings, env: Mapping[str, str], python: str, binary: Path | None) -> list[Proc]:
+    """The worker for CHAT_MODEL, the instruct model that chats naming an OpenAI model go to
+    (services/api/chat_model.py), on CHAT_SERVER_PORT."""
+    return model_worker_procs("chat", settings.chat_model, settings.chat_server_port, settings, env, python, binary)
 
 
 def prepare(
@@ -185,8 +199,8 @@ def prepare(
     find_llama_server: Callable[[], Path | None] = llama_server_binary,
 ) -> Stack:
     """Write configs under RUN_DIR and list the processes: redis, API replicas, llama-server (where it is
-    the engine), worker, the embedding worker, nginx, prometheus. `facts` describe the machine (probed when not given);
-    `find_llama_server` says where llama-server is, or None."""
+    the engine), worker, the embedding and chat workers, nginx, prometheus. `facts` describe the machine
+    (probed when not given); `find_llama_server` says where llama-server is, or None."""
     layout = Layout(settings.run_dir, settings.log_dir)
     layout.create()
     env = {**(os.environ if base_env is None else base_env), **settings_env(settings)}
@@ -207,6 +221,7 @@ def prepare(
         binary = find_llama_server()
         procs += engine_procs(settings, layout, env, python, facts, binary)
         procs += embedder_procs(settings, env, python, binary)
+        procs += chat_procs(settings, env, python, binary)
     nginx_conf.write_native(settings, layout)
     listen_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     public_url = f"http://{listen_host}:{settings.port}"

@@ -40,6 +40,7 @@ E2E_SETTINGS: dict[str, object] = {
     "sse_keepalive": 5,
     "log_level": "INFO",
     "embedding_model": "",  # no embedding worker unless a test asks for one (tests/e2e/surface)
+    "chat_model": "",  # no chat worker either, chats stay on Gemma (tests/e2e/stack/test_chat_model.py asks for one)
 }
 
 
@@ -51,6 +52,7 @@ def e2e_settings(run_dir: Path, **overrides: object) -> Settings:
         "worker_metrics_port": free_port(),
         "llama_server_port": free_port(),
         "embedding_server_port": free_port(),
+        "chat_server_port": free_port(),
         "prometheus_port": free_port(),
         "nginx_status_port": free_port(),
         "nginx_exporter_port": free_port(),
