@@ -174,7 +174,8 @@ class CompletionResource:
 def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
     """What constrains or reports the decoding: logprobs, response_format and tools (chat only)."""
     if isinstance(body, CompletionRequest):
-        return {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0, "echo": body.echo}
+        fields = {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0, "echo": body.echo}
+        return fields | body.engine_fields(chat=False)
     out: dict[str, Any] = {"logprobs": body.logprobs, "top_logprobs": body.top_logprobs or 0}
     if body.response_format is not None:
         out["response_format"] = body.response_format.to_wire()
@@ -182,7 +183,7 @@ def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]
         out["tools"] = tuple(t.model_dump(exclude_none=True) for t in body.tools)
         out["tool_choice"] = body.tool_choice_wire()
         out["parallel_tool_calls"] = body.parallel_tool_calls
-    return out
+    return out | body.engine_fields(chat=True)  # llama.cpp's and vLLM's own fields (common/engine_fields.py)
 
 
 class ChatCompletions(CompletionResource):

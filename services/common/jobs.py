@@ -58,6 +58,17 @@ class SamplingParams(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
     """Constraints on what may be decoded travel with the sampling: every engine gets them in one place."""
+    grammar: str | None = None
+    """llama.cpp's GBNF grammar, as its users send it (llama-server's own field)."""
+    cache_prompt: bool | None = None
+    """llama-server's prompt-cache switch; None leaves the engine's default (reuse)."""
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    """Chat template switches (vLLM's names, which llama-server reads too); None leaves the template's default."""
+    guided: dict[str, Any] | None = None
+    """vLLM's guided_* / structured_outputs fields as the client sent them (only vLLM takes them)."""
+    suffix: str | None = None
+    """Completions fill-in-the-middle: the text after the hole (llama-server's /infill input_suffix)."""
     echo: bool = False
     """Completions: the prompt comes first in the text, and with logprobs its tokens' entries come first
     (engines/echo.py). The engine does it: prompt-token logprobs need its logits."""

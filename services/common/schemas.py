@@ -2,8 +2,10 @@
 
 Strict types: `"stream": "yes"` or `"max_tokens": "10"` is a 400 naming the field, as OpenAI does.
 Every OpenAI parameter that changes the answer is parsed here and either honored or refused with a 400
-naming it (`logit_bias`, `suffix`; an engine refuses what it cannot do, e.g. tools in-process, or `echo`
-with `logprobs` on llama-server, which gives no logprobs for prompt tokens).
+naming it (`logit_bias`, `timings_per_token`; an engine refuses what it cannot do, e.g. tools in-process,
+`echo` with `logprobs` on llama-server, which gives no logprobs for prompt tokens, or `suffix` for a model
+without fill-in-the-middle tokens). The engines' own fields (llama.cpp's `grammar`, vLLM's `guided_json`,
+...) are parsed too: common/engine_fields.py.
 Fields nobody here knows are still ignored, as vLLM does: SDKs send bookkeeping (`store`, `metadata`,
 `service_tier`) that does not change the answer, and refusing it would break them for nothing.
 `null` for a parameter OpenAI documents as nullable means "not sent": its default applies, so inside
@@ -18,9 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from services.common.errors import ECHO_CHARS, InvalidRequest, clip
 
-MAX_STOP = 4
+MAX_STOP = 16
+"""OpenAI allows 4; Continue's autocomplete sends a dozen (its FIM template's, blank lines, fences:
+continuedev/continue#2461), and every engine here takes any number (llama-server, vLLM, our StopMatcher)."""
 MAX_STOP_CHARS = 256
 """OpenAI documents no length for a stop sequence; a bound keeps the engines' stop scans cheap."""
+MAX_GRAMMAR_CHARS = 65_536
+"""A GBNF grammar or regex of 64 KiB is far beyond any hand-written one; the body limit bounds the rest."""
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 """OpenAI's seed range (int64): a bigger integer is a 400 here, not an overflow inside an engine."""
 MAX_TOKENS = 2**24
@@ -106,12 +112,19 @@ class JSONSchemaFormat(_Body):
 class ResponseFormat(_Body):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    """llama-server's own spelling: `{"type": "json_object", "schema": {...}}` (or json_schema with the schema at
+    the top), the JSON constrained by that schema."""
 
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
+        if self.type == "json_schema" and self.json_schema is None and self.schema_ is None:
             raise InvalidRequest(
                 "Missing required parameter: 'response_format.json_schema'.", param="response_format.json_schema"
+            )
+        if self.type == "text" and self.schema_ is not None:
+            raise InvalidRequest(
+                "response_format.schema needs type 'json_object' or 'json_schema'.", param="response_format.schema"
             )
         return self
 
@@ -119,12 +132,17 @@ class ResponseFormat(_Body):
         """OpenAI's shape for the engines, or None for plain text (nothing to enforce)."""
         if self.type == "text":
             return None
-        if self.type == "json_object":
-            return {"type": "json_object"}
-        assert self.json_schema is not None
+        if self.json_schema is None:
+            return {"type": "json_object"} if self.schema_ is None else schema_format(self.schema_)
         spec = self.json_schema.model_dump(by_alias=True, exclude_none=True)
         spec.setdefault("schema", {"type": "object"})
         return {"type": "json_schema", "json_schema": spec}
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """A bare JSON schema (llama-server's top-level `json_schema`, a `schema` in response_format) as OpenAI's
+    json_schema response_format: every engine that enforces one enforces the other the same way."""
+    return {"type": "json_schema", "json_schema": {"name": "json_schema", "schema": schema}}
 
 
 class Message(_Body):
@@ -169,6 +187,7 @@ class StreamOptions(_Body):
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+GuidedChoice = Annotated[list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]], Field(min_length=1, max_length=256)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
@@ -194,6 +213,33 @@ class _SamplingBody(_Body):
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
     logit_bias: dict[str, float] | None = None
+    # engines' own fields that their users send through OpenAI clients (services/common/engine_fields.py):
+    # each reaches the engines that take it or is a 400 naming it, never ignored
+    grammar: Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = None
+    json_schema: dict[str, Any] | None = None
+    n_probs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    cache_prompt: bool | None = None
+    timings_per_token: bool | None = None
+    guided_json: dict[str, Any] | Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = None
+    guided_regex: Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = None
+    guided_choice: GuidedChoice | None = None
+    guided_grammar: Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = None
+    structured_outputs: dict[str, Any] | None = None
+
+    @field_validator("timings_per_token")
+    @classmethod
+    def _no_timings(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError(
+                "per-token timings are not relayed (the worker reads them itself); see x-queue-wait-ms and /metrics"
+            )
+        return value
+
+    def engine_fields(self, *, chat: bool) -> dict[str, Any]:
+        """SamplingParams for the engines' own fields (see engine_fields.py)."""
+        from services.common import engine_fields
+
+        return engine_fields.sampling(self, chat=chat)
 
     @field_validator("logit_bias")
     @classmethod
@@ -232,6 +278,9 @@ class _SamplingBody(_Body):
 class ChatCompletionRequest(_SamplingBody):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    """vLLM's (and llama-server's) template switches: continue the last assistant turn instead of a new one."""
     logprobs: bool = False
     max_completion_tokens: TokenCount | None = None
     parallel_tool_calls: bool = True
@@ -279,6 +328,7 @@ class CompletionRequest(_SamplingBody):
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
     suffix: str | None = None
+    """Fill-in-the-middle: llama-server's /infill for a model whose GGUF has FIM tokens; elsewhere a 400."""
 
     @field_validator("echo", mode="before")
     @classmethod
@@ -290,13 +340,6 @@ class CompletionRequest(_SamplingBody):
     def _some_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and not value:  # n x prompts is bounded by MAX_N (api/fanout.py)
             raise ValueError("send at least one prompt")
-        return value
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("suffix is not supported")
         return value
 
     def prompt_text(self) -> str:

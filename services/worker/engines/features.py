@@ -3,6 +3,7 @@ silent answer without it (prose where a tool call was asked for, free text where
 
 from __future__ import annotations
 
+from services.common.engine_fields import GUIDED
 from services.common.errors import InvalidRequest
 from services.common.jobs import SamplingParams
 
@@ -17,18 +18,35 @@ ALL = frozenset(
         "top_k",
         "min_p",
         "repetition_penalty",
+        "grammar",
+        "cache_prompt",
+        "add_generation_prompt",
+        "continue_final_message",
+        "suffix",
+        *GUIDED,
     }
 )
 
 PARAM = {"echo_logprobs": "echo"}
 """A feature that is a combination of parameters is refused under the one the engine cannot serve."""
 
-WHAT = {"echo_logprobs": "'echo' parameter with 'logprobs' (logprobs of the prompt's tokens)"}
+WHAT = {
+    "echo_logprobs": "'echo' parameter with 'logprobs' (logprobs of the prompt's tokens)",
+    "cache_prompt": "'cache_prompt' parameter set to false",
+    "add_generation_prompt": "'add_generation_prompt' parameter set to false",
+    "suffix": "'suffix' parameter (fill-in-the-middle)",
+}
 """How the 400 names such a feature, so the client learns what to drop."""
 
-SIDECARS = {"llama_server": ALL - {"echo_logprobs"}, "vllm": ALL}
+SIDECARS = {
+    "llama_server": ALL - {"echo_logprobs", *GUIDED},
+    "vllm": ALL - {"grammar", "cache_prompt", "suffix"},
+}
 """llama-server gives logprobs only for the tokens it samples, never for the prompt's, and ignores `echo`
-on /v1/completions; vLLM echoes the prompt and scores its tokens (its prompt_logprobs)."""
+on /v1/completions; vLLM echoes the prompt and scores its tokens (its prompt_logprobs). Each takes its own
+constrained decoding (llama.cpp's GBNF `grammar`, vLLM's `guided_*`), not the other's; vLLM has no
+per-request switch for its prefix cache and refuses `suffix`; llama-server's /infill needs FIM tokens
+(openai_http.py answers the 400 for a model without them)."""
 
 
 def used(params: SamplingParams) -> list[str]:
@@ -43,6 +61,12 @@ def used(params: SamplingParams) -> list[str]:
         "top_k": params.top_k is not None,
         "min_p": params.min_p is not None,
         "repetition_penalty": params.repetition_penalty is not None,
+        "grammar": bool(params.grammar),
+        "cache_prompt": params.cache_prompt is False,  # true is every engine's own way: reuse what it can
+        "add_generation_prompt": params.add_generation_prompt is False,
+        "continue_final_message": bool(params.continue_final_message),
+        "suffix": bool(params.suffix),
+        **{name: name in (params.guided or {}) for name in GUIDED},
     }
     return [name for name, on in asked.items() if on]
 

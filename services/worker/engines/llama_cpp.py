@@ -15,6 +15,7 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from services.common.engine_fields import GUIDED
 from services.common.errors import InvalidRequest
 from services.common.jobs import ChatMessage
 from services.worker.engines import echo, features
@@ -51,8 +52,10 @@ def fold_system(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return turns
 
 
-FEATURES = features.ALL - {"tools"}
-"""What llama-cpp-python serves here; tools are a 400 (the sidecar engine has them)."""
+FEATURES = features.ALL - {"tools", "add_generation_prompt", "continue_final_message", "suffix", *GUIDED}
+"""What llama-cpp-python serves here; tools are a 400 (the sidecar engine has them), and so are the template
+switches (its formatter has none), fill-in-the-middle and vLLM's guided decoding; `grammar` and
+`cache_prompt: false` are served."""
 
 ECHO_BATCH = 32
 """Prompt tokens decoded at once when their logprobs are asked. llama.cpp keeps a vocabulary-sized logits
@@ -61,8 +64,12 @@ own way (`Llama(logits_all=True)`, which `create_completion(echo=True, logprobs=
 rows for every request of the context's life, 2 GiB at n_ctx 2048, and computes them all."""
 
 
-def grammar_for(response_format: dict | None):
-    """llama.cpp's grammar for OpenAI's response_format: its JSON grammar, or one built from the schema."""
+def grammar_for(response_format: dict | None, grammar: str | None = None, vocab=None):
+    """llama.cpp's grammar for OpenAI's response_format (its JSON grammar, or one built from the schema), or the
+    client's own GBNF `grammar`, checked first: llama.cpp cannot parse it -> a 400 naming it, where handing it to
+    the sampler chain would take the worker down (a NULL sampler)."""
+    if grammar:
+        return _checked_grammar(grammar, vocab)
     if response_format is None:
         return None
     from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
@@ -71,6 +78,20 @@ def grammar_for(response_format: dict | None):
         return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
     schema = response_format["json_schema"].get("schema") or {"type": "object"}
     return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+
+
+def _checked_grammar(grammar: str, vocab):
+    import llama_cpp
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise InvalidRequest(
+            "Invalid value for 'grammar': llama.cpp could not parse it as a GBNF grammar with a 'root' rule.",
+            param="grammar",
+        )
+    llama_cpp.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(grammar, verbose=False)
 
 
 def logprob_entry(llm, token: int, piece: bytes, top: int, output: int = -1) -> dict:
@@ -251,6 +272,8 @@ class LlamaCppEngine:
         prompt = llm.tokenize(request.prompt.encode(), add_bos=add_bos, special=True)
         limit = clamp_max_tokens(params, len(prompt), self.n_ctx)
         llm.set_seed(params.seed if params.seed is not None else random.randint(0, 2**31 - 1))
+        if params.cache_prompt is False:  # llama-server's switch: evaluate the whole prompt, reuse no cached prefix
+            llm.reset()
         head = None
         if params.echo:
             scored = prompt_logprobs(llm, prompt, params.top_logprobs, add_bos) if params.logprobs else None
@@ -277,7 +300,7 @@ class LlamaCppEngine:
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
             reset=True,
-            grammar=grammar_for(params.response_format),
+            grammar=grammar_for(params.response_format, params.grammar, llm._model.vocab),
         )
         for token in tokens:
             if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from services.common import tracing
-from services.common.errors import APIError
+from services.common.errors import APIError, InvalidRequest
 from services.common.jobs import ChatMessage, SamplingParams
 from services.worker.engines import echo, features, token_ids
 from services.worker.engines.base import (
@@ -246,13 +246,17 @@ class OpenAIHTTPEngine:
         p = request.params
         path = "/v1/chat/completions" if request.messages else "/v1/completions"
         body = self._body(request, max_tokens, forced)
+        if p.suffix and not request.messages:  # fill-in-the-middle: llama-server's /infill (vLLM: features.py)
+            if p.logprobs:  # /infill answers its native probabilities, not OpenAI's logprobs
+                raise InvalidRequest("logprobs cannot be combined with suffix on this engine.", param="logprobs")
+            path, body = "/infill", infill_body(body, p.suffix)
         explicit = p.max_tokens_explicit
         stream = CompletionStream(self.name, context=self.context, max_tokens=max_tokens, explicit=explicit)
         opened = False
         try:
             with self._open_stream(path, body, request.before_wait) as lines:
                 opened = True
-                yield from self._read(lines, stream, request, cancelled)
+                yield from self._read(lines, stream, request, cancelled, native=path == "/infill")
         except ContextLengthExceeded as exc:
             if opened or explicit or exc.param != "max_tokens":
                 raise
@@ -260,13 +264,29 @@ class OpenAIHTTPEngine:
             del body["max_tokens"]
             with self._open_stream(path, body, request.before_wait) as lines:
                 yield from self._read(lines, stream, request, cancelled)
+        except InvalidRequest as exc:
+            raise _named(exc, p) from None
+        except EngineError as exc:
+            if path == "/infill" and "not supported" in exc.message:  # 501: the model has no FIM tokens
+                raise InvalidRequest(
+                    "The 'suffix' parameter (fill-in-the-middle) needs a model whose GGUF has FIM tokens (prefix, "
+                    "suffix, middle); this model has none. Send the prompt without 'suffix', or use a code model.",
+                    param="suffix",
+                    code="unsupported_parameter",
+                ) from None
+            raise
         yield from stream.finish()
 
     def _read(
-        self, lines: StreamLines, stream: CompletionStream, request: GenerationRequest, cancelled: CancelCheck
+        self,
+        lines: StreamLines,
+        stream: CompletionStream,
+        request: GenerationRequest,
+        cancelled: CancelCheck,
+        native: bool = False,
     ) -> Iterator[GenerationItem]:
         for event in sse_events(lines):
-            yield from stream.feed(event)
+            yield from stream.feed(infill_event(event) if native else event)
             if stream.cut:
                 break
             # in ticks once the first token is out, but not its last ones: the end of an answer is not held
@@ -303,6 +323,7 @@ class OpenAIHTTPEngine:
             body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
         body |= _extras(p, self.name)
         body |= _decoding(p, bool(request.messages), forced, self.name)
+        body |= engine_fields(p, bool(request.messages), self.name)
         return body
 
     # embeddings ----------------------------------------------------------------------------------
@@ -414,6 +435,56 @@ def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None, engine:
             out["tool_choice"] = p.tool_choice
             out["parallel_tool_calls"] = p.parallel_tool_calls
     return out
+
+
+def engine_fields(p: SamplingParams, chat: bool, engine: str) -> dict[str, Any]:
+    """The engines' own fields, under the names each reads (features.py has refused what it does not take)."""
+    out: dict[str, Any] = {}
+    if chat:
+        for name in ("add_generation_prompt", "continue_final_message"):
+            if getattr(p, name) is not None:
+                out[name] = getattr(p, name)
+    if engine == "llama_server":
+        if p.grammar:
+            out["grammar"] = p.grammar
+        if p.cache_prompt is not None:
+            out["cache_prompt"] = p.cache_prompt
+    elif engine == "vllm" and p.guided:
+        out |= p.guided
+    return out
+
+
+def infill_body(body: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """llama-server's /infill request for a completion with a suffix: the prompt is the code before the hole.
+    /infill takes every /completion option, so the OpenAI body's sampling fields stay as they are."""
+    out = {k: v for k, v in body.items() if k not in ("prompt", "model", "stream_options", "max_tokens", "logprobs")}
+    return out | {"input_prefix": body["prompt"], "input_suffix": suffix, "n_predict": body["max_tokens"]}
+
+
+def infill_event(event: dict[str, Any]) -> dict[str, Any]:
+    """One of /infill's native chunks ({content, stop, stop_type, timings, tokens_predicted}) in the OpenAI shape
+    CompletionStream reads: the text as a choice, the end as its finish_reason, the counts as usage."""
+    if "error" in event:
+        return event
+    choice: dict[str, Any] = {"text": event.get("content") or "", "finish_reason": None}
+    out: dict[str, Any] = {"choices": [choice]}
+    if event.get("timings"):
+        out["timings"] = event["timings"]
+    if event.get("stop"):
+        choice["finish_reason"] = "length" if event.get("stop_type") == "limit" else "stop"
+        if "tokens_predicted" in event:
+            out["usage"] = {
+                "prompt_tokens": int(event.get("tokens_evaluated") or 0),
+                "completion_tokens": int(event["tokens_predicted"]),
+            }
+    return out
+
+
+def _named(exc: InvalidRequest, p: SamplingParams) -> InvalidRequest:
+    """llama-server's 400 for a grammar it cannot parse names no field; the client's grammar is the cause."""
+    if exc.param is None and p.grammar and "grammar" in exc.message:
+        return InvalidRequest(f"Invalid value for 'grammar': {exc.message}", param="grammar")
+    return exc
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
