@@ -22,6 +22,18 @@ Engine = Literal["llama_cpp", "llama_server", "mlx", "vllm"]
 ENGINES: tuple[str, ...] = Engine.__args__
 
 
+OPENAI_NAMES: tuple[str, ...] = (
+    *("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4o", "gpt-4o-mini", "chatgpt-4o-latest", "gpt-4.5-preview"),
+    *("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4-turbo", "gpt-4-turbo-preview", "gpt-4", "gpt-4-32k"),
+    *("gpt-3.5-turbo", "gpt-3.5-turbo-16k", "gpt-3.5-turbo-instruct", "o1", "o1-mini", "o1-preview", "o3"),
+    *("o3-mini", "o4-mini", "davinci-002", "babbage-002", "text-davinci-003", "text-davinci-002"),
+    *("text-davinci-001", "code-davinci-002", "text-curie-001", "text-babbage-001", "text-ada-001"),
+    *("davinci", "curie", "babbage", "ada"),
+)
+"""What `openai_names: all` maps to the default: OpenAI's chat and completion model names, current and legacy
+(the ones Continue's OpenAI provider and the openai SDK's examples name). A model's own id or alias wins."""
+
+
 class CatalogError(ValueError):
     """models.yaml cannot be used: one line naming the file, the model and the field."""
 
@@ -78,9 +90,10 @@ class CatalogFile(BaseModel):
     default: str | None = None
     """The model a request gets when it names an OpenAI model (and DEFAULT_MODEL's default); on the chat routes
     the CHAT_MODEL setting's model instead, while a worker serves it (services/api/chat_model.py)."""
-    openai_names: tuple[str, ...] = ()
+    openai_names: Literal["all"] | tuple[str, ...] = ()
     """OpenAI model names (gpt-4o, text-davinci-003, ...) that resolve to the default model, for clients written
-    for OpenAI; a chat (/v1/chat/completions, /v1/responses) naming one goes to CHAT_MODEL while it is served."""
+    for OpenAI; a chat (/v1/chat/completions, /v1/responses) naming one goes to CHAT_MODEL while it is served.
+    `all`: every name in OPENAI_NAMES (gpt-4.1, o3-mini, davinci-002, text-davinci-002, ...)."""
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Model id -> its fields (ModelSpec)."""
 
@@ -196,7 +209,7 @@ class Catalog:
             chosen = next((m.id for m in models.values() if chosen.lower() in map(str.lower, m.aliases)), chosen)
         if chosen not in models:
             raise CatalogError(f"{origin}: field default: model {clip(str(chosen))!r} is not in the catalog")
-        return cls(models, chosen, top.openai_names)
+        return cls(models, chosen, OPENAI_NAMES if top.openai_names == "all" else top.openai_names)
 
     def resolve(self, name: str) -> str:
         """Canonical id for `name`, or ModelNotFound (404) naming what was asked for (its start: a name is
