@@ -80,6 +80,7 @@ def create_app(
         lease_ttl=settings.lease_ttl,
         admission=admission,
         traffic=traffic,
+        wait_for_worker_s=settings.wait_for_worker_s,
     )
 
     middleware = [RequestIdMiddleware(), MetricsMiddleware(metrics), QueueWaitMiddleware()]

@@ -4,6 +4,12 @@ Streaming and non-streaming both read the same events with XREAD BLOCK; `None` i
 a quiet tick (no event for SSE_KEEPALIVE seconds) on which the client, the worker and the job itself
 are checked, so that nothing waits on something dead: a client that hung up ends the request, a worker
 that died mid-generation is a 503, and a job lost before it started is enqueued once more.
+
+With `wait_for_worker_s` (WAIT_FOR_WORKER_S) a request for a catalog model that no worker serves is queued
+anyway and waits that long for one: its job in the model's queue is what wakes a pool scaled to zero (KEDA
+on the list's length), and the request is answered by the worker that starts, or ends in the same 503
+`model_not_loaded` as without the wait (its job taken off the queue and its lease dropped, so a worker that
+starts later skips it).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Gateway:
         admission: Admission | None = None,
         registry_cache_s: float = 1.0,
         traffic: RecentTraffic | None = None,
+        wait_for_worker_s: float = 0.0,
     ) -> None:
         self.redis = client
         self.registry = registry
@@ -65,6 +72,8 @@ class Gateway:
         """The status page's counts, which ride on each release's round trip."""
         self._serving: dict[str, list] = {}
         self._serving_at = 0.0
+        self.wait_for_worker_s = wait_for_worker_s
+        """How long a request may wait in the queue for a worker of its model to appear (0: refused at once)."""
         self._served: dict[str, tuple[str, float]] = {}
         """request id -> (model, service seconds) of a finished job, pushed to Redis with its release."""
 
@@ -77,12 +86,11 @@ class Gateway:
         return self._serving
 
     def require_worker(self, model_id: str) -> None:
+        """503 before anything is queued when no worker serves the model, unless requests may wait for one."""
+        if self.wait_for_worker_s > 0:
+            return
         if not self.serving().get(model_id) and not self.serving(fresh=True).get(model_id):
-            raise ServiceUnavailable(
-                f"No worker is serving the model '{model_id}' right now; retry shortly.",
-                param="model",
-                code="model_not_loaded",
-            )
+            raise not_loaded(f"No worker is serving the model '{model_id}' right now; retry shortly.")
 
     def queued(self, model_id: str) -> int:
         return self.jobs.queued(model_id)
@@ -144,6 +152,9 @@ class Gateway:
         job = flight.job
         last, seen, worker = "0-0", 0, None
         checked = time.monotonic()
+        # when a wait for a worker would run out: the liveness check then runs on that tick, not up to a
+        # keep-alive later (attempts keep accepted_at, so a retry does not restart the wait)
+        wait_ends = job.accepted_at + self.wait_for_worker_s if self.wait_for_worker_s > 0 else None
         while True:
             if flight.job is not job:  # retried: read the new attempt's stream from its start
                 job, last, seen, worker = flight.job, "0-0", 0, None
@@ -151,12 +162,16 @@ class Gateway:
             if remaining <= 0:
                 raise GatewayTimeout(f"The request timed out after {job.deadline - job.accepted_at:.0f} seconds.")
             tick = TICK_S if wait is not None and wait.report and worker is None else self.keepalive
+            if wait_ends is not None and worker is None:
+                tick = min(tick, max(0.001, wait_ends - time.time()))
             block = max(1, int(min(remaining, self.keepalive, tick) * 1000))
             entries = reader.read(keys.stream(job.request_id), last, block_ms=block, count=256)
             if not entries:
                 # liveness every keep-alive, as without queue ticks (a dequeued job's grace is STRANDED_TICKS of
-                # them); a hang-up is seen on every tick
-                if time.monotonic() - checked >= self.keepalive * 0.9 or tick >= self.keepalive:
+                # them), and once when a wait for a worker runs out; a hang-up is seen on every tick
+                due = wait_ends is not None and worker is None and time.time() >= wait_ends
+                if due or time.monotonic() - checked >= self.keepalive * 0.9 or tick >= self.keepalive:
+                    wait_ends = None if due else wait_ends
                     self._check_alive(flight, worker, seen)
                     checked = time.monotonic()
                 elif flight.gone:
@@ -205,10 +220,15 @@ class Gateway:
                 raise ServiceUnavailable("The worker serving this request stopped; please retry.", code="worker_lost")
             return
         if not self.serving(fresh=True).get(flight.job.model):
-            raise ServiceUnavailable(
-                f"No worker is serving the model '{flight.job.model}' any more; please retry.",
-                code="model_not_loaded",
-            )
+            waited = time.time() - flight.job.accepted_at
+            if self.wait_for_worker_s <= 0:
+                raise not_loaded(f"No worker is serving the model '{flight.job.model}' any more; please retry.")
+            if waited >= self.wait_for_worker_s:
+                raise not_loaded(
+                    f"No worker started serving the model '{flight.job.model}' within {self.wait_for_worker_s:g} "
+                    "seconds; retry shortly."
+                )
+            # waiting for a worker to start: a job a worker took and then died with is still retried below
         lost = self._lost(flight, seen)
         if lost:
             self._retry(flight, lost)
@@ -279,3 +299,8 @@ class Gateway:
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not release %s: %s", flight.rid, exc)
+
+
+def not_loaded(message: str) -> ServiceUnavailable:
+    """The retryable 503 for a model no worker serves (Retry-After: 5)."""
+    return ServiceUnavailable(message, param="model", code="model_not_loaded")

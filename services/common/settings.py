@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(300.0, gt=0, le=86_400)
     max_concurrent_requests: int = Field(100, ge=1, le=100_000)
     max_queue_depth: int = Field(256, ge=1, le=1_000_000)
+    wait_for_worker_s: float = Field(
+        0.0, ge=0, le=86_400, description="a catalog model no worker serves: queued, waiting this long for one; 0 = 503"
+    )
     default_max_tokens: int = Field(256, ge=1, le=1_048_576)
     max_request_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     sse_keepalive: float = Field(5.0, gt=0, le=300)
