@@ -13,9 +13,10 @@ each request's wait. What it models, second by second:
   ceil(metric / target) replicas (the larger of the two triggers), scale-up at once, scale-down held by the
   stabilization window and limited to the policy's pods per period; a new replica serves after STARTUP_S
   (a pod scheduled and llama-server's weights loaded);
-- at zero replicas the API refuses (503, no job queued): clients retry every RETRY_S, and the refusals'
-  rate (the third trigger, read through Prometheus: SCRAPE_LAG_S later) wakes the pool; the pool goes back
-  to zero after cooldownPeriod with no activity.
+- at zero replicas a request is queued all the same and waits for a worker (the API's WAIT_FOR_WORKER_S, read
+  from base/api.yaml): the queue trigger wakes the pool at the next poll; a request still waiting with no replica
+  ready after WAIT_FOR_WORKER_S gets the 503 and leaves the queue (counted); the pool goes back to zero after
+  cooldownPeriod with no activity.
 A model, not a measurement: its use is to see the thresholds' consequences before a cluster does.
 """
 
@@ -32,9 +33,8 @@ from pathlib import Path
 import yaml
 
 POOL = Path(__file__).resolve().parent / "pools" / "llama-server-gemma-3-270m" / "pool.yaml"
+API = Path(__file__).resolve().parent / "base" / "api.yaml"
 STARTUP_S = 30.0
-RETRY_S = 2.0
-SCRAPE_LAG_S = 15.0
 TOKENS_PER_S_ALONE = 75.0
 SPEEDUP_AT_8 = 1.8
 ANSWER_TOKENS = (16, 256)
@@ -55,10 +55,14 @@ class Policy:
     down_window_s: int
     down_pods: int
     down_period_s: int
+    wait_for_worker_s: float
+    """The API's: how long a request waits in the queue for a worker when none serves its model."""
 
     @classmethod
-    def from_manifest(cls, path: Path = POOL) -> Policy:
+    def from_manifest(cls, path: Path = POOL, api: Path = API) -> Policy:
         docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+        api_docs = [d for d in yaml.safe_load_all(api.read_text()) if d and d["kind"] == "Deployment"]
+        env = {e["name"]: e.get("value") for e in api_docs[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
         so, deployment = docs["ScaledObject"]["spec"], docs["Deployment"]
         worker = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
         args = worker["args"]
@@ -75,6 +79,7 @@ class Policy:
             down_window_s=int(down["stabilizationWindowSeconds"]),
             down_pods=int(down["policies"][0]["value"]),
             down_period_s=int(down["policies"][0]["periodSeconds"]),
+            wait_for_worker_s=float(env.get("WAIT_FOR_WORKER_S") or 0),
         )
 
 
@@ -107,7 +112,9 @@ class Timeline:
     ready: list[int] = field(default_factory=list)
     queued: list[int] = field(default_factory=list)
     waits: list[tuple[float, float]] = field(default_factory=list)
-    """(arrival, seconds from arrival to the start of its service) of every request."""
+    """(arrival, seconds from arrival to the start of its service) of every request served."""
+    refused: list[float] = field(default_factory=list)
+    """Arrivals of requests that waited WAIT_FOR_WORKER_S with no replica ready: a 503."""
 
 
 def synthetic_trace(seed: int = 7) -> list[float]:
@@ -132,8 +139,6 @@ def simulate(arrivals: list[float], policy: Policy, seed: int = 11, step: float 
     pending = deque(sorted(arrivals))
     end = (arrivals[-1] if arrivals else 0.0) + 1200
     queue: deque[Request] = deque()
-    refused: list[Request] = []  # arrived while no replica was ready: retrying
-    refusal_times: deque[float] = deque()
     replicas = [Replica(0.0) for _ in range(policy.min_replicas)]
     history: deque[tuple[float, int]] = deque()  # (time, desired) for the scale-down window
     last_active, last_down = 0.0, -math.inf
@@ -142,17 +147,12 @@ def simulate(arrivals: list[float], policy: Policy, seed: int = 11, step: float 
     while t < end:
         while pending and pending[0] <= t:
             tokens = math.exp(rng.uniform(*map(math.log, ANSWER_TOKENS)))
-            refused.append(Request(pending.popleft(), tokens))
+            queue.append(Request(pending.popleft(), tokens))  # queued even with no worker (WAIT_FOR_WORKER_S)
         ready = [r for r in replicas if r.ready_at <= t]
-        live = [r for r in ready if not r.draining]  # a draining worker is not listed as serving the model
-        for req in list(refused):  # an attempt (on arrival, then every RETRY_S) is queued once a worker is live
-            if (t - req.arrived) % RETRY_S >= step:
-                continue
-            if live:
-                refused.remove(req)
-                queue.append(req)
-            else:
-                refusal_times.append(t)
+        if not any(not r.draining for r in ready):  # no worker serves the model: waits run out
+            for req in [q for q in queue if t - q.arrived >= policy.wait_for_worker_s]:
+                queue.remove(req)
+                timeline.refused.append(req.arrived)
         for r in ready:  # serve: free slots take from the queue, running requests advance
             while not r.draining and len(r.running) < policy.slots and queue:
                 req = queue.popleft()
@@ -167,15 +167,8 @@ def simulate(arrivals: list[float], policy: Policy, seed: int = 11, step: float 
         replicas = [r for r in replicas if not (r.draining and not r.running)]  # drained: gone
         if int(t / step) % int(policy.polling_s / step) == 0:
             running = sum(len(r.running) for r in replicas)
-            while refusal_times and refusal_times[0] < t - 60 - SCRAPE_LAG_S:
-                refusal_times.popleft()
-            refusing = any(x <= t - SCRAPE_LAG_S for x in refusal_times)
-            desired = max(
-                math.ceil(len(queue) / policy.queued_target),
-                math.ceil(running / policy.running_target),
-                1 if refusing else 0,
-            )
-            if queue or running or refusing:
+            desired = max(math.ceil(len(queue) / policy.queued_target), math.ceil(running / policy.running_target))
+            if queue or running:
                 last_active = t
             desired = min(policy.max_replicas, max(policy.min_replicas, desired))
             history.append((t, desired))
@@ -197,7 +190,7 @@ def simulate(arrivals: list[float], policy: Policy, seed: int = 11, step: float 
             timeline.t.append(t)
             timeline.wanted.append(len([r for r in replicas if not r.draining]))
             timeline.ready.append(len([r for r in replicas if r.ready_at <= t and not r.draining]))
-            timeline.queued.append(len(queue) + len(refused))
+            timeline.queued.append(len(queue))
         t += step
     return timeline
 
@@ -213,7 +206,8 @@ def summary(timeline: Timeline, policy: Policy, arrivals: list[float]) -> str:
     return (
         f"{len(arrivals)} requests; queue wait P50 {pct(0.5):.1f} s, P95 {pct(0.95):.1f} s, max {pct(1.0):.1f} s; "
         f"at most {max(timeline.wanted)} replicas; {replica_s / 3600:.2f} replica-hours against "
-        f"{fixed_s / 3600:.2f} for a fixed fleet of that size"
+        f"{fixed_s / 3600:.2f} for a fixed fleet of that size; {len(timeline.refused)} refused (503) after "
+        f"waiting {policy.wait_for_worker_s:g} s for a worker"
     )
 
 
