@@ -37,7 +37,7 @@ from schemathesis import GenerationMode
 
 from services.api.app import create_app
 from services.common.catalog import Catalog
-from services.common.errors import ModelNotFound
+from services.common.errors import GatewayTimeout, InternalError, ModelNotFound, ServiceUnavailable
 from services.common.settings import Settings
 from tests.conftest import RUN_DIR
 from tests.e2e.attack.conftest import AttackStack
@@ -49,10 +49,13 @@ STACK = {"n_ctx": 256, "default_max_tokens": 2, "max_n": 2, "embedding_model": E
 """Generation kept short by settings: a small context, 2 tokens by default, at most 2 choices a request."""
 GENERATED = 2
 """Tokens an accepted request generates at most here (see the module's docstring)."""
-EXAMPLES = 80
+EXAMPLES = 40
 """Hypothesis examples per operation in the fuzzing phase; the coverage phase adds its own cases."""
 MIN_CASES = 1000
 TIMEOUT_S = 60
+SERVER_TYPES = {kind.type for kind in (InternalError, ServiceUnavailable, GatewayTimeout)}
+SERVER_CODES = {kind.code for kind in (InternalError, ServiceUnavailable, GatewayTimeout)}
+"""The 5xx kinds of error, as a stream's error event names them once its 200 has gone."""
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 COMMANDS = ("/v1/models/load", "/v1/models/unload")
 GENERATE = {"ChatCompletionRequest", "CompletionRequest", "ResponseRequest"}
@@ -75,6 +78,8 @@ class Tally:
     server_errors: list[str] = field(default_factory=list)
     not_envelopes: list[str] = field(default_factory=list)
     no_answer: list[str] = field(default_factory=list)
+    streams: int = 0
+    stream_faults: list[str] = field(default_factory=list)  # a 5xx-kind error event after a 200, or no end
     started: float | None = None  # the first case's time: the stack starts after import
 
 
@@ -93,6 +98,34 @@ def is_envelope(body: object) -> bool:
         and (error["param"] is None or isinstance(error["param"], str))
         and (error["code"] is None or isinstance(error["code"], str))
     )
+
+
+def events(text: str) -> list[dict]:
+    """The JSON data of an event stream's events, in order (`[DONE]` and comments left out)."""
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+def stream_faults(text: str) -> list[str]:
+    """What a 200 event stream says went wrong on our side: an error event of a 5xx kind (a 5xx that came after
+    the headers), an error event not in the envelope, or no end ([DONE], or the Responses API's last event)."""
+    data = events(text)
+    faults = [f"error event not the envelope: {e}" for e in data if "error" in e and not is_envelope(e)]
+    faults += [f"server error event: {e}" for e in data if is_envelope(e) and e["error"]["type"] in SERVER_TYPES]
+    faults += [f"server error event: {e}" for e in data if e.get("type") == "error" and e.get("code") in SERVER_CODES]
+    responses_end = bool(data) and data[-1].get("type") in ("response.completed", "response.incomplete", "error")
+    if not (text.rstrip().endswith("data: [DONE]") or responses_end):
+        faults.append("the stream has no end")
+    return faults
+
+
+def stream_error(text: str) -> dict | None:
+    """The first error an event stream carries, as {message, type?, param, code}."""
+    for e in events(text):
+        if "error" in e:
+            return e["error"]
+        if e.get("type") == "error":
+            return e
+    return None
 
 
 def aimed(doc: dict, names: dict[str, list[str]]) -> dict:
@@ -167,7 +200,7 @@ def known(catalog: Catalog, name: str) -> bool:
     return True
 
 
-def record(case: schemathesis.Case, response: object, auth: dict[str, str], url: str) -> None:
+def record(case: schemathesis.Case, response: schemathesis.Response | None, auth: dict[str, str], url: str) -> None:
     TALLY.started = TALLY.started or time.monotonic()
     TALLY.cases += 1
     statuses = TALLY.by_operation.setdefault(f"{case.method} {case.path}", Counter())
@@ -181,6 +214,9 @@ def record(case: schemathesis.Case, response: object, auth: dict[str, str], url:
     TALLY.by_status[status] += 1
     if status >= 500:
         TALLY.server_errors.append(f"{status} {response.text[:300]!r}\n  {curl}")
+    elif status == 200 and any(t.startswith("text/event-stream") for t in response.headers.get("content-type", [])):
+        TALLY.streams += 1
+        TALLY.stream_faults += [f"200 stream: {fault[:300]}\n  {curl}" for fault in stream_faults(response.text)]
     elif status >= 400:
         try:
             body = json.loads(response.content)
@@ -226,6 +262,14 @@ def test_the_checks_tell_the_envelope_from_anything_else() -> None:
     assert without({"model": "m", "messages": [1, 2]}, "messages[1].content") == {"model": "m", "messages": [1]}
     assert without({"model": "m", "messages": [1]}, "messages[0]") is None  # required, and the only turn
     assert without({"model": "m"}, None) is None
+    done = 'data: {"choices":[]}\n\ndata: [DONE]\n\n'
+    assert stream_faults(done) == [] and stream_faults('data: {"choices":[]}\n\n') == ["the stream has no end"]
+    broke = 'data: {"error":{"message":"m","type":"server_error","param":null,"code":"internal_error"}}\n\ndata: [DONE]'
+    assert stream_faults(broke)[0].startswith("server error event")
+    gone = 'event: error\ndata: {"type":"error","sequence_number":3,"code":"service_unavailable","message":"m"}\n'
+    assert stream_faults(gone)[0].startswith("server error event")
+    refused = 'data: {"error":{"message":"m","type":"invalid_request_error","param":"max_tokens","code":null}}\n\n'
+    assert stream_faults(refused + "data: [DONE]") == [] and stream_error(refused)["param"] == "max_tokens"
 
 
 def test_the_live_document_is_this_one(attack: AttackStack) -> None:
@@ -274,8 +318,37 @@ def named_param(response: schemathesis.Response) -> str | None:
     return body["error"]["param"] if is_envelope(body) else None
 
 
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 20  # about 200 of the 256 tokens of context
+BODIES = {
+    "/v1/chat/completions": lambda text, n: {"messages": [{"role": "user", "content": text}], "max_tokens": n},
+    "/v1/completions": lambda text, n: {"prompt": text, "max_tokens": n},
+    "/v1/responses": lambda text, n: {"input": text, "max_output_tokens": n},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_the_token_counts_the_fuzzing_lowers_are_answered_as_sent(attack: AttackStack, path: str, stream: bool) -> None:
+    """What `tame` keeps from the fuzzing, sent as is: counts the context cannot hold beside a long prompt (a 400
+    naming the parameter; in a stream whose 200 went at a quiet tick, an error event naming it), and a longer
+    generation than GENERATED from a short one (answered in full)."""
+    context = attack.stack.settings.n_ctx
+    model = attack.stack.settings.default_model
+    for text, n, status in ((LONG_PROMPT, context - 1, 400), (LONG_PROMPT, context // 2, 400), ("Hi", 24, 200)):
+        body = BODIES[path](text, n) | {"model": model, "stream": stream}
+        reply = httpx.post(f"{attack.url}{path}", json=body, headers=attack.auth(attack.admin), timeout=TIMEOUT_S)
+        if stream and reply.status_code == 200:  # the 200 went at a quiet tick, before the worker's answer
+            assert not stream_faults(reply.text), reply.text[-300:]
+            error = stream_error(reply.text)
+            assert (error["param"] if error else None) in (TOKEN_FIELDS if status == 400 else (None,)), reply.text
+            continue
+        assert reply.status_code == status, (n, reply.text[:300])
+        if status == 400:
+            assert is_envelope(reply.json()) and reply.json()["error"]["param"] in TOKEN_FIELDS, reply.text
+
+
 def bad_answers() -> list[str]:
-    return TALLY.server_errors + TALLY.not_envelopes + TALLY.no_answer
+    return TALLY.server_errors + TALLY.stream_faults + TALLY.not_envelopes + TALLY.no_answer
 
 
 def test_the_fuzzing_found_nothing(attack: AttackStack) -> None:
@@ -285,6 +358,8 @@ def test_the_fuzzing_found_nothing(attack: AttackStack) -> None:
         "cases": TALLY.cases,
         "seconds": round(took),
         "5xx": len(TALLY.server_errors),
+        "streams": TALLY.streams,
+        "stream_faults": len(TALLY.stream_faults),
         "non_envelope_4xx": len(TALLY.not_envelopes),
         "no_answer": len(TALLY.no_answer),
         "statuses": {str(s): n for s, n in sorted(TALLY.by_status.items())},
