@@ -174,6 +174,8 @@ def compose_stack(figures_file: Path) -> Iterator[ComposeStack]:
         logs = stack.compose("logs", "--no-color", "--timestamps", check=False).stdout
         (figures_file.parent / f"compose-{stack.project}.log").write_text(logs)
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+        # what this build left untagged (the previous run's images); nobody else's images carry the label
+        subprocess.run(["docker", "image", "prune", "--force", "--filter", "label=inference-test"], capture_output=True)
         for path in keys_dir.iterdir():
             path.unlink()
         keys_dir.rmdir()

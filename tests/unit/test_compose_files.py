@@ -218,12 +218,16 @@ def test_the_test_override_changes_images_not_behaviour() -> None:
     prod = resolved("-f", str(CA))["services"]
     test = resolved("-f", str(CA), "-f", str(TEST), env=env)["services"]
     assert set(test) == set(prod) - {"grafana"}, "grafana alone has no Debian package"
-    own = {"api", "llama-server", "llama-server-embed", "worker-llamaserver", "worker-embed"}
+    built = {"api": "inference-test/api:1", "worker-llamaserver": "inference-test/worker:1"}
+    named = {"llama-server", "llama-server-embed", "worker-embed"}  # they run the worker image, built once
     for name, service in test.items():
         for key in ("command", "volumes", "healthcheck", "depends_on", "user", "restart", "stop_grace_period"):
             assert service.get(key) == prod[name].get(key), f"{name}: {key}"
-        if name in own:
-            assert service["build"] == prod[name]["build"] and service["image"].startswith("inference-test/")
+        if name in built:
+            assert service["build"] == prod[name]["build"] | {"labels": {"inference-test": ""}}, name
+            assert service["image"] == built[name]
+        elif name in named:
+            assert "build" not in service and service["image"] == built["worker-llamaserver"], name
         elif name.endswith("-exporter"):
             assert service["entrypoint"] == ["prometheus-" + name]
         else:
