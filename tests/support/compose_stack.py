@@ -76,8 +76,10 @@ class ComposeStack:
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
-    def chat(self, content: str = "Hello", max_tokens: int = 4, timeout: float = 60) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    def chat(
+        self, content: str = "Hello", max_tokens: int = 4, timeout: float = 60, model: str = MODEL
+    ) -> httpx.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
         return httpx.post(f"{self.url}/v1/chat/completions", json=body, headers=self.headers(), timeout=timeout)
 
     def memory(self) -> dict[str, float]:
@@ -149,6 +151,7 @@ def compose_stack(figures_file: Path) -> Iterator[ComposeStack]:
         "KEYS_DIR": str(keys_dir),
         "API_KEYS_FILE": "run/keys/api-keys.json",  # compose reads only whether it is set: /keys/api-keys.json
         "ALLOW_OPEN": "false",
+        "VLLM_MODEL": "smollm2-135m-instruct",  # the gpu profile's, served by a llama-server standing in for vLLM
     }
     keys_file = keys_dir / "api-keys.json"
     host_env = {k: v for k, v in os.environ.items() if k != "API_KEYS_FILE"}
@@ -173,7 +176,7 @@ def compose_stack(figures_file: Path) -> Iterator[ComposeStack]:
     finally:
         logs = stack.compose("logs", "--no-color", "--timestamps", check=False).stdout
         (figures_file.parent / f"compose-{stack.project}.log").write_text(logs)
-        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
+        stack.compose("--profile", "gpu", "down", "--volumes", "--remove-orphans", "--timeout", "30", check=False)
         # what this build left untagged (the previous run's images); nobody else's images carry the label
         subprocess.run(["docker", "image", "prune", "--force", "--filter", "label=inference-test"], capture_output=True)
         for path in keys_dir.iterdir():

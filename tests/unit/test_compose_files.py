@@ -215,11 +215,19 @@ def test_the_test_override_changes_images_not_behaviour() -> None:
     """compose/docker-compose.test.yml swaps the images (Debian's packages stand in for the official ones)
     and publishes nginx on loopback; every command, volume, healthcheck and dependency stays production's."""
     env = {"STAND_IN_BASE_IMAGE": "inference-test/debian-python:x"}
-    prod = resolved("-f", str(CA))["services"]
-    test = resolved("-f", str(CA), "-f", str(TEST), env=env)["services"]
+    prod = resolved("-f", str(CA), *ALL_PROFILES)["services"]
+    test = resolved("-f", str(CA), "-f", str(TEST), *ALL_PROFILES, env=env)["services"]
     assert set(test) == set(prod) - {"grafana"}, "grafana alone has no Debian package"
+    # vLLM needs a GPU: llama-server stands in on its port, with its healthcheck; no GPU is reserved
+    vllm = test.pop("vllm")
+    assert (
+        vllm["healthcheck"] == prod["vllm"]["healthcheck"]
+        and "--port" in vllm["entrypoint"]
+        and "8000" in vllm["entrypoint"]
+    )
+    assert "deploy" not in vllm and vllm["image"] == "inference-test/worker:1"
     built = {"api": "inference-test/api:1", "worker-llamaserver": "inference-test/worker:1"}
-    named = {"llama-server", "llama-server-embed", "worker-embed"}  # they run the worker image, built once
+    named = {"llama-server", "llama-server-embed", "worker-embed", "worker-vllm"}  # the worker image, built once
     for name, service in test.items():
         for key in ("command", "volumes", "healthcheck", "depends_on", "user", "restart", "stop_grace_period"):
             assert service.get(key) == prod[name].get(key), f"{name}: {key}"

@@ -111,6 +111,23 @@ def test_the_model_is_what_configuration_says(stack: ComposeStack) -> None:
     assert argv[argv.index("--alias") + 1] == "smollm2-135m-instruct" and "--jinja" in argv
 
 
+def test_the_gpu_profile_serves_through_a_stand_in_for_vllm(stack: ComposeStack) -> None:
+    """worker-vllm as production runs it (its command, models/ mount, healthcheck) against llama-server on vLLM's
+    port, VLLM_MODEL choosing the model: the profile's wiring, where no GPU runs vLLM itself."""
+    gpu = ("--profile", "gpu")
+    try:
+        started = time.monotonic()
+        stack.compose(*gpu, "up", "--detach", "--wait", "--wait-timeout", "300", "vllm", "worker-vllm", timeout=400)
+        reply = stack.chat(model="smollm2", max_tokens=8)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == "smollm2-135m-instruct" and reply.json()["choices"][0]["message"]["content"]
+        stack.record("gpu_profile_up_to_answer_s", round(time.monotonic() - started, 1))
+        argv = stack.inspect("worker-vllm")["Config"]["Cmd"]
+        assert argv[argv.index("--engine") + 1] == "vllm" and argv[argv.index("--model") + 1] == "smollm2-135m-instruct"
+    finally:
+        stack.compose(*gpu, "rm", "--stop", "--force", "vllm", "worker-vllm", check=False)
+
+
 def test_prometheus_scrapes_every_target(stack: ComposeStack) -> None:
     wanted = Counter({"api": 2, "worker": 2, "llama-server": 2, "redis": 1, "nginx": 1, "prometheus": 1})
 
