@@ -25,6 +25,7 @@ from services.common.ports import free_port
 from tests.support import compose_cli, compose_images
 
 ROOT = Path(__file__).resolve().parents[2]
+MAC = ROOT / "compose" / "docker-compose.mac.yml"
 FILES = (
     ROOT / "docker-compose.yml",
     ROOT / "compose" / "docker-compose.ca.yml",
@@ -46,9 +47,11 @@ class ComposeStack:
     admin: str
     figures: dict[str, object] = field(default_factory=dict)
 
-    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, timeout: float = 900, check: bool = True, files: tuple[Path, ...] = FILES
+    ) -> subprocess.CompletedProcess[str]:
         argv = [*compose_cli.compose_command(), "--project-directory", str(ROOT), "--project-name", self.project]
-        argv += [a for f in FILES for a in ("-f", str(f))]
+        argv += [a for f in files for a in ("-f", str(f))]
         result = subprocess.run(
             [*argv, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
@@ -152,6 +155,7 @@ def compose_stack(figures_file: Path) -> Iterator[ComposeStack]:
         "API_KEYS_FILE": "run/keys/api-keys.json",  # compose reads only whether it is set: /keys/api-keys.json
         "ALLOW_OPEN": "false",
         "VLLM_MODEL": "smollm2-135m-instruct",  # the gpu profile's, served by a llama-server standing in for vLLM
+        "REDIS_PUBLISH_PORT": str(free_port()),  # the Mac file's (compose/docker-compose.mac.yml), on 127.0.0.1
     }
     keys_file = keys_dir / "api-keys.json"
     host_env = {k: v for k, v in os.environ.items() if k != "API_KEYS_FILE"}

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -25,7 +26,18 @@ import pytest
 
 from tests.conftest import GEMMA, RUN_DIR
 from tests.support import docker_engine
-from tests.support.compose_stack import EMBEDDER, MODEL, ComposeStack, compose_stack, image_bytes, wait_for
+from tests.support.compose_stack import (
+    EMBEDDER,
+    FILES,
+    MAC,
+    MODEL,
+    ROOT,
+    ComposeStack,
+    compose_stack,
+    image_bytes,
+    wait_for,
+)
+from tests.support.procs import running
 
 pytestmark = pytest.mark.e2e
 FIGURES = RUN_DIR / "compose-figures.json"
@@ -282,3 +294,26 @@ def test_memory_idle_and_under_8_streams(stack: ComposeStack) -> None:
     assert runs == [200] * 8
     stack.record("memory_mib", {name: {"idle": idle.get(name), "8_streams": peak[name]} for name in sorted(peak)})
     assert all(mib < 2048 for mib in peak.values()), peak
+
+
+def test_the_mac_file_runs_all_but_the_engine_and_a_worker_on_the_host_joins(stack: ComposeStack) -> None:
+    """compose/docker-compose.mac.yml (last: it recreates Redis) publishes Redis on 127.0.0.1 with its password; a
+    worker run on the host, as the MLX worker runs natively on a Mac (here llama.cpp in process, SmolLM2), joins
+    through it and answers through nginx."""
+    files = (*FILES[:2], MAC, FILES[2])
+    assert set(stack.compose("config", "--services", files=files).stdout.split()) == {
+        "redis", "api", "nginx", "prometheus", "redis-exporter", "nginx-exporter"
+    }  # fmt: skip
+    stack.compose("up", "--detach", "--wait", "--wait-timeout", "300", files=files)
+    port = stack.env["REDIS_PUBLISH_PORT"]
+    published = subprocess.run(["docker", "port", stack.inspect("redis")["Id"], "6379"], capture_output=True, text=True)
+    assert published.stdout.split() == [f"127.0.0.1:{port}"], published.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "API_KEYS", "DEFAULT_"))}
+    env["REDIS_URL"] = f"redis://:{stack.env['REDIS_PASSWORD']}@127.0.0.1:{port}/0"
+    argv = [sys.executable, "-m", "services.worker", "--engine", "llama_cpp", "--model", "smollm2-135m-instruct",
+            "--slots", "1", "--metrics-port", "0"]  # fmt: skip
+    with running(argv, log=RUN_DIR / f"compose-{stack.project}-host-worker.log", env=env, cwd=ROOT):
+        joined = wait_for(lambda: stack.chat(model="smollm2", max_tokens=8).status_code == 200, 120, "the host worker")
+        status = httpx.get(f"{stack.url}/v1/system/status", headers=stack.headers(stack.admin), timeout=10).json()
+        assert "llama_cpp" in json.dumps(status), status
+    stack.record("mac_file_host_worker_answered_after_s", round(joined, 1))
