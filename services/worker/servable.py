@@ -43,7 +43,7 @@ class Servable:
         return "; ".join(w for w in why if w)
 
     def _engine_reason(self, engine: str, model_id: str) -> str | None:
-        if engine in SIDECARS:
+        if engine in SIDECARS or engine not in KINDS:  # an engine not described here: its start model only
             if model_id in self.pinned:
                 return None
             return f"its {engine} serves only {', '.join(self.pinned) or 'the model it was started with'}"

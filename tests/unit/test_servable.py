@@ -70,3 +70,12 @@ def test_engines_in_fallback_order_add_up(catalog: Catalog, tmp_path: Path) -> N
 def test_a_sidecar_may_report_the_id_an_alias_its_file_or_its_repo(catalog: Catalog) -> None:
     assert upstream_names(catalog, "chat", "llama_server") == ("chat", "chat-alias", "chat.gguf")
     assert upstream_names(catalog, "big", "vllm") == ("big", "Org/Big-Model")
+
+
+def test_an_engine_not_described_here_serves_only_its_start_model(catalog: Catalog, tmp_path: Path) -> None:
+    """The bench's instant engine (bench/instant_worker.py) is such a one: it failed to start once refused."""
+    servable = Servable(catalog, ["instant"], tmp_path)
+    assert servable.models() == ()
+    servable.pin(["chat-alias"])
+    assert servable.models() == ("chat",)
+    assert "serves only chat" in (servable.reason("embedder") or "")
