@@ -49,7 +49,9 @@ def test_compose_runs_the_embedder_beside_the_default_engine() -> None:
 
     services = resolved()["services"]
     server = " ".join(services["llama-server-embed"]["command"])
-    assert "--model /models/all-minilm-l6-v2-f16.gguf" in server and "--embeddings" in server
+    # its llama-server command is made from models.yaml in the container; test_compose_files checks that it
+    # names the GGUF and --embeddings (llama_server_container --print)
+    assert "services.worker.llama_server_container --model all-minilm-l6-v2" in server
     worker = " ".join(services["worker-embed"]["command"])
     assert "--upstream-url http://llama-server-embed:8080 --model all-minilm-l6-v2" in worker
     assert services["worker-embed"]["depends_on"]["llama-server-embed"]["condition"] == "service_healthy"
