@@ -63,6 +63,24 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture()
+def quiet_redis_url(redis_url: str) -> Iterator[str]:
+    """The session's Redis, database 1, emptied: no session-long worker of tests/e2e/api (it listens on database
+    0 for the default model's queue) takes this test's jobs or shows in its registry."""
+    url = redis_url.rsplit("/", 1)[0] + "/1"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+
+
+@pytest.fixture()
+def quiet_redis_client(quiet_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(quiet_redis_url)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     if not GEMMA.exists():

@@ -71,7 +71,15 @@ def serve(client: redis.Redis, *models: str) -> None:
 
 
 @pytest.fixture()
-def api_for(redis_client, redis_url) -> Iterator:
+def redis_client(quiet_redis_client):
+    """Database 1: the session-long worker of tests/e2e/api serves the default model on database 0 and would
+    take these jobs."""
+    return quiet_redis_client
+
+
+@pytest.fixture()
+def api_for(redis_client, quiet_redis_url) -> Iterator:
+    redis_url = quiet_redis_url
     stop = threading.Event()
     taken: list[str] = []
     thread = threading.Thread(target=answer_jobs, args=(redis.Redis.from_url(redis_url), taken, stop), daemon=True)

@@ -56,8 +56,11 @@ def random_requests(api: testing.TestClient, rng: random.Random, count: int, mod
             api.simulate_post("/v1/completions", json={"model": rng.choice(models), "prompt": "x"})
 
 
-def test_random_methods_paths_and_models_do_not_grow_the_label_sets(redis_client, redis_url):
-    settings = Settings(redis_url=redis_url)
+def test_random_methods_paths_and_models_do_not_grow_the_label_sets(quiet_redis_client, quiet_redis_url):
+    """On database 1: a live worker (tests/e2e/api's, on database 0) would answer some requests 200 in one round
+    and leave the other round's statuses to chance."""
+    redis_client = quiet_redis_client
+    settings = Settings(redis_url=quiet_redis_url)
     catalog = Catalog.from_yaml(settings.models_file, settings.default_model)
     generating = [m for m, spec in catalog.models.items() if spec.kind == "generate"]
     api = testing.TestClient(create_app(settings, redis_client, catalog))
