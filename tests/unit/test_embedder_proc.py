@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from services.common.settings import ROOT, Settings
-from services.stack.procfile import prepare
-from services.worker.detect import Facts
-
-BINARY = Path("/usr/bin/true")
-LINUX = Facts("Linux", "x86_64", cuda=False, rocm=False, has_mlx=False, has_llama_cpp=True)
+from tests.support import stack_procs as support
+from tests.support.stack_procs import BINARY
 
 
 def stack_procs(tmp_path: Path, binary: Path | None = BINARY, *, weights: bool = True, **changes) -> dict:
-    models = tmp_path / "models"
-    models.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "models" / "models.yaml", models / "models.yaml")
-    if weights:
-        (models / "all-minilm-l6-v2-f16.gguf").write_bytes(b"GGUF")
-    settings = Settings(
-        run_dir=tmp_path / "run", log_dir=tmp_path / "logs", redis_password="pw", models_dir=models,
-        models_file=models / "models.yaml", embedding_server_port=8299, **changes,
-    )  # fmt: skip
-    stack = prepare(settings, base_env={}, facts=LINUX, find_llama_server=lambda: binary)
-    return {p.name: p for p in stack.procs}
+    made = ("all-minilm-l6-v2-f16.gguf",) if weights else ()
+    return support.stack_procs(tmp_path, binary, weights=made, embedding_server_port=8299, **changes)
 
 
 def test_the_embedder_runs_beside_the_worker(tmp_path: Path) -> None:
