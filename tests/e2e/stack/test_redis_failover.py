@@ -155,6 +155,16 @@ def usage_days() -> set[str]:
     return {now.date().isoformat(), (now - timedelta(hours=1)).date().isoformat()}
 
 
+def knows_a_good_replica(sentinel: redis.Redis) -> bool:
+    """The Sentinel lists the replica, up and linked to its master: one it would promote."""
+    replicas = sentinel.sentinel_slaves(MASTER_NAME)
+    return any(
+        r["is_slave"] and not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+        and r.get("master-link-status") == "ok"
+        for r in replicas
+    )  # fmt: skip
+
+
 def node_conf(run_dir: Path, port: int, secret: str, replica_of: int | None) -> Path:
     """redis.conf as the native stack writes it (persistence on), on its own port and directory."""
     settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", run_dir=run_dir / f"redis-{port}")
@@ -200,6 +210,9 @@ def redis_set() -> Iterator[dict[str, object]]:
         for i in range(3):
             s = redis.Redis(port=nodes[f"sentinel-{i}"].port, password=secret)
             wait_until(lambda s=s: s.sentinel_master(MASTER_NAME)["num-other-sentinels"] == 2, 30, "sentinels")
+            # A Sentinel learns of replicas from the master's INFO, every 10 s: killed before that, the master has
+            # no replica it knows of and no failover happens (-failover-abort-no-good-slave, seen on a busy box).
+            wait_until(lambda s=s: knows_a_good_replica(s), 60, "every sentinel to know the replica")
         yield {"nodes": nodes, "secret": secret, "run_dir": run_dir}
     finally:
         for node in nodes.values():
