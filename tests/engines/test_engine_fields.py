@@ -12,12 +12,13 @@ import pytest
 
 from services.common.errors import InvalidRequest
 from services.common.jobs import ChatMessage, SamplingParams
-from services.worker.engines import features, llama_cpp, mlx
+from services.worker.engines import features, llama_cpp, mlx, payload
 from services.worker.engines.base import Finish, GenerationRequest, TokenChunk
-from services.worker.engines.llama_server_process import LlamaServerCommand
-from services.worker.engines.openai_http import OpenAIHTTPEngine, infill_body, infill_event
-from tests.engines.factories.llama_cpp import make_engine
-from tests.engines.factories.llama_server import engine_for, llama_server
+from services.worker.engines.openai_http import OpenAIHTTPEngine
+from services.worker.engines.payload import infill_body, infill_event
+from services.worker.engines.profiles import PROFILES
+from tests.engines.factories import llama_cpp as in_process_factory
+from tests.engines.factories import llama_server as sidecar_factory
 
 pytestmark = pytest.mark.engine
 
@@ -31,8 +32,9 @@ def params(**kw) -> SamplingParams:
 
 
 def body(name: str, prompt: str = "", messages: tuple[ChatMessage, ...] = CHAT, **kw) -> dict:
+    """The body the engine named `name` sends upstream (payload.body with the profile it looks up)."""
     engine = OpenAIHTTPEngine("http://127.0.0.1:9", name=name, concurrency=1, context=512, timeout=5)
-    return engine._body(GenerationRequest("t", prompt, params(**kw), messages), 8)
+    return payload.body(GenerationRequest("t", prompt, params(**kw), messages), 8, engine.profile, None)
 
 
 def run(engine, prompt: str = "Answer:", messages: tuple[ChatMessage, ...] = (), **kw) -> tuple[str, Finish]:
@@ -86,10 +88,10 @@ def test_infill_payload_and_native_chunks() -> None:
 @pytest.mark.parametrize(
     ("engine", "supported", "field", "value"),
     [
-        ("vllm", features.SIDECARS["vllm"], "grammar", YES_NO),
-        ("vllm", features.SIDECARS["vllm"], "suffix", "x"),
-        ("vllm", features.SIDECARS["vllm"], "cache_prompt", False),
-        ("llama_server", features.SIDECARS["llama_server"], "guided", {"guided_regex": "a"}),
+        ("vllm", PROFILES["vllm"].supports, "grammar", YES_NO),
+        ("vllm", PROFILES["vllm"].supports, "suffix", "x"),
+        ("vllm", PROFILES["vllm"].supports, "cache_prompt", False),
+        ("llama_server", PROFILES["llama_server"].supports, "guided", {"guided_regex": "a"}),
         ("llama_cpp", llama_cpp.FEATURES, "continue_final_message", True),
         ("llama_cpp", llama_cpp.FEATURES, "suffix", "x"),
         ("llama_cpp", llama_cpp.FEATURES, "guided", {"structured_outputs": {}}),
@@ -107,7 +109,7 @@ def test_what_an_engine_does_not_take_is_a_400_naming_it(engine, supported, fiel
 
 
 def test_defaults_and_true_cache_prompt_are_not_refused_anywhere() -> None:
-    for supported in (mlx.FEATURES, llama_cpp.FEATURES, *features.SIDECARS.values()):
+    for supported in (mlx.FEATURES, llama_cpp.FEATURES, *(profile.supports for profile in PROFILES.values())):
         features.require(params(cache_prompt=True, add_generation_prompt=True), "any", supported)
 
 
@@ -115,17 +117,9 @@ def test_defaults_and_true_cache_prompt_are_not_refused_anywhere() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServerCommand]:
-    with llama_server(gemma_path, tmp_path_factory.mktemp("llama-server")) as (cmd, _):
-        yield cmd
-
-
-@pytest.fixture(scope="module")
-def sidecar(server: LlamaServerCommand) -> Iterator[OpenAIHTTPEngine]:
-    eng = engine_for(server, concurrency=2)
-    eng.load()
-    yield eng
-    eng.unload()
+def sidecar(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIHTTPEngine]:
+    with sidecar_factory.make_engine(gemma_path, tmp_path_factory.mktemp("llama-server")) as engine:
+        yield engine
 
 
 def test_llama_server_obeys_a_grammar_and_names_a_bad_one(sidecar: OpenAIHTTPEngine) -> None:
@@ -153,7 +147,7 @@ def test_llama_server_takes_sixteen_stops_and_no_prompt_cache(sidecar: OpenAIHTT
 
 @pytest.fixture(scope="module")
 def in_process(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    with make_engine(gemma_path, tmp_path_factory.mktemp("llama-cpp")) as engine:
+    with in_process_factory.make_engine(gemma_path, tmp_path_factory.mktemp("llama-cpp")) as engine:
         yield engine
 
 

@@ -20,6 +20,7 @@ from services.worker.engines import echo, features
 from services.worker.engines.base import Finish, GenerationItem, GenerationRequest, TokenChunk
 from services.worker.engines.llama_cpp import FEATURES as LLAMA_CPP
 from services.worker.engines.mlx import FEATURES as MLX
+from services.worker.engines.profiles import PROFILES
 from services.worker.engines.upstream import logprob_entries
 
 
@@ -57,12 +58,13 @@ def test_each_engine_serves_echo_or_refuses_it_by_name() -> None:
     scored = SamplingParams(max_tokens=1, echo=True, logprobs=True, top_logprobs=1)
     assert features.used(text) == ["echo"]
     assert features.used(scored) == ["logprobs", "top_logprobs", "echo", "echo_logprobs"]
-    for engine, served in (("llama_cpp", LLAMA_CPP), ("mlx", MLX), *features.SIDECARS.items()):
+    sidecars = [(name, profile.supports) for name, profile in PROFILES.items()]
+    for engine, served in (("llama_cpp", LLAMA_CPP), ("mlx", MLX), *sidecars):
         features.require(text, engine, served)  # the text is known: every engine echoes it
     features.require(scored, "llama_cpp", LLAMA_CPP)
-    features.require(scored, "vllm", features.SIDECARS["vllm"])
+    features.require(scored, "vllm", PROFILES["vllm"].supports)
     with pytest.raises(InvalidRequest) as exc:
-        features.require(scored, "llama_server", features.SIDECARS["llama_server"])
+        features.require(scored, "llama_server", PROFILES["llama_server"].supports)
     refused = exc.value
     assert (refused.status, refused.param, refused.code) == (400, "echo", "unsupported_parameter")
     assert "'echo'" in refused.message and "logprobs" in refused.message and "llama_server" in refused.message

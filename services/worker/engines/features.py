@@ -1,5 +1,8 @@
 """Which request features an engine serves: one that it cannot is a 400 naming the parameter, never a
-silent answer without it (prose where a tool call was asked for, free text where JSON was)."""
+silent answer without it (prose where a tool call was asked for, free text where JSON was).
+
+Here are the features' names and how a request uses them; which ones an engine serves its module says
+(llama_cpp.FEATURES, mlx.FEATURES, and each sidecar's profile: profiles.PROFILES)."""
 
 from __future__ import annotations
 
@@ -37,16 +40,6 @@ WHAT = {
     "suffix": "'suffix' parameter (fill-in-the-middle)",
 }
 """How the 400 names such a feature, so the client learns what to drop."""
-
-SIDECARS = {
-    "llama_server": ALL - {"echo_logprobs", *GUIDED},
-    "vllm": ALL - {"grammar", "cache_prompt", "suffix"},
-}
-"""llama-server gives logprobs only for the tokens it samples, never for the prompt's, and ignores `echo`
-on /v1/completions; vLLM echoes the prompt and scores its tokens (its prompt_logprobs). Each takes its own
-constrained decoding (llama.cpp's GBNF `grammar`, vLLM's `guided_*`), not the other's; vLLM has no
-per-request switch for its prefix cache and refuses `suffix`; llama-server's /infill needs FIM tokens
-(openai_http.py answers the 400 for a model without them)."""
 
 
 def used(params: SamplingParams) -> list[str]:

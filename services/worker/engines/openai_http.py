@@ -8,6 +8,9 @@ how a cancelled request frees the sidecar's slot: both servers stop generating o
 One HTTP call per request: a chat goes to the sidecar's chat endpoint, which templates it (no
 /apply-template first), and the prompt's size comes back with the first token (no /tokenize first);
 context limits are checked there (upstream.CompletionStream), or by the sidecar itself.
+
+Where the two sidecars differ (routes, context, field names, who enforces a forced tool choice, who
+echoes), the engine reads its profile (profiles.py), looked up once from its name when it is built.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import httpx
 from services.common import tracing
 from services.common.errors import APIError, InvalidRequest
 from services.common.jobs import ChatMessage, SamplingParams
-from services.worker.engines import echo, features, token_ids
+from services.worker.engines import echo, features, payload, token_ids
 from services.worker.engines.base import (
     CancelCheck,
     ContextLengthExceeded,
@@ -34,6 +37,7 @@ from services.worker.engines.base import (
     GenerationRequest,
 )
 from services.worker.engines.forced_tools import ForcedTools
+from services.worker.engines.profiles import SidecarProfile, profile_for
 from services.worker.engines.sse_client import SSEClient, StreamLines
 from services.worker.engines.upstream import (
     CompletionStream,
@@ -56,7 +60,8 @@ within a second or two; past this the next engine in the fallback order gets its
 
 
 class OpenAIHTTPEngine:
-    """A sidecar behind the Engine protocol; `name` is "llama_server" or "vllm" (their APIs differ a little)."""
+    """A sidecar behind the Engine protocol; `name` is "llama_server" or "vllm", whose differences its profile
+    says (profiles.PROFILES); the name itself only labels logs and errors."""
 
     templates_chat = True
     calls_before_wait = True
@@ -77,6 +82,7 @@ class OpenAIHTTPEngine:
         accepts: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.profile: SidecarProfile = profile_for(name)
         self.read_tick = read_tick
         """Seconds between the reads of a stream that flows (sse_client); 0 reads every event as it comes."""
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
@@ -177,12 +183,13 @@ class OpenAIHTTPEngine:
         """Tokens one request may use upstream: vLLM's max_model_len, llama-server's per-slot n_ctx."""
         if "max_model_len" in model:
             return int(model["max_model_len"])
-        if self.name != "llama_server":
+        route = self.profile.context_route
+        if route is None:
             return None
         try:
-            props = self._json("GET", "/props")
+            props = self._json("GET", route)
         except APIError as exc:
-            log.warning("%s: no /props (%s); trusting the configured context", self.name, exc.message)
+            log.warning("%s: no %s (%s); trusting the configured context", self.name, route, exc.message)
             return None
         n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
         return int(n_ctx) if n_ctx else None
@@ -209,22 +216,20 @@ class OpenAIHTTPEngine:
 
     def apply_chat_template(self, messages: Sequence[ChatMessage]) -> str:
         """llama-server renders its template for us; vLLM has no such endpoint, so "" (it templates upstream)."""
-        if self.name != "llama_server":
+        route = self.profile.template_route
+        if route is None:
             return ""
-        return self._json("POST", "/apply-template", {"messages": _messages(messages)})["prompt"]
+        return self._json("POST", route, {"messages": payload.messages(messages)})["prompt"]
 
     def _tokenize(self, text: str, *, add_special: bool) -> int:
-        if self.name == "llama_server":
-            body = {"content": text, "add_special": add_special, "parse_special": True}
-        else:
-            body = {"model": self.upstream_model, "prompt": text, "add_special_tokens": add_special}
+        body = self.profile.tokenize_body(text, self.upstream_model, add_special)
         return len(self._json("POST", "/tokenize", body)["tokens"])
 
     # generation ----------------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, cancelled: CancelCheck) -> Iterator[GenerationItem]:
         p = request.params
-        features.require(p, self.name, features.SIDECARS.get(self.name, features.ALL))
+        features.require(p, self.name, self.profile.supports)
         if p.max_tokens_explicit and p.max_tokens >= self.context:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context} tokens. However, you requested "
@@ -232,11 +237,11 @@ class OpenAIHTTPEngine:
                 param="max_tokens",
             )
         max_tokens = p.max_tokens if p.max_tokens_explicit else min(p.max_tokens, self.context)
-        forced = ForcedTools.of(p) if self.name == "llama_server" else None  # vLLM enforces them itself
+        forced = None if self.profile.enforces_tool_choice else ForcedTools.of(p)
         items = self._generate(request, max_tokens, cancelled, forced)
         if forced is not None:
             items = forced.translate(items)
-        if self.name == "llama_server":  # it ignores echo; the prompt is known, so the text is echoed here
+        if not self.profile.echoes:  # the prompt is known, so its text is echoed here
             items = echo.text_only(request, items)
         yield from items
 
@@ -245,18 +250,19 @@ class OpenAIHTTPEngine:
     ) -> Iterator[GenerationItem]:
         p = request.params
         path = "/v1/chat/completions" if request.messages else "/v1/completions"
-        body = self._body(request, max_tokens, forced)
-        if p.suffix and not request.messages:  # fill-in-the-middle: llama-server's /infill (vLLM: features.py)
+        body = payload.body(request, max_tokens, self.profile, self.upstream_model, forced)
+        infill = self.profile.infill_route if p.suffix and not request.messages else None  # fill-in-the-middle
+        if infill:
             if p.logprobs:  # /infill answers its native probabilities, not OpenAI's logprobs
                 raise InvalidRequest("logprobs cannot be combined with suffix on this engine.", param="logprobs")
-            path, body = "/infill", infill_body(body, p.suffix)
+            path, body = infill, payload.infill_body(body, p.suffix)
         explicit = p.max_tokens_explicit
         stream = CompletionStream(self.name, context=self.context, max_tokens=max_tokens, explicit=explicit)
         opened = False
         try:
             with self._open_stream(path, body, request.before_wait) as lines:
                 opened = True
-                yield from self._read(lines, stream, request, cancelled, native=path == "/infill")
+                yield from self._read(lines, stream, request, cancelled, native=bool(infill))
         except ContextLengthExceeded as exc:
             if opened or explicit or exc.param != "max_tokens":
                 raise
@@ -267,7 +273,7 @@ class OpenAIHTTPEngine:
         except InvalidRequest as exc:
             raise _named(exc, p) from None
         except EngineError as exc:
-            if path == "/infill" and "not supported" in exc.message:  # 501: the model has no FIM tokens
+            if infill and "not supported" in exc.message:  # 501: the model has no FIM tokens
                 raise InvalidRequest(
                     "The 'suffix' parameter (fill-in-the-middle) needs a model whose GGUF has FIM tokens (prefix, "
                     "suffix, middle); this model has none. Send the prompt without 'suffix', or use a code model.",
@@ -286,7 +292,7 @@ class OpenAIHTTPEngine:
         native: bool = False,
     ) -> Iterator[GenerationItem]:
         for event in sse_events(lines):
-            yield from stream.feed(infill_event(event) if native else event)
+            yield from stream.feed(payload.infill_event(event) if native else event)
             if stream.cut:
                 break
             # in ticks once the first token is out, but not its last ones: the end of an answer is not held
@@ -295,36 +301,6 @@ class OpenAIHTTPEngine:
                 log.info("%s: request %s cancelled, closing the upstream stream", self.name, request.request_id)
                 stream.finished = "stop"
                 break
-
-    def _body(self, request: GenerationRequest, max_tokens: int, forced: ForcedTools | None = None) -> dict[str, Any]:
-        p = request.params
-        body: dict[str, Any] = {
-            "model": self.upstream_model,
-            "max_tokens": max_tokens,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "presence_penalty": p.presence_penalty,
-            "frequency_penalty": p.frequency_penalty,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if p.stop:
-            body["stop"] = list(p.stop)
-        if p.seed is not None:
-            body["seed"] = p.seed
-        if request.messages:
-            body["messages"] = _messages(request.messages)
-        else:
-            body["prompt"] = request.prompt
-        if self.name == "llama_server":
-            body["timings_per_token"] = True  # cumulative predicted_n on every chunk: exact tokens per chunk
-            body |= _llama_server_sampling(p.temperature)
-        elif self.name == "vllm":
-            body["stream_options"]["continuous_usage_stats"] = True  # the same, as usage on every chunk
-        body |= _extras(p, self.name)
-        body |= _decoding(p, bool(request.messages), forced, self.name)
-        body |= engine_fields(p, bool(request.messages), self.name)
-        return body
 
     # embeddings ----------------------------------------------------------------------------------
 
@@ -390,112 +366,8 @@ class OpenAIHTTPEngine:
         return self._streams.lines(path, body, tracing.outgoing(), before_wait=before_wait)
 
 
-def _llama_server_sampling(temperature: float) -> dict[str, Any]:
-    """llama-server's own top_k=40 and min_p=0.05 truncate what OpenAI's parameters describe, so sampling
-    turns them off (vLLM's defaults are already neutral). Greedy decoding keeps the argmax whatever
-    they are, and there top_k=1 spares it a pass over Gemma's 262k-token vocabulary per token: the
-    neutral pair cost 20 % of the tokens/s at 8 clients on 2 cores (75 -> 59), top_k=1 none."""
-    if temperature <= 0:
-        return {"top_k": 1}
-    return {"top_k": 0, "min_p": 0.0}
-
-
-def _extras(p: SamplingParams, engine: str) -> dict[str, Any]:
-    """Vendor sampling extras under each server's own names (llama-server says repeat_penalty)."""
-    out: dict[str, Any] = {}
-    if p.top_k is not None:
-        out["top_k"] = max(p.top_k, 0) if engine == "llama_server" else p.top_k  # off: llama.cpp 0, vLLM -1
-    if p.min_p is not None:
-        out["min_p"] = p.min_p
-    if p.repetition_penalty is not None:
-        out["repeat_penalty" if engine == "llama_server" else "repetition_penalty"] = p.repetition_penalty
-    return out
-
-
-def _decoding(p: SamplingParams, chat: bool, forced: ForcedTools | None, engine: str) -> dict[str, Any]:
-    """logprobs, response_format and tools as OpenAI spells them: both sidecars read them so.
-    A forced tool choice is sent as its JSON schema instead, the tools still shown to the template."""
-    out: dict[str, Any] = {}
-    if p.logprobs:
-        if chat:
-            out |= {"logprobs": True, "top_logprobs": p.top_logprobs}
-        else:
-            out["logprobs"] = p.top_logprobs  # the legacy completions parameter: how many alternatives
-    if p.echo and engine == "vllm":
-        out["echo"] = True  # vLLM echoes the prompt (scored, with logprobs) in its first chunk
-    if p.response_format is not None:
-        out["response_format"] = p.response_format
-        if not chat and engine == "llama_server":  # its /v1/completions reads only its own json_schema
-            out["json_schema"] = (p.response_format.get("json_schema") or {}).get("schema") or {"type": "object"}
-    if p.tools:
-        out["tools"] = list(forced.tools if forced else p.tools)
-        if forced is not None:
-            out["response_format"] = forced.response_format()
-        elif p.tool_choice is not None:
-            out["tool_choice"] = p.tool_choice
-            out["parallel_tool_calls"] = p.parallel_tool_calls
-    return out
-
-
-def engine_fields(p: SamplingParams, chat: bool, engine: str) -> dict[str, Any]:
-    """The engines' own fields, under the names each reads (features.py has refused what it does not take)."""
-    out: dict[str, Any] = {}
-    if chat:
-        for name in ("add_generation_prompt", "continue_final_message"):
-            if getattr(p, name) is not None:
-                out[name] = getattr(p, name)
-    if engine == "llama_server":
-        if p.grammar:
-            out["grammar"] = p.grammar
-        if p.cache_prompt is not None:
-            out["cache_prompt"] = p.cache_prompt
-    elif engine == "vllm" and p.guided:
-        out |= p.guided
-    return out
-
-
-def infill_body(body: dict[str, Any], suffix: str) -> dict[str, Any]:
-    """llama-server's /infill request for a completion with a suffix: the prompt is the code before the hole.
-    /infill takes every /completion option, so the OpenAI body's sampling fields stay as they are."""
-    out = {k: v for k, v in body.items() if k not in ("prompt", "model", "stream_options", "max_tokens", "logprobs")}
-    return out | {"input_prefix": body["prompt"], "input_suffix": suffix, "n_predict": body["max_tokens"]}
-
-
-def infill_event(event: dict[str, Any]) -> dict[str, Any]:
-    """One of /infill's native chunks ({content, stop, stop_type, timings, tokens_predicted}) in the OpenAI shape
-    CompletionStream reads: the text as a choice, the end as its finish_reason, the counts as usage."""
-    if "error" in event:
-        return event
-    choice: dict[str, Any] = {"text": event.get("content") or "", "finish_reason": None}
-    out: dict[str, Any] = {"choices": [choice]}
-    if event.get("timings"):
-        out["timings"] = event["timings"]
-    if event.get("stop"):
-        choice["finish_reason"] = "length" if event.get("stop_type") == "limit" else "stop"
-        if "tokens_predicted" in event:
-            out["usage"] = {
-                "prompt_tokens": int(event.get("tokens_evaluated") or 0),
-                "completion_tokens": int(event["tokens_predicted"]),
-            }
-    return out
-
-
 def _named(exc: InvalidRequest, p: SamplingParams) -> InvalidRequest:
     """llama-server's 400 for a grammar it cannot parse names no field; the client's grammar is the cause."""
     if exc.param is None and p.grammar and "grammar" in exc.message:
         return InvalidRequest(f"Invalid value for 'grammar': {exc.message}", param="grammar")
     return exc
-
-
-def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """OpenAI's message shapes: an assistant turn's tool calls (content null without text), a tool result's id."""
-    out: list[dict[str, Any]] = []
-    for m in messages:
-        turn: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.tool_calls:
-            turn["tool_calls"] = list(m.tool_calls)
-            turn["content"] = m.content or None
-        if m.tool_call_id is not None:
-            turn["tool_call_id"] = m.tool_call_id
-        out.append(turn)
-    return out
