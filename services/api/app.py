@@ -81,6 +81,7 @@ def create_app(
         admission=admission,
         traffic=traffic,
         wait_for_worker_s=settings.wait_for_worker_s,
+        model_load_wait_s=settings.model_load_wait_s,
     )
 
     middleware = [RequestIdMiddleware(), MetricsMiddleware(metrics), QueueWaitMiddleware()]

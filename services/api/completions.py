@@ -25,7 +25,7 @@ from services.common.catalog import Catalog
 from services.common.errors import ClientGone, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
-from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
+from services.common.schemas import ChatCompletionRequest, CompletionRequest, keep_alive_seconds, parse
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class CompletionResource:
             "deadline": now + self.settings.request_timeout,
             "client_request_id": client_rid,
             "key_name": key_name,
+            "keep_alive": keep_alive_seconds(body.keep_alive),
         }
         if isinstance(body, ChatCompletionRequest):
             messages = tuple(

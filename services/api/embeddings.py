@@ -26,7 +26,7 @@ from services.common.catalog import Catalog
 from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Done, Embedded, Failed, Usage, unpack_vector
 from services.common.jobs import Job, SamplingParams
-from services.common.schemas import parse
+from services.common.schemas import KeepAlive, keep_alive_seconds, parse
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class EmbeddingRequest(BaseModel):
     dimensions: Annotated[int, Field(ge=1, le=MAX_DIMENSIONS)] | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+    keep_alive: KeepAlive | None = None
 
     @field_validator("input")
     @classmethod
@@ -114,6 +115,7 @@ class EmbeddingsResource:
             deadline=now + self.settings.request_timeout,
             client_request_id=getattr(req.context, "request_id", None),
             key_name=req.context.get("key_name"),
+            keep_alive=keep_alive_seconds(body.keep_alive),
         )
         clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
         flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)

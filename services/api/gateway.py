@@ -10,6 +10,10 @@ anyway and waits that long for one: its job in the model's queue is what wakes a
 on the list's length), and the request is answered by the worker that starts, or ends in the same 503
 `model_not_loaded` as without the wait (its job taken off the queue and its lease dropped, so a worker that
 starts later skips it).
+
+A catalog model that no worker serves but an on-demand worker can load (services/worker/demand.py) waits the same
+way, up to MODEL_LOAD_WAIT_S: the job in its queue is what makes that worker load it. A load that fails ends the
+waiting requests at their next check with the worker's reason (503 `model_load_failed`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Gateway:
         registry_cache_s: float = 1.0,
         traffic: RecentTraffic | None = None,
         wait_for_worker_s: float = 0.0,
+        model_load_wait_s: float = 0.0,
     ) -> None:
         self.redis = client
         self.registry = registry
@@ -71,7 +76,10 @@ class Gateway:
         self.traffic = traffic
         """The status page's counts, which ride on each release's round trip."""
         self._serving: dict[str, list] = {}
+        self._loaders: dict[str, list] = {}
         self._serving_at = 0.0
+        self.model_load_wait_s = model_load_wait_s
+        """How long a request may wait for an on-demand worker to load its model."""
         self.wait_for_worker_s = wait_for_worker_s
         """How long a request may wait in the queue for a worker of its model to appear (0: refused at once)."""
         self._served: dict[str, tuple[str, float]] = {}
@@ -81,15 +89,30 @@ class Gateway:
         """model id -> live workers, cached for a second so a burst of requests costs one read."""
         now = time.monotonic()
         if fresh or now - self._serving_at > self._cache_s:
-            self._serving = self.registry.serving()
-            self._serving_at = now
+            serving: dict[str, list] = {}
+            loaders: dict[str, list] = {}
+            for rec in self.registry.live():
+                if rec.draining:
+                    continue
+                for model in rec.models:
+                    serving.setdefault(model, []).append(rec)
+                for model in rec.can_serve if rec.on_demand else ():
+                    loaders.setdefault(model, []).append(rec)
+            self._serving, self._loaders, self._serving_at = serving, loaders, now
         return self._serving
+
+    def may_wait(self, model_id: str, fresh: bool = False) -> float:
+        """Seconds a request for a model no worker serves may wait for one: WAIT_FOR_WORKER_S, or
+        MODEL_LOAD_WAIT_S when an on-demand worker can load it; 0: refused at once."""
+        self.serving(fresh)
+        loadable = self.model_load_wait_s if self._loaders.get(model_id) else 0.0
+        return max(self.wait_for_worker_s, loadable)
 
     def require_worker(self, model_id: str) -> None:
         """503 before anything is queued when no worker serves the model, unless requests may wait for one."""
-        if self.wait_for_worker_s > 0:
+        if self.serving().get(model_id) or self.may_wait(model_id) > 0:
             return
-        if not self.serving().get(model_id) and not self.serving(fresh=True).get(model_id):
+        if not self.serving(fresh=True).get(model_id) and not self.may_wait(model_id):
             raise not_loaded(f"No worker is serving the model '{model_id}' right now; retry shortly.")
 
     def queued(self, model_id: str) -> int:
@@ -154,7 +177,8 @@ class Gateway:
         checked = time.monotonic()
         # when a wait for a worker would run out: the liveness check then runs on that tick, not up to a
         # keep-alive later (attempts keep accepted_at, so a retry does not restart the wait)
-        wait_ends = job.accepted_at + self.wait_for_worker_s if self.wait_for_worker_s > 0 else None
+        allowed = self.may_wait(job.model)
+        wait_ends = job.accepted_at + allowed if allowed > 0 else None
         while True:
             if flight.job is not job:  # retried: read the new attempt's stream from its start
                 job, last, seen, worker = flight.job, "0-0", 0, None
@@ -220,14 +244,17 @@ class Gateway:
                 raise ServiceUnavailable("The worker serving this request stopped; please retry.", code="worker_lost")
             return
         if not self.serving(fresh=True).get(flight.job.model):
+            model = flight.job.model
             waited = time.time() - flight.job.accepted_at
-            if self.wait_for_worker_s <= 0:
-                raise not_loaded(f"No worker is serving the model '{flight.job.model}' any more; please retry.")
-            if waited >= self.wait_for_worker_s:
-                raise not_loaded(
-                    f"No worker started serving the model '{flight.job.model}' within {self.wait_for_worker_s:g} "
-                    "seconds; retry shortly."
-                )
+            allowed = self.may_wait(model)
+            if allowed <= 0:
+                raise not_loaded(f"No worker is serving the model '{model}' any more; please retry.")
+            failed = self.redis.get(keys.load_failed(model))
+            if failed:
+                reason = failed.decode() if isinstance(failed, bytes) else failed
+                raise ServiceUnavailable(f"Loading the model '{model}' failed: {reason}", code="model_load_failed")
+            if waited >= allowed:
+                raise not_loaded(f"No worker started serving the model '{model}' within {allowed:g} s; retry shortly.")
             # waiting for a worker to start: a job a worker took and then died with is still retried below
         lost = self._lost(flight, seen)
         if lost:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.common import durations
 from services.common.errors import InvalidRequest, ModelNotFound, clip
 
 Engine = Literal["llama_cpp", "llama_server", "mlx", "vllm"]
@@ -70,13 +71,31 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     """Other names a request may use (case-insensitive)."""
     context_length: int = Field(default=4096, gt=0)
-    """Tokens the model was trained for (a GGUF's own `<arch>.context_length`); a worker runs at most N_CTX."""
+    """Tokens the model was trained for (a GGUF's own `<arch>.context_length`, which `add` records)."""
+    context: int | None = Field(default=None, ge=256, le=1_048_576)
+    """Tokens of context a worker gives each request of this model; default: context_length. N_CTX, when set,
+    caps it, and so does the worker's memory budget (services/worker/budget.py)."""
+    keep_alive: str | float | None = None
+    """How long the model stays loaded after its last request, as Ollama reads it ('5m', '30s', '1h', seconds;
+    0: unload when idle; -1: keep loaded); default: KEEP_ALIVE. A request's own `keep_alive` wins."""
     chat_format: str | None = None
     """llama.cpp's built-in chat template name, for a GGUF that carries none (Gemma base: `gemma`)."""
     architecture: str | None = None
     """The GGUF's `general.architecture` (llama, qwen2, gemma3, ...), recorded by `add`; informative."""
     sources: dict[Engine, Source] = Field(default_factory=dict)
     """Per engine, where its weights are."""
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _duration(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            durations.seconds(value)  # BadDuration is a ValueError: one line naming the model and the field
+        return value
+
+    def runtime_context(self, cap: int | None) -> int:
+        """Context per request before the memory budget has its say: `context` or the trained length, capped."""
+        wanted = min(self.context or self.context_length, self.context_length)
+        return min(wanted, cap) if cap else wanted
 
     def source(self, engine: str) -> dict[str, Any] | None:
         src = self.sources.get(engine)  # type: ignore[call-overload]

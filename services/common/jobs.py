@@ -90,6 +90,9 @@ class Job(BaseModel):
     accepted_at: float = Field(description="unix time the API admitted the request")
     deadline: float = Field(description="unix time after which nobody waits for the answer")
     attempt: int = 1
+    keep_alive: float | None = Field(
+        None, description="the request's keep_alive in seconds (negative: keep loaded); None: the model's own"
+    )
     client_request_id: str | None = Field(
         None, description="the X-Request-ID the API answered with, so the worker's log lines carry it too"
     )

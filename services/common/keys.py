@@ -10,6 +10,11 @@ def queue_name(model_id: str) -> str:
     return f"{PREFIX}.model.{model_id}"
 
 
+def queue_key(model_id: str) -> str:
+    """The Redis list behind that RQ queue (RQ's `rq:queue:` prefix): LLEN/LPOS read it."""
+    return f"rq:queue:{queue_name(model_id)}"
+
+
 def stream(request_id: str) -> str:
     """Redis Stream carrying one request's events from the worker to the API."""
     return f"{PREFIX}:stream:{request_id}"
@@ -37,6 +42,18 @@ def workers_index() -> str:
 def control(worker_id: str) -> str:
     """List of control commands (load/unload) for one worker."""
     return f"{PREFIX}:control:{worker_id}"
+
+
+def loading(model_id: str) -> str:
+    """Held (SET NX, with a TTL the loader renews) by the one worker loading a model for the requests that wait
+    for it, so two workers that both could do not both load it; holds the worker's id."""
+    return f"{PREFIX}:loading:{model_id}"
+
+
+def load_failed(model_id: str) -> str:
+    """Why the last load of a model on request failed, for a short while: the requests waiting for it end
+    with that reason at once instead of at MODEL_LOAD_WAIT_S."""
+    return f"{PREFIX}:load-failed:{model_id}"
 
 
 def command_result(command_id: str) -> str:

@@ -16,6 +16,19 @@ from pydantic import BaseModel, ConfigDict
 from services.common import keys
 
 
+class LoadedModel(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    context: int
+    """Tokens of context each request of it gets."""
+    bytes: int
+    keep_alive: float
+    """Seconds it stays loaded once idle; -1: until unloaded."""
+    idle_s: float
+    """Seconds since its last request started or ended; 0 while one runs."""
+    loaded_s: float = 0.0
+    """Seconds its load took."""
+
+
 class WorkerRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
     id: str
@@ -41,6 +54,16 @@ class WorkerRecord(BaseModel):
     can_serve: tuple[str, ...] = ()
     """Catalog ids its engine can load (services/worker/servable.py): a sidecar's one model, an in-process
     engine's models whose weights are here. /v1/models/load sends a model only to a worker that lists it."""
+
+    on_demand: bool = False
+    """It loads any model in can_serve when requests for it wait and no worker serves it (--on-demand): the
+    API then queues such a request for MODEL_LOAD_WAIT_S instead of answering 503 at once."""
+    memory_budget: int = 0
+    """Bytes its models may take (MEMORY_BUDGET); 0: not measured (a sidecar at a URL)."""
+    memory_used: int = 0
+    """Bytes its loaded models take, as estimated before each load (services/worker/budget.py)."""
+    loaded: dict[str, LoadedModel] = {}
+    """Per loaded model: its context, memory, keep_alive and how long it has been idle."""
 
     @property
     def free_slots(self) -> int:

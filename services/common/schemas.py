@@ -16,8 +16,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from services.common import durations
 from services.common.errors import ECHO_CHARS, InvalidRequest, clip
 
 MAX_STOP = 16
@@ -194,6 +204,29 @@ TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
 
 
+def _keep_alive(value: str | int | float) -> str | int | float:
+    durations.seconds(value)  # BadDuration: a 400 naming keep_alive
+    return value
+
+
+_KeepAliveSeconds = (
+    Annotated[int, Field(ge=-1, le=int(durations.MAX_S))] | Annotated[float, Field(ge=-1, le=durations.MAX_S)]
+)
+KeepAlive = Annotated[
+    Annotated[Annotated[str, Field(max_length=32)] | _KeepAliveSeconds, Field(union_mode="left_to_right")],
+    AfterValidator(_keep_alive),
+]
+"""Ollama's keep_alive, per request: how long the model stays loaded after this request ('5m', 30, 0, -1)."""
+
+
+def keep_alive_seconds(value: str | int | float | None) -> float | None:
+    """The Job's form: seconds, -1 for forever, None when the request did not say."""
+    if value is None:
+        return None
+    secs = durations.seconds(value)
+    return -1.0 if secs == durations.FOREVER else secs
+
+
 class _SamplingBody(_Body):
     """Parameters shared by both completion endpoints."""
 
@@ -225,6 +258,7 @@ class _SamplingBody(_Body):
     guided_choice: GuidedChoice | None = None
     guided_grammar: Annotated[str, Field(max_length=MAX_GRAMMAR_CHARS)] | None = None
     structured_outputs: dict[str, Any] | None = None
+    keep_alive: KeepAlive | None = None
 
     @field_validator("timings_per_token")
     @classmethod

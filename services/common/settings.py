@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ByteSize, Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common import durations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +70,21 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9201, ge=0, le=65535, description="0 disables")
     worker_metrics_host: str = Field("127.0.0.1", description="address the worker's metrics listen on")
     n_threads: int = Field(0, ge=0, le=256, description="llama.cpp threads; 0 = physical cores")
-    n_ctx: int = Field(4096, ge=256, le=1_048_576)
+    n_ctx: int | None = Field(
+        None, ge=256, le=1_048_576, description="caps every model's context per request; unset: each model's own"
+    )
+    memory_budget: str = Field(
+        "auto", description="what a worker's models may fill: auto (80% of the memory free at start) or a size (4GiB)"
+    )
+    keep_alive: str = Field(
+        "5m", description="how long a model loaded on request stays after its last one (Ollama's forms; -1: forever)"
+    )
+    load_on_demand: bool = Field(
+        True, description="native stack: the default model's worker loads other catalog models on request (--on-demand)"
+    )
+    model_load_wait_s: float = Field(
+        300.0, ge=0, le=86_400, description="how long a request waits for a worker to load its model on request"
+    )
     llama_server_url: str = ""
     llama_server_api_key: str = Field(
         "", description="the key LLAMA_SERVER_URL's llama-server requires; one the worker starts gets a new one"
@@ -130,10 +146,25 @@ class Settings(BaseSettings):
     redis_exporter_port: int = Field(9121, ge=1, le=65535, description="native stack: prometheus-redis-exporter")
     nginx_read_timeout: float = Field(360.0, gt=0, le=86_400, description="keep above REQUEST_TIMEOUT")
 
-    @field_validator("api_keys_file", "redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", mode="before")
+    @field_validator(
+        "api_keys_file", "redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file", "n_ctx", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: str) -> str:
+        durations.seconds(value)
+        return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _memory_budget(cls, value: str) -> str:
+        if value.strip().lower() != "auto":
+            TypeAdapter(ByteSize).validate_python(value.strip())
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.common import gguf_info
 from services.common.catalog import Catalog, CatalogError, ModelSpec, parse
 from services.common.settings import Settings, settings_or_exit
-from services.models import catalog_file, gguf_info, hub
+from services.models import catalog_file, hub
 
 GGUF_ENGINES = ("llama_server", "llama_cpp")
 

@@ -107,6 +107,7 @@ def worker_proc(
     spawn_llama_server: bool = False,
     sidecar_key_file: Path | None = None,
 ) -> Proc:
+    """The default model's worker; with LOAD_ON_DEMAND also the one that loads other catalog models on request."""
     argv = [
         python, "-m", "services.worker",
         "--engine", engine or settings.inference_engine,
@@ -120,6 +121,8 @@ def worker_proc(
         argv += ["--sidecar-key-file", str(sidecar_key_file)]
     if spawn_llama_server:
         argv.append("--spawn-llama-server")
+    if settings.load_on_demand:
+        argv.append("--on-demand")
     ready = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None
     return Proc("worker", _waiting_for_redis(python, _respawned(python, "worker", argv)), dict(env), ready_url=ready)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
 
 from services.common import logs
-from services.common.catalog import Catalog, catalog_or_exit
+from services.common.catalog import Catalog
+from services.common.live_catalog import LiveCatalog
 from services.common.redis_client import from_settings
 from services.common.settings import Settings, settings_or_exit
 from services.common.supervisor import History
@@ -18,6 +20,7 @@ from services.worker import selfcheck, sidecar
 from services.worker.detect import Facts, choose
 from services.worker.engines.base import EngineUnavailable
 from services.worker.engines.factory import ENGINES
+from services.worker.llama_servers import LlamaServers
 from services.worker.process import WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--spawn-llama-server",
         action="store_true",
         help="run llama-server as this worker's child on LLAMA_SERVER_PORT, restarting it when it dies",
+    )
+    p.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="load any catalog model this worker can when requests wait for it and no worker serves it, within "
+        "MEMORY_BUDGET, unloading models idle past their keep_alive (with --spawn-llama-server: a llama-server each)",
     )
     p.add_argument(
         "--sidecar-key-file",
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_or_exit()
     logs.configure(settings, "worker")
-    catalog = catalog_or_exit(settings.models_file, settings.default_model)
+    catalog = LiveCatalog.or_exit(settings.models_file, settings.default_model)  # `models add` seen at once
     models = args.model or [catalog.default]
     if args.probe_engine:
         return selfcheck.probe(args.probe_engine, catalog.resolve(models[0]), settings, catalog)
@@ -87,12 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(missing, file=sys.stderr)
             return 2
-    cmd = sidecar.command(settings, catalog, models[0]) if args.spawn_llama_server else None
-    if cmd is not None:
-        upstream_url = cmd.url
-        settings = settings.model_copy(update={"llama_server_api_key": cmd.api_key})  # for its engine alone
+    key = secrets.token_urlsafe(32) if args.spawn_llama_server else ""
+    if args.spawn_llama_server:
+        upstream_url = f"http://127.0.0.1:{settings.llama_server_port}"  # the first model's llama-server
         if args.sidecar_key_file:
-            sidecar.write_key(Path(args.sidecar_key_file), cmd.api_key)
+            sidecar.write_key(Path(args.sidecar_key_file), key)
     facts = Facts.probe(
         vllm_url=upstream_url or settings.vllm_url, llama_server_url=upstream_url or settings.llama_server_url
     )
@@ -113,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=settings.worker_metrics_port if args.metrics_port is None else args.metrics_port,
         metrics_host=settings.worker_metrics_host,
         history=History.from_env(os.environ),
+        on_demand=args.on_demand,
     )
-    if cmd is not None:
-        settings.log_dir.mkdir(parents=True, exist_ok=True)
-        own = cmd.alias == catalog.resolve(settings.default_model)  # another model (the embedder) logs apart
-        log_name = "llama-server.log" if own else f"llama-server-{cmd.alias}.log"
-        worker.sidecar = sidecar.supervise(
-            cmd, log_path=settings.log_dir / log_name, on_up=worker.engine_up, on_down=worker.engine_down
+    if args.spawn_llama_server:
+        worker.spawner = LlamaServers(
+            settings,
+            catalog,
+            key=key,
+            on_up=worker.engine_up,
+            on_down=worker.engine_down,
+            log_dir=settings.log_dir,
         )
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     signal.signal(signal.SIGINT, lambda *_: worker._stop.set())

@@ -27,8 +27,18 @@ from services.worker.engines.llama_server_process import LlamaServerCommand, fin
 log = logging.getLogger(__name__)
 
 
-def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -> LlamaServerCommand:
-    """llama-server for one model on loopback, one slot per concurrent request."""
+def command(
+    settings: Settings,
+    catalog: Catalog,
+    model_id: str | None = None,
+    *,
+    port: int | None = None,
+    slot_context: int | None = None,
+    api_key: str | None = None,
+) -> LlamaServerCommand:
+    """llama-server for one model on loopback, one slot per concurrent request: on LLAMA_SERVER_PORT unless
+    `port`, at the model's own context capped by N_CTX unless the memory budget chose `slot_context`, with a
+    new key unless the worker's (`api_key`, shared by every llama-server it starts)."""
     model_id = catalog.resolve(model_id or settings.default_model)
     path = catalog.path_for(model_id, "llama_server", settings.models_dir)
     if path is None:
@@ -37,16 +47,16 @@ def command(settings: Settings, catalog: Catalog, model_id: str | None = None) -
     template = (spec.source("llama_server") or {}).get("chat_template_file")
     return LlamaServerCommand(
         path,
-        settings.llama_server_port,
+        port or settings.llama_server_port,
         slots=settings.llama_server_parallel,
-        slot_context=min(settings.n_ctx, spec.context_length),
+        slot_context=slot_context or spec.runtime_context(settings.n_ctx),
         threads=settings.n_threads,
         chat_template=spec.chat_format,
         chat_template_file=settings.models_dir / template if template else None,
         alias=model_id,
         extra=("--embeddings",) if spec.kind == "embedding" else (),  # it then serves /v1/embeddings only
         nice=settings.llama_server_nice,
-        api_key=secrets.token_urlsafe(32),
+        api_key=api_key or secrets.token_urlsafe(32),
     )
 
 

@@ -180,6 +180,10 @@ class Slots:
         self.model_id = model_id
         self.runner = runner
         self._busy = 0
+        self.last_used = time.monotonic()
+        """When a job of this model last started or ended: its keep_alive counts from here."""
+        self.keep_alive: float | None = None
+        """The last request's own keep_alive (seconds, negative: forever), which wins over the model's."""
         self._lock = threading.Lock()
         self._client = client
         self._worker_id = worker_id
@@ -255,8 +259,12 @@ class _CountingRunner:
     def run(self, job, prelude=None) -> None:
         with self.slots._lock:
             self.slots._busy += 1
+            self.slots.last_used = time.monotonic()
         try:
             self.slots.runner.run(job, prelude=prelude)
         finally:
             with self.slots._lock:
                 self.slots._busy -= 1
+                self.slots.last_used = time.monotonic()
+                if job.keep_alive is not None:
+                    self.slots.keep_alive = job.keep_alive

@@ -125,7 +125,9 @@ def test_the_stack_runs_llama_server_where_auto_would_run_llama_cpp(tmp_path: Pa
     worker = " ".join(procs["worker"])
     assert "-m services.stack.respawn worker -- " in worker, "the worker is restarted when it dies"
     assert "--engine llama_server --model gemma-3-270m --slots 6" in worker
-    assert worker.endswith(f"--sidecar-key-file {tmp_path / 'run' / 'llama-server.key'} --spawn-llama-server")
+    assert worker.endswith(
+        f"--sidecar-key-file {tmp_path / 'run' / 'llama-server.key'} --spawn-llama-server --on-demand"
+    ), "LOAD_ON_DEMAND (default): the default model's worker loads other catalog models on request"
     prometheus = prometheus_conf.native(Settings(llama_server_port=8299), llama_server=True)
     jobs = {job["job_name"]: job["static_configs"] for job in prometheus["scrape_configs"]}
     assert jobs["llama-server"][0]["targets"] == ["127.0.0.1:8299"]

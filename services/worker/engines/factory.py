@@ -45,9 +45,12 @@ def build_engine(
     settings: Settings,
     slots: int,
     upstream_url: str | None = None,
+    context: int | None = None,
 ) -> Engine:
-    """An unloaded engine for `model_id`; call `load()` on it."""
+    """An unloaded engine for `model_id`; call `load()` on it. `context`: tokens per request the worker's memory
+    budget allows (services/worker/budget.py); default the model's own, capped by N_CTX."""
     spec = catalog.models[model_id]
+    context = context or spec.runtime_context(settings.n_ctx)
     if engine == "llama_cpp":
         from services.worker.engines.llama_cpp import LlamaCppEngine
 
@@ -55,7 +58,7 @@ def build_engine(
             model_path(catalog, model_id, "llama_cpp", settings.models_dir),
             chat_format=spec.chat_format,
             slots=slots,
-            n_ctx=min(settings.n_ctx, spec.context_length),
+            n_ctx=context,
             n_threads=settings.n_threads,
             embedding=spec.kind == "embedding",
         )
@@ -69,7 +72,7 @@ def build_engine(
             url,
             name=engine,
             concurrency=slots,
-            context=min(settings.n_ctx, spec.context_length),
+            context=context,
             timeout=settings.request_timeout,
             read_tick=settings.stream_read_tick_ms / 1000,
             api_key=settings.llama_server_api_key if engine == "llama_server" else "",
