@@ -164,7 +164,9 @@ class ModelCommandResource:
                 param="model",
                 code="model_not_servable",
             )
-        room = [w for w in able if not w.draining and len(w.models) < self.settings.max_concurrent_models]
+        room = [
+            w for w in able if not w.draining and (w.on_demand or len(w.models) < self.settings.max_concurrent_models)
+        ]  # an on-demand worker makes room itself: it unloads the model used longest ago (services/worker/process.py)
         if not room:
             raise ModelCommandConflict(
                 f"Every worker that can serve '{model_id}' is draining or already serves "
