@@ -29,6 +29,7 @@ from services.worker import budget
 from services.worker.demand import Demand
 from services.worker.engines.base import Engine, EngineUnavailable
 from services.worker.engines.factory import build_engine, model_path, sidecar_url
+from services.worker.engines.profiles import PROFILES
 from services.worker.flusher import DeltaFlusher
 from services.worker.llama_servers import LlamaServers
 from services.worker.metrics import WorkerMetrics
@@ -446,7 +447,7 @@ class WorkerProcess:
 
     def _watch_upstream(self) -> None:
         """A sidecar at a URL (compose's llama-server, vLLM) restarts on its own; we only follow it."""
-        if self.sidecar is not None or self.spawner is not None or self.engine_name not in ("llama_server", "vllm"):
+        if self.sidecar is not None or self.spawner is not None or self.engine_name not in PROFILES:
             return
         url = sidecar_url(self.engine_name, self.settings, self.upstream_url)
         if url:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from services.common.catalog import Catalog
 from services.worker.engines.base import EngineUnavailable
+from services.worker.engines.profiles import PROFILES
 
-SIDECARS = ("llama_server", "vllm")
+SIDECARS = tuple(PROFILES)
 KINDS = {"llama_cpp": ("generate", "embedding"), "llama_server": ("generate", "embedding"), "mlx": ("generate",)}
 """What each in-process engine runs: llama.cpp embeds too (a context made with embedding=True); mlx-lm generates."""
 

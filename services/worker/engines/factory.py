@@ -7,6 +7,7 @@ from pathlib import Path
 from services.common.catalog import Catalog
 from services.common.settings import Settings
 from services.worker.engines.base import Engine, EngineUnavailable
+from services.worker.engines.profiles import PROFILES
 
 __all__ = ["ENGINES", "EngineUnavailable", "build_engine", "model_path", "sidecar_url"]
 
@@ -24,7 +25,13 @@ def model_path(catalog: Catalog, model_id: str, engine: str, models_dir: Path) -
 
 def sidecar_url(engine: str, settings: Settings, explicit: str | None = None) -> str:
     """Where a sidecar engine's server is: `--upstream-url`, else LLAMA_SERVER_URL or VLLM_URL ("" if none)."""
-    return explicit or (settings.llama_server_url if engine == "llama_server" else settings.vllm_url)
+    return explicit or getattr(settings, PROFILES[engine].url_setting)
+
+
+def sidecar_key(engine: str, settings: Settings) -> str:
+    """The key the sidecar wants (LLAMA_SERVER_API_KEY; the worker's own for a llama-server it started)."""
+    field = PROFILES[engine].key_setting
+    return getattr(settings, field) if field else ""
 
 
 def upstream_names(catalog: Catalog, model_id: str, engine: str) -> tuple[str, ...]:
@@ -62,7 +69,7 @@ def build_engine(
             n_threads=settings.n_threads,
             embedding=spec.kind == "embedding",
         )
-    if engine in ("llama_server", "vllm"):
+    if engine in PROFILES:
         from services.worker.engines.openai_http import OpenAIHTTPEngine
 
         url = sidecar_url(engine, settings, upstream_url)
@@ -75,7 +82,7 @@ def build_engine(
             context=context,
             timeout=settings.request_timeout,
             read_tick=settings.stream_read_tick_ms / 1000,
-            api_key=settings.llama_server_api_key if engine == "llama_server" else "",
+            api_key=sidecar_key(engine, settings),
             accepts=upstream_names(catalog, model_id, engine),
         )
     if engine == "mlx":
