@@ -18,6 +18,9 @@ from services.common.settings import Settings, settings_or_exit
 from services.models import catalog_file, hub
 
 GGUF_ENGINES = ("llama_server", "llama_cpp")
+REPO_ENGINES = ("mlx", "vllm")
+"""Engines that read a whole Hugging Face repository: mlx-lm (MLX weights, downloaded here) and vLLM (which
+downloads the repo itself on its GPU box: only the entry is written, after the hub confirms the repo)."""
 
 
 class Refused(RuntimeError):
@@ -62,7 +65,47 @@ def _check_names(text: str, origin: str, model_id: str, aliases: list[str], repl
             raise Refused(f"the name {name!r} is already taken by {owner}")
 
 
+def add_repo(args: argparse.Namespace, settings: Settings) -> int:
+    """An MLX or vLLM model: a whole repository, named by its id."""
+    engines = list(dict.fromkeys(args.engine))
+    if any(e not in REPO_ENGINES for e in engines):
+        raise Refused("--engine mlx and vllm take a whole repository; llama_server and llama_cpp take a GGUF")
+    repo = args.spec
+    if repo.count("/") != 1 or ":" in repo:
+        raise Refused(f"{repo}: expected OWNER/REPO for --engine {'/'.join(engines)}")
+    picked = hub.pick_repo(repo, revision=args.revision)
+    model_id = args.id or repo.split("/")[1].lower()
+    path = settings.models_file
+    _check_names(catalog_file.read(path), str(path), model_id, args.alias or [], args.force)
+    sources: dict[str, dict[str, Any]] = {}
+    size = sum(f.size or 0 for f in picked.files)
+    if "mlx" in engines:
+        placed, _ = hub.download(picked, settings.models_dir)
+        folder = placed[0].parent
+        sources["mlx"] = {"path": _relative(folder, settings.models_dir), "hf_repo": repo, "revision": picked.revision,
+                          "size": sum(p.stat().st_size for p in placed)}  # fmt: skip
+    if "vllm" in engines:
+        sources["vllm"] = {"hf_repo": repo, "revision": picked.revision, "size": size}
+    conf = hub.config(picked)
+    body: dict[str, Any] = {"description": args.description or f"{repo} ({', '.join(engines)})"}
+    if args.alias:
+        body["aliases"] = list(dict.fromkeys(args.alias))
+    body["context_length"] = args.context_length or conf.get("max_position_embeddings") or 4096
+    if conf.get("model_type"):
+        body["architecture"] = conf["model_type"]
+    body["sources"] = sources
+    with catalog_file.locked(path):
+        text = catalog_file.read(path) if path.exists() else f"default: {model_id}\nmodels: {{}}\n"
+        _check_names(text, str(path), model_id, args.alias or [], args.force)
+        catalog_file.write(path, catalog_file.with_entry(text, model_id, body))
+    where = sources["mlx"]["path"] if "mlx" in sources else "the hub (vLLM downloads it on its own machine)"
+    print(f"added {model_id}: {where} ({size / 2**20:.0f} MiB, context {body['context_length']}) to {path}")
+    return 0
+
+
 def add(args: argparse.Namespace, settings: Settings) -> int:
+    if args.engine and any(e in REPO_ENGINES for e in args.engine):
+        return add_repo(args, settings)
     path = settings.models_file
     local = Path(args.spec).expanduser()
     if local.exists() or args.spec.lower().endswith(".gguf"):
@@ -191,14 +234,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m services.models", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("add", help="download a GGUF from Hugging Face (or take a local one) into the catalog")
-    p.add_argument("spec", help="OWNER/REPO:QUANT, OWNER/REPO (with --file), or a path to a .gguf")
+    p = sub.add_parser("add", help="download a model from Hugging Face (or take a local GGUF) into the catalog")
+    p.add_argument(
+        "spec", help="OWNER/REPO:QUANT, OWNER/REPO (with --file, or --engine mlx/vllm), or a path to a .gguf"
+    )
     p.add_argument("--file", help="the file in the repo (for a split GGUF, its first part)")
     p.add_argument("--revision", help="a branch, tag or commit of the repo (default: main)")
     p.add_argument("--id", help="the model id (default: from the file name)")
     p.add_argument("--alias", action="append", help="another name for it (repeatable)")
     p.add_argument("--description", help="one line for /v1/models readers")
-    p.add_argument("--engine", action="append", choices=GGUF_ENGINES, help="engines to record (default: both)")
+    p.add_argument(
+        "--engine",
+        action="append",
+        choices=GGUF_ENGINES + REPO_ENGINES,
+        help="engines to record (default: llama_server and llama_cpp for a GGUF); mlx downloads an MLX repo, vllm "
+        "records a repo vLLM downloads itself",
+    )
     p.add_argument("--context-length", type=int, help="tokens (default: the GGUF's own)")
     p.add_argument("--chat-format", help="llama.cpp's template name, for a GGUF that carries no chat template")
     p.add_argument("--force", action="store_true", help="replace an entry with the same id")

@@ -109,6 +109,46 @@ def pick(repo: str, *, quant: str | None = None, file: str | None = None, revisi
     return Picked(repo=repo, revision=info.sha or revision or "main", files=files)
 
 
+def pick_repo(repo: str, *, revision: str | None = None, required: tuple[str, ...] = ("config.json",)) -> Picked:
+    """Every file of a whole-repo model (MLX weights, a vLLM checkpoint) at one commit; HubError when a file
+    such a model cannot do without is missing."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    except Exception as exc:  # every hub or network failure: one line
+        raise _explain(exc, repo, "") from None
+    siblings = [s for s in info.siblings or [] if not s.rfilename.startswith(".")]
+    names = {s.rfilename for s in siblings}
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise HubError(f"{repo}: no {', '.join(missing)}: not a model repository these engines read")
+    if not any(n.endswith(".safetensors") for n in names):
+        raise HubError(f"{repo}: no .safetensors weights")
+    files = tuple(
+        HubFile(
+            name=s.rfilename,
+            size=s.lfs.size if s.lfs else s.size,
+            sha256=s.lfs.sha256 if s.lfs else None,
+            blob_id=s.blob_id,
+        )
+        for s in sorted(siblings, key=lambda s: s.rfilename)
+    )
+    return Picked(repo=repo, revision=info.sha or revision or "main", files=files)
+
+
+def config(picked: Picked) -> dict:
+    """The repo's config.json (the context length and architecture of a whole-repo model)."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(picked.repo, "config.json", revision=picked.revision)).read_text())
+    except Exception as exc:  # every hub or network failure, or a broken file: one line
+        raise _explain(exc, picked.repo, "config.json") from None
+
+
 def _digests(path: Path) -> tuple[str, str]:
     """SHA-256 of the content and its git blob id, in one read."""
     sha256 = hashlib.sha256()

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GEMMA = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 README = b"# a model card\n"
+MLX_GEMMA = ROOT / "models" / "mlx" / "gemma-3-270m"
+QWEN_CONFIG = b'{"model_type": "qwen2", "max_position_embeddings": 32768}'
 
 pytestmark = pytest.mark.skipif(not (GEMMA.exists() and SMOLLM2.exists()), reason="run `make models` first")
 
@@ -34,7 +36,13 @@ def hub():
         "google/gemma-gated-GGUF": HubRepo(files={"gemma-3-270m-Q4_K_M.gguf": GEMMA}, gated=True),
         "evil/tampered-GGUF": HubRepo(files={"model-Q4_1.gguf": SMOLLM2}, listed_sha256={"model-Q4_1.gguf": "0" * 64}),
         "flaky/cut-GGUF": HubRepo(files={"model-Q4_1.gguf": SMOLLM2}, cut_after={"model-Q4_1.gguf": 30_000_000}),
+        "Qwen/Qwen2.5-0.5B-Instruct": HubRepo(
+            files={"config.json": QWEN_CONFIG, "model.safetensors": b"\0" * 20_000, "README.md": README}
+        ),
+        "acme/not-a-model": HubRepo(files={"README.md": README}),
     }
+    if MLX_GEMMA.is_dir():  # the MLX copy `make models-mlx` converts (the test extras' setup does)
+        repos["mlx-community/gemma-3-270m-8bit"] = HubRepo(files={p.name: p for p in MLX_GEMMA.iterdir()})
     with FakeHub(repos) as running:
         yield running
 
@@ -193,3 +201,43 @@ def test_local_file(hub, place, tmp_path):
     default = run(hub, place, "remove", "gemma-3-270m")
     assert default.returncode == 1 and "default model" in default.stderr
     assert run(hub, place, "remove", "mine").returncode == 0 and local.exists()  # the user's own file stays
+
+
+@pytest.mark.skipif(not MLX_GEMMA.is_dir(), reason="run `make models-mlx` first")
+def test_add_an_mlx_repository(hub, place):
+    """The MLX engine reads a whole repository: every file downloaded, checked and placed; context and
+    architecture from its config.json."""
+    done = run(hub, place, "add", "mlx-community/gemma-3-270m-8bit", "--engine", "mlx")
+    assert done.returncode == 0, done.stderr
+    got = entry(place, "gemma-3-270m-8bit")
+    src = got["sources"]["mlx"]
+    assert src["path"] == "hf/mlx-community/gemma-3-270m-8bit" and src["hf_repo"] == "mlx-community/gemma-3-270m-8bit"
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (place / src["path"] / name).read_bytes() == (MLX_GEMMA / name).read_bytes()
+    assert src["size"] == sum(f.stat().st_size for f in MLX_GEMMA.iterdir())
+    assert got["architecture"] == "gemma3_text" or got["architecture"].startswith("gemma3")
+    assert list(got["sources"]) == ["mlx"]
+
+
+def test_add_a_vllm_repository_records_it_without_downloading_the_weights(hub, place):
+    done = run(hub, place, "add", "Qwen/Qwen2.5-0.5B-Instruct", "--engine", "vllm", "--id", "qwen-vllm")
+    assert done.returncode == 0, done.stderr
+    got = entry(place, "qwen-vllm")
+    assert got["sources"] == {
+        "vllm": {
+            "hf_repo": "Qwen/Qwen2.5-0.5B-Instruct",
+            "revision": hub.repos["Qwen/Qwen2.5-0.5B-Instruct"].commit,
+            "size": 20_000 + len(QWEN_CONFIG) + len(README),
+        }
+    }
+    assert (got["context_length"], got["architecture"]) == (32768, "qwen2")
+    downloads = [p for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p]
+    assert all(p.endswith("/config.json") for p in downloads), downloads
+
+
+def test_a_repository_that_is_no_model_is_one_line(hub, place):
+    done = run(hub, place, "add", "acme/not-a-model", "--engine", "vllm")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "no config.json" in done.stderr
+    mixed = run(hub, place, "add", "Qwen/Qwen2.5-0.5B-Instruct:Q4_K_M", "--engine", "vllm")
+    assert mixed.returncode == 1 and "expected OWNER/REPO" in mixed.stderr
