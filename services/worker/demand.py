@@ -23,6 +23,7 @@ import redis
 
 from services.common import keys
 from services.common.registry import Registry
+from services.worker.servable import Refused
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,14 @@ class Demand:
         if not waiting:
             return None
         served = self.registry.serving()
+        pipe = self.redis.pipeline(transaction=False)
         for model in waiting:
-            if model in served or not self.redis.set(keys.loading(model), self.worker_id, nx=True, ex=CLAIM_TTL_S):
+            pipe.exists(keys.load_failed(model))
+        failed = {m for m, gone in zip(waiting, pipe.execute(), strict=True) if gone}
+        for model in waiting:
+            if model in served or model in failed:  # a failed load is tried again after FAILED_TTL_S, not at once
+                continue
+            if not self.redis.set(keys.loading(model), self.worker_id, nx=True, ex=CLAIM_TTL_S):
                 continue
             self._load(model)
             return model
@@ -86,10 +93,13 @@ class Demand:
         log.info("loading %s: requests wait for it", model)
         try:
             self.load(model)
+        except Refused as exc:  # said for clients: what stops it (the budget's figures), no path or address
+            log.error("could not load %s on request: %s", model, exc)
+            self.redis.set(keys.load_failed(model), str(exc)[:500], ex=FAILED_TTL_S)
         except Exception as exc:
-            reason = str(exc) or type(exc).__name__
-            log.error("could not load %s on request: %s", model, reason)
-            self.redis.set(keys.load_failed(model), reason[:500], ex=FAILED_TTL_S)
+            log.error("could not load %s on request: %s", model, exc)
+            self.redis.set(keys.load_failed(model), "its engine could not load it (the worker's log says why)",
+                           ex=FAILED_TTL_S)  # fmt: skip
         finally:
             renew.set()
             self.redis.delete(claim)

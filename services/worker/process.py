@@ -187,7 +187,7 @@ class WorkerProcess:
         try:
             return budget.cost(path, slots=slots, wanted=wanted, cap=self.settings.n_ctx, budget=self.memory_budget)
         except budget.DoesNotFit as exc:
-            raise Refused(f"worker {self.id} cannot hold {model_id}: {exc}") from None
+            raise Refused(f"{model_id} does not fit this worker's memory budget: {exc}") from None
 
     def _engine_for(self, model_id: str) -> str:
         for name in self.engine_order:

@@ -162,6 +162,25 @@ def test_a_model_no_worker_can_load_is_a_503_at_once(stack: NativeStack) -> None
     assert response.json()["error"]["code"] == "model_not_loaded"
 
 
+def test_a_model_larger_than_the_budget_fails_its_request_with_the_reason(stack: NativeStack) -> None:
+    """A catalog entry whose file is larger than the whole budget: the worker refuses the load (nothing is
+    unloaded for it), and the waiting request ends with the worker's reason instead of at MODEL_LOAD_WAIT_S."""
+    huge = stack.settings.models_dir / "huge.gguf"
+    with huge.open("wb") as f:  # sparse: its size, not its bytes, is what the budget reads
+        f.truncate(int(stack.settings.memory_budget) + 2**20)
+    with stack.settings.models_file.open("a") as f:
+        f.write("  huge:\n    sources:\n      llama_server: {path: huge.gguf}\n")
+    wait_until(lambda: "huge" in status(stack)["can_serve"], 15, "the worker to see the new catalog entry")
+    loaded = set(status(stack)["loaded"])
+    started = time.monotonic()
+    response = chat(stack, "huge")
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "model_load_failed" and "memory budget" in error["message"], error
+    assert time.monotonic() - started < 30, "ended by the worker's reason, not MODEL_LOAD_WAIT_S (120 s)"
+    assert set(status(stack)["loaded"]) == loaded, "nothing was unloaded for a model that cannot fit"
+
+
 def test_a_new_user_adds_a_model_from_the_hub_and_chats_with_it(stack: NativeStack, tmp_path: Path) -> None:
     """The README's three commands, against the running stack: add, then chat through nginx; no restart."""
     smol = ROOT / "models" / WEIGHTS[1]
