@@ -50,7 +50,7 @@ def model_info(settings: Settings, requested: str | None) -> ModelInfo:
         model_id,
         catalog.path_for(model_id, "llama_cpp", settings.models_dir),
         spec.chat_format or "chatml",
-        min(settings.n_ctx, spec.context_length),
+        min(settings.n_ctx or spec.context or spec.context_length, spec.context_length),  # N_CTX unset: the model's
     )
 
 
