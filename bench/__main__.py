@@ -42,6 +42,10 @@ def run_modes(session: Session, options: Options) -> None:
         from bench.gateway import run_gateway
 
         run_gateway(session)
+    if options.on_demand:
+        from bench.on_demand import run_on_demand
+
+        run_on_demand(session)
 
 
 def finish(session: Session, options: Options, stamp: str, elapsed: float) -> int:
@@ -67,6 +71,10 @@ def finish(session: Session, options: Options, stamp: str, elapsed: float) -> in
     if found:
         theirs = session.modes["litellm-json"].levels if "litellm-json" in session.modes else []
         lines += goals.text(found, next((lv for lv in theirs if lv.concurrency == goals.CLIENTS), None))
+    if "on_demand" in session.extra_figures:
+        from bench import on_demand_figures
+
+        lines += on_demand_figures.text(session.extra_figures["on_demand"])
     lines += session.notes
     if lines:
         print("\n" + "\n".join(lines))

@@ -134,21 +134,27 @@ def _value(figure: Figure) -> str:
         return f"{figure.value:.2f}x"
     if figure.unit == "ms":
         return f"{figure.value:+.1f} ms" if figure.key.startswith("added") else f"{figure.value:.1f} ms"
+    if figure.unit == "s":
+        return f"{figure.value:.2f} s"
     return f"{figure.value:,.0f} {figure.unit}"
 
 
 def _goal(figure: Figure) -> str:
     if figure.goal is None:
         return "(reported)"
-    unit = {"x": "x", "ms": " ms"}.get(figure.unit, "")
+    unit = {"x": "x", "ms": " ms", "s": " s"}.get(figure.unit, "")
     return f"{'<=' if figure.at_most else '>='} {figure.goal:g}{unit}"
 
 
-def text(found: Sequence[Figure], litellm: LevelSummary | None = None) -> list[str]:
+def text(
+    found: Sequence[Figure],
+    litellm: LevelSummary | None = None,
+    title: str = "goals (issue 10), measured side by side in this run:",
+) -> list[str]:
     """A Markdown table, goal and pass/miss beside each figure, then LiteLLM's own figures."""
     lines = [
         "",
-        "goals (issue 10), measured side by side in this run:",
+        title,
         "| figure | value | goal | |",
         "|---|--:|--:|---|",
     ]

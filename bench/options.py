@@ -68,6 +68,10 @@ class Options:
     api_key: str
     out: Path
     plot: bool
+    on_demand: bool
+    on_demand_rounds: int
+    swap_requests: int
+    swap_concurrency: int
 
     def requests_at(self, level: int) -> int:
         """Fixed when given; else enough for every client to send twice (at least `min_requests`), so the
@@ -90,6 +94,13 @@ def parse(argv: list[str] | None) -> Options:
         "--goals", action="store_true", help="the five figures of issue 10 beside their goals: llama-server direct "
         "vs the stack at c=1,8 (--engines) and the gateway beside LiteLLM (--gateway)"
     )  # fmt: skip
+    p.add_argument(
+        "--on-demand", action="store_true", help="issue 27's figures: a model loaded on request vs a warm one, and"
+        " two models swapped on one worker whose memory budget holds one"
+    )  # fmt: skip
+    p.add_argument("--on-demand-rounds", type=int, default=5, help="--on-demand: rounds of warm then cold TTFT")
+    p.add_argument("--swap-requests", type=int, default=12, help="--on-demand: requests alternating the two models")
+    p.add_argument("--swap-concurrency", type=int, default=4, help="--on-demand: at once, in the swap run's 2nd half")
     p.add_argument("--url", help="stack/stress modes: a running deployment (loopback only) instead of a private stack")
     p.add_argument("--concurrency", type=int_list, default=DEFAULT_LEVELS, help="levels, e.g. 1,2,5")
     p.add_argument("--requests", type=int, default=0, help="requests per level (default: max(N, 2 x level))")
@@ -125,7 +136,7 @@ def parse(argv: list[str] | None) -> Options:
     p.add_argument("--out", type=Path, default=ROOT / "bench-results")
     p.add_argument("--no-plot", dest="plot", action="store_false")
     a = p.parse_args(argv)
-    alone = a.gateway or a.engines or a.goals
+    alone = a.gateway or a.engines or a.goals or a.on_demand
     modes = a.mode if a.mode is not None else (() if alone else ("direct", "stack"))
     if not (modes or alone):
         p.error("nothing to run")
@@ -160,4 +171,8 @@ def parse(argv: list[str] | None) -> Options:
         api_key=a.api_key,
         out=a.out,
         plot=a.plot,
+        on_demand=a.on_demand,
+        on_demand_rounds=max(1, a.on_demand_rounds),
+        swap_requests=max(2, a.swap_requests),
+        swap_concurrency=max(1, a.swap_concurrency),
     )
