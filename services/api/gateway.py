@@ -101,6 +101,11 @@ class Gateway:
             self._serving, self._loaders, self._serving_at = serving, loaders, now
         return self._serving
 
+    def loadable(self, fresh: bool = False) -> dict[str, list]:
+        """model id -> live on-demand workers that would load it for a request (services/worker/demand.py)."""
+        self.serving(fresh)
+        return self._loaders
+
     def may_wait(self, model_id: str, fresh: bool = False) -> float:
         """Seconds a request for a model no worker serves may wait for one: WAIT_FOR_WORKER_S, or
         MODEL_LOAD_WAIT_S when an on-demand worker can load it; 0: refused at once."""

@@ -1,4 +1,6 @@
-"""GET /v1/models and /v1/models/{id}: what live workers serve, read from the heartbeat registry."""
+"""GET /v1/models and /v1/models/{id}: what live workers serve, or would load for a request (an on-demand
+worker's can_serve), read from the heartbeat registry. A model added with `python -m services.models add` is
+listed as soon as such a worker sees it, so a client's model picker (Open WebUI reads /v1/models) offers it."""
 
 from __future__ import annotations
 
@@ -19,15 +21,19 @@ class ModelsResource:
         created = int(min(w.started_at for w in workers))
         return shapes.model_card(model_id, created)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def _offered(self) -> dict[str, list]:
         serving = self.gateway.serving(fresh=True)
-        cards = [self._card(m, ws) for m, ws in sorted(serving.items()) if auth.may_use(req, m, self.catalog)]
+        return {**self.gateway.loadable(), **serving}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        offered = self._offered()
+        cards = [self._card(m, ws) for m, ws in sorted(offered.items()) if auth.may_use(req, m, self.catalog)]
         resp.media = {"object": "list", "data": cards}
 
     def on_get_one(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
         canonical = self.catalog.resolve(model_id)
         auth.require_model(req, canonical, self.catalog)
-        workers = self.gateway.serving(fresh=True).get(canonical)
+        workers = self._offered().get(canonical)
         if not workers:
             raise ServiceUnavailable(
                 f"No worker is serving the model '{canonical}' right now.", param="model", code="model_not_loaded"

@@ -201,6 +201,10 @@ def test_a_new_user_adds_a_model_from_the_hub_and_chats_with_it(stack: NativeSta
         )
     assert added.returncode == 0, added.stdout + added.stderr
     wait_until(lambda: "tiny-chat" in status(stack)["can_serve"], 15, "the worker to see the new catalog entry")
+    time.sleep(1.5)  # each API process reads the fleet at most a second old
+    listed = httpx.get(f"{stack.url}/v1/models", timeout=5).json()["data"]
+    assert "tiny-chat" in {m["id"] for m in listed}, "offered in /v1/models (a model picker) before its first load"
+    assert httpx.get(f"{stack.url}/v1/models/tiny-chat", timeout=5).json()["id"] == "tiny-chat"
     started = time.monotonic()
     response = chat(stack, "tiny-chat")
     print(f"first answer of a model added a moment ago: {time.monotonic() - started:.1f} s (its load included)")
