@@ -11,6 +11,7 @@ the page cache alike rather than the first from disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -174,6 +175,7 @@ def on_demand_stack(settings: Settings, slots: int) -> Iterator[tuple[RunningSta
 def run_on_demand(session: Session) -> None:
     options = session.options
     slots = options.slots or session.settings.llama_server_parallel
+    load_before = os.getloadavg()[0]
     with on_demand_stack(session.settings, slots) as (stack, described, limit):
         bench = Bench(session, stack)
         try:
@@ -184,6 +186,12 @@ def run_on_demand(session: Session) -> None:
         finally:
             bench.close()
     swap = swap_figures(swapped)
+    load = {"start": load_before, "end": os.getloadavg()[0], "cores": os.cpu_count() or 1}
+    if max(load["start"], load["end"]) > load["cores"] / 2:  # the bench and its stack alone stay near one core
+        session.notes.append(
+            f"on-demand: WARNING: load average {load['start']:.1f} at the start, {load['end']:.1f} at the end on"
+            f" {load['cores']} cores: other processes shared the CPU, these figures are disturbed"
+        )
     session.modes["on-demand-swap"] = ModeResult(
         f"{described}; {options.swap_requests} requests alternating between {' and '.join(MODELS)}, the first"
         f" half one at a time, then {options.swap_concurrency} at once",
@@ -196,5 +204,6 @@ def run_on_demand(session: Session) -> None:
         "series": {name: [asdict(r) for r in rounds] for name, rounds in series.items()},
         "over_load_s": {name: over_load(rounds) for name, rounds in series.items()},
         "swap": swap,
+        "load_average": load,
         "goals": goals.to_json(figures(series, swap)),
     }
