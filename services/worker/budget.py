@@ -13,6 +13,7 @@ The budget is MEMORY_BUDGET (`4GiB`, `512MB`, bytes) or `auto`: 80 % of the memo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ByteSize, TypeAdapter, ValidationError
+
+from services.common.gguf_info import GGUFInfo, NotGGUF, read
 
 log = logging.getLogger(__name__)
 
@@ -119,29 +122,30 @@ def cost(path: Path, *, slots: int, wanted: int, cap: int | None, budget: int) -
     return Cost(weights=weights, kv=per_token * context, context=context)
 
 
-def _kv_per_token(path: Path) -> int:
-    """Bytes one token of context takes in one slot's KV cache; 0 where the file says nothing of it."""
-    if path.is_dir() or path.suffix != ".gguf":
-        return 0
+@functools.lru_cache(maxsize=64)
+def _gguf(path: Path, size: int, mtime_ns: int) -> GGUFInfo | None:
+    """The file's metadata, read once per version of the file (a swap loads the same files again and again)."""
     try:
-        from services.common.gguf_info import NotGGUF, read
-    except ImportError:  # the gguf package is not installed: weights only
-        return 0
-    try:
-        info = read(path)
+        return read(path)
     except NotGGUF as exc:
         log.warning("%s; its KV cache is not counted in the memory budget", exc)
-        return 0
-    return (info.layers or 0) * (info.kv_width or 0) * KV_BYTES
+        return None
+
+
+def _info(path: Path) -> GGUFInfo | None:
+    if path.is_dir() or path.suffix != ".gguf":
+        return None
+    stat = path.stat()
+    return _gguf(path, stat.st_size, stat.st_mtime_ns)
+
+
+def _kv_per_token(path: Path) -> int:
+    """Bytes one token of context takes in one slot's KV cache; 0 where the file says nothing of it."""
+    info = _info(path)
+    return (info.layers or 0) * (info.kv_width or 0) * KV_BYTES if info else 0
 
 
 def trained_context(path: Path) -> int | None:
-    """The GGUF's `<arch>.context_length`, or None (not a GGUF, or no gguf package)."""
-    if path.is_dir() or path.suffix != ".gguf":
-        return None
-    try:
-        from services.common.gguf_info import NotGGUF, read
-
-        return read(path).context_length
-    except (ImportError, NotGGUF):
-        return None
+    """The GGUF's `<arch>.context_length`, or None (not a GGUF)."""
+    info = _info(path)
+    return info.context_length if info else None

@@ -266,8 +266,7 @@ class WorkerProcess:
         served = self.served.get(model_id)
         if served is None:
             return
-        served.slots.close()  # no new job; still advertised (busy) until its requests in flight end
-        served.slots.wait(self.settings.request_timeout)
+        served.slots.release(self.settings.request_timeout)  # still advertised until its requests in flight end
         self.served.pop(model_id, None)
         self._beat()
         served.engine.unload()

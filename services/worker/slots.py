@@ -188,6 +188,8 @@ class Slots:
         self._client = client
         self._worker_id = worker_id
         self._stopping = threading.Event()
+        self._released = False
+        """Its engine is being unloaded: a job a closing slot still dequeues is handed back, not run."""
         self.workers: dict[int, SlotWorker] = {}
         self.threads = [
             threading.Thread(target=self._work, args=(i,), name=f"slot-{model_id}-{i}", daemon=True)
@@ -233,6 +235,23 @@ class Slots:
         for worker in list(self.workers.values()):
             worker._stop_requested = True
 
+    def release(self, drain_timeout: float) -> None:
+        """Stop taking jobs and let the ones in flight finish, then give the engine up at once: an idle slot
+        blocked in its dequeue (up to DEQUEUE_TIMEOUT) ends in the background, and a job it takes meanwhile
+        fails before it starts (RQ marks it failed; the API enqueues it again, services/api's lost-job check),
+        so a model swap does not wait seconds for idle slots."""
+        self.close()
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._busy:
+                    self._released = True
+                    return
+            time.sleep(0.05)
+        with self._lock:
+            self._released = True
+        log.warning("slots of %s released with jobs still running after %.0f s", self.model_id, drain_timeout)
+
     def wait(self, drain_timeout: float) -> None:
         """Let the jobs in flight finish and every RQ loop end by itself.
 
@@ -250,6 +269,10 @@ class Slots:
             log.warning("slot threads still running after the drain (a job, or Redis gone): %s", ", ".join(stuck))
 
 
+class SlotReleased(RuntimeError):
+    """A job taken by a slot whose model was just unloaded: failed before it started, so it is enqueued again."""
+
+
 class _CountingRunner:
     """Wraps the runner to keep the busy count the heartbeat reports."""
 
@@ -258,6 +281,8 @@ class _CountingRunner:
 
     def run(self, job, prelude=None) -> None:
         with self.slots._lock:
+            if self.slots._released:
+                raise SlotReleased(f"{self.slots.model_id} was unloaded as this slot took job {job.request_id}")
             self.slots._busy += 1
             self.slots.last_used = time.monotonic()
         try:
