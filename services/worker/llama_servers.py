@@ -10,12 +10,13 @@ Prometheus scrapes with that key, and the others a free port each.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.catalog import Catalog
-from services.common.ports import free_port, port_is_free
+from services.common.ports import free_port
 from services.common.settings import Settings
 from services.common.supervisor import Supervisor
 from services.worker import sidecar
@@ -89,6 +90,19 @@ class LlamaServers:
         return spawned.process if spawned else None
 
     def _port(self) -> int:
+        """LLAMA_SERVER_PORT unless one of ours or another listener has it, else a free port. Checked as
+        llama-server binds (SO_REUSEADDR): a plain bind fails for a minute on the TIME_WAIT sockets a killed
+        worker's llama-server left there, which moved a restarted worker's server off the port Prometheus scrapes."""
         taken = {s.command.port for s in self.running.values()}
         first = self.settings.llama_server_port
-        return first if first not in taken and port_is_free(first) else free_port()
+        return first if first not in taken and _bindable(first) else free_port()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

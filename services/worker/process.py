@@ -277,7 +277,10 @@ class WorkerProcess:
     # -- keep_alive -----------------------------------------------------------------------------
     def keep_alive(self, model_id: str, served: Served) -> float:
         """Seconds the model stays loaded once idle: the last request's, else the catalog's, else KEEP_ALIVE
-        (forever for a model the worker was started with)."""
+        (forever for a model the worker was started with). Forever on a worker that does not load on request:
+        nothing would load the model again, and one request's keep_alive would take it from everyone."""
+        if not self.on_demand:
+            return durations.FOREVER
         if served.slots.keep_alive is not None:
             return durations.FOREVER if served.slots.keep_alive < 0 else served.slots.keep_alive
         spec = self.catalog.models.get(model_id)

@@ -401,6 +401,10 @@ def test_kill_the_inference_worker(stack: AttackStack) -> None:
     pid = worker_record(stack)["pid"]
     under_load(stack, "inference worker", lambda: kill_pid(pid), nothing)
     assert worker_record(stack)["pid"] != pid
+    # its new llama-server is on LLAMA_SERVER_PORT again, where Prometheus scrapes it: the old one's TIME_WAIT
+    # sockets there must not move it to another port (llama-server itself binds with SO_REUSEADDR)
+    port = stack.stack.settings.llama_server_port
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
 
 
 def test_kill_llama_server(stack: AttackStack) -> None:
