@@ -8,23 +8,23 @@ import falcon
 import redis
 
 from services.api import errors
-from services.api.access import Access, AccessMiddleware, Routes
-from services.api.admission import Admission
-from services.api.completions import ChatCompletions, Completions
-from services.api.embeddings import EmbeddingsResource
-from services.api.gateway import Gateway
-from services.api.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
-from services.api.models import ModelsResource
-from services.api.openapi import OpenApiResource
-from services.api.queue_wait import QueueWaitMiddleware
-from services.api.ratelimit import RateLimiter, RateLimitHeaders
-from services.api.request_id import RequestIdMiddleware
-from services.api.responses import ResponsesResource
-from services.api.state_metrics import QueueProbe, StateCollector
-from services.api.status_page import StatusPage
-from services.api.system import HealthResource, ModelCommandResource, StatusResource
-from services.api.traffic import RecentTraffic
-from services.api.usage import UsageBook, UsageCollector, UsageResource
+from services.api.limits.access import Access, AccessMiddleware, Routes
+from services.api.limits.ratelimit import RateLimiter, RateLimitHeaders
+from services.api.limits.usage import UsageBook, UsageCollector, UsageResource
+from services.api.observability.metrics import ApiMetrics, MetricsMiddleware, MetricsResource
+from services.api.observability.request_id import RequestIdMiddleware
+from services.api.observability.state_metrics import QueueProbe, StateCollector
+from services.api.observability.traffic import RecentTraffic
+from services.api.pipeline.admission import Admission
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.queue_wait import QueueWaitMiddleware
+from services.api.routes.completions import ChatCompletions, Completions
+from services.api.routes.embeddings import EmbeddingsResource
+from services.api.routes.models import ModelsResource
+from services.api.routes.openapi import OpenApiResource
+from services.api.routes.responses import ResponsesResource
+from services.api.routes.status_page import StatusPage
+from services.api.routes.system import HealthResource, ModelCommandResource, StatusResource
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
 from services.common.registry import Registry

@@ -10,7 +10,7 @@ import tempfile
 
 from gunicorn.glogging import Logger
 
-from services.api.exposure import open_problem
+from services.api.limits.exposure import open_problem
 from services.common import logs
 from services.common.settings import load_settings
 

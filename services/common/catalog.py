@@ -108,7 +108,7 @@ class CatalogFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default: str | None = None
     """The model a request gets when it names an OpenAI model (and DEFAULT_MODEL's default); on the chat routes
-    the CHAT_MODEL setting's model instead, while a worker serves it (services/api/chat_model.py)."""
+    the CHAT_MODEL setting's model instead, while a worker serves it (services/api/routes/chat_model.py)."""
     openai_names: Literal["all"] | tuple[str, ...] = ()
     """OpenAI model names (gpt-4o, text-davinci-003, ...) that resolve to the default model, for clients written
     for OpenAI; a chat (/v1/chat/completions, /v1/responses) naming one goes to CHAT_MODEL while it is served.

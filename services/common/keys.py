@@ -87,7 +87,7 @@ def key_inflight(key_name: str) -> str:
 
 
 def limits_prefix() -> str:
-    """Prefix of the `limits` library's per-key RPM/TPM window counters (services/api/ratelimit.py)."""
+    """Prefix of the `limits` library's per-key RPM/TPM window counters (services/api/limits/ratelimit.py)."""
     return f"{PREFIX}:limits"
 
 

@@ -25,9 +25,9 @@ from services.common.settings import Settings
 
 CATEGORIES = ("app", "api_requests", "model_operations", "system_metrics", "errors")
 _BY_PREFIX = (  # first match wins: the specific names before their packages
-    ("services.api.metrics", "system_metrics"),
-    ("services.api.state_metrics", "system_metrics"),
-    ("services.api.traffic", "system_metrics"),
+    ("services.api.observability.metrics", "system_metrics"),
+    ("services.api.observability.state_metrics", "system_metrics"),
+    ("services.api.observability.traffic", "system_metrics"),
     ("services.worker.metrics", "system_metrics"),
     ("services.api", "api_requests"),
     ("gunicorn.access", "api_requests"),

@@ -187,7 +187,7 @@ def embedder_procs(settings: Settings, env: Mapping[str, str], python: str, bina
 
 def chat_procs(settings: Settings, env: Mapping[str, str], python: str, binary: Path | None) -> list[Proc]:
     """The worker for CHAT_MODEL, the instruct model that chats naming an OpenAI model go to
-    (services/api/chat_model.py), on CHAT_SERVER_PORT."""
+    (services/api/routes/chat_model.py), on CHAT_SERVER_PORT."""
     return model_worker_procs("chat", settings.chat_model, settings.chat_server_port, settings, env, python, binary)
 
 

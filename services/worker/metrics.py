@@ -6,7 +6,7 @@ same: TTFT and end-to-end latency count from the API's acceptance (vLLM: arrival
 acceptance to dequeue, finished requests by reason (stop, length, abort, error). Labels: model_name,
 engine and worker (the worker's registry id, so a series joins the registry's gauges). The queue's
 waiting requests are not the worker's to know: `inference_num_requests_waiting` comes from Redis
-(services/api/state_metrics.py).
+(services/api/observability/state_metrics.py).
 """
 
 from __future__ import annotations

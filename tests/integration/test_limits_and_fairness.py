@@ -8,11 +8,11 @@ import pytest
 from limits import RateLimitItemPerMinute
 from rq import Queue
 
-from services.api import queue_view
-from services.api.admission import Admission
-from services.api.gateway import Gateway
-from services.api.ratelimit import RateLimiter, duration
-from services.api.usage import UsageBook
+from services.api.limits.ratelimit import RateLimiter, duration
+from services.api.limits.usage import UsageBook
+from services.api.observability import queue_view
+from services.api.pipeline.admission import Admission
+from services.api.pipeline.gateway import Gateway
 from services.common import keys
 from services.common.errors import RateLimited
 from services.common.events import Usage

@@ -14,7 +14,7 @@ import pytest
 from falcon import testing
 
 from services.api.app import create_app
-from services.api.metrics import METHODS, ApiMetrics
+from services.api.observability.metrics import METHODS, ApiMetrics
 from services.common.catalog import Catalog
 from services.common.settings import Settings
 

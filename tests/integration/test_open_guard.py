@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from services.api.exposure import open_problem
+from services.api.limits.exposure import open_problem
 from services.common.ports import free_port
 from services.common.settings import Settings
 from tests.conftest import ROOT, RUN_DIR

@@ -11,9 +11,9 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from services.api.admission import Admission
-from services.api.gateway import Gateway
-from services.api.leases import Flight
+from services.api.pipeline.admission import Admission
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
 from services.common import keys
 from services.common.errors import ClientGone, GatewayTimeout, RateLimited, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage

@@ -7,8 +7,8 @@ import time
 import pytest
 import redis
 
-from services.api.jobqueue import JobQueue
-from services.api.state_metrics import QueueProbe
+from services.api.observability.state_metrics import QueueProbe
+from services.api.pipeline.jobqueue import JobQueue
 from services.common.jobs import Job, SamplingParams
 
 pytestmark = pytest.mark.integration

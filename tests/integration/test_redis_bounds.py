@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from services.api.gateway import Gateway
-from services.api.leases import Flight
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
 from services.common import keys
 from services.common.events import Delta, Started
 from services.common.redis_client import BLOCK_MARGIN_S, LONGEST_BLOCK_S, connect

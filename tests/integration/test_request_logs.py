@@ -17,7 +17,7 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from services.api.app import create_app
-from services.api.overhead import HEADER
+from services.api.observability.overhead import HEADER
 from services.common import keys, logs
 from services.common.catalog import Catalog
 from services.common.events import Delta, Done, Started, Usage

@@ -182,7 +182,7 @@ class StartingRunner:
 def test_a_job_s_start_rides_on_its_started_event(redis_client, redis_url):
     """Our job function takes the slot's start bookkeeping into its `started` MULTI: RQ's status, worker
     and intermediate-list removal land with the event the API waits for, in one round trip."""
-    from services.api.jobqueue import JobQueue
+    from services.api.pipeline.jobqueue import JobQueue
     from services.worker import job as job_entry
     from services.worker.slots import DEQUEUE_TIMEOUT, SlotWorker
 

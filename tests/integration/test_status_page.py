@@ -9,8 +9,8 @@ import falcon.testing
 import pytest
 
 from services.api.app import create_app
-from services.api.status_page import CSP, SCRIPT
-from services.api.traffic import SLICE_S, RecentTraffic, quantile
+from services.api.observability.traffic import SLICE_S, RecentTraffic, quantile
+from services.api.routes.status_page import CSP, SCRIPT
 from services.common.catalog import Catalog
 from services.common.redis_client import connect
 from services.common.registry import Registry, WorkerRecord

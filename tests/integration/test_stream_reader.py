@@ -1,4 +1,4 @@
-"""The API's stream reads on a held connection (services/api/stream_reader.py), against a real Redis."""
+"""The API's stream reads on a held connection (services/api/pipeline/stream_reader.py), against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from services.api.stream_reader import StreamReader, entries
+from services.api.pipeline.stream_reader import StreamReader, entries
 from services.common.redis_client import connect
 
 pytestmark = pytest.mark.integration

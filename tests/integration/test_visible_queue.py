@@ -14,10 +14,10 @@ import falcon.testing
 import pytest
 from rq import Queue
 
-from services.api import queue_view
 from services.api.app import create_app
-from services.api.jobqueue import JobQueue
-from services.api.queue_wait import HEADER
+from services.api.observability import queue_view
+from services.api.pipeline.jobqueue import JobQueue
+from services.api.pipeline.queue_wait import HEADER
 from services.common import keys
 from services.common.catalog import Catalog
 from services.common.events import Delta, Done, Failed, Started, Usage

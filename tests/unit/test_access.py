@@ -10,7 +10,7 @@ import falcon.testing
 import pytest
 
 from services.api import errors
-from services.api.access import NONCANONICAL, Access, AccessMiddleware, Routes, canonical
+from services.api.limits.access import NONCANONICAL, Access, AccessMiddleware, Routes, canonical
 from services.common.settings import ROOT
 from services.keys import store
 from services.keys.ring import KeyRing

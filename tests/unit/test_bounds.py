@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from services.api.embeddings import EmbeddingRequest
-from services.api.responses import ResponseRequest
+from services.api.routes.embeddings import EmbeddingRequest
+from services.api.routes.responses import ResponseRequest
 from services.common.catalog import Catalog, ModelSpec
 from services.common.errors import ECHO_CHARS, APIError, InvalidRequest, ModelNotFound
 from services.common.schemas import ChatCompletionRequest, CompletionRequest, ModelCommand, parse

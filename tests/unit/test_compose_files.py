@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.api.exposure import open_problem
+from services.api.limits.exposure import open_problem
 from services.common.ports import free_port
 from services.common.settings import Settings
 from services.stack import nginx_conf, prometheus_conf

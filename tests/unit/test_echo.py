@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.api import shapes
-from services.api.completions import _decoding
+from services.api.pipeline import shapes
+from services.api.routes.completions import _decoding
 from services.common import events
 from services.common.errors import InvalidRequest
 from services.common.events import Usage

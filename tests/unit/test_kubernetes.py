@@ -23,8 +23,8 @@ import yaml
 from rq import Queue
 
 from services.api.app import create_app
-from services.api.jobqueue import JobQueue
-from services.api.metrics import ApiMetrics
+from services.api.observability.metrics import ApiMetrics
+from services.api.pipeline.jobqueue import JobQueue
 from services.common import keys
 from services.common.catalog import Catalog
 from services.common.settings import ROOT, Settings, load_settings

@@ -54,7 +54,7 @@ def sink() -> Iterator[Sink]:
 def test_a_record_is_one_json_line_with_request_id_category_and_level(sink):
     with logs.bound("req-abc"):
         sink.log("services.worker.runner", logging.WARNING, "job %s skipped", "chatcmpl-1")
-    sink.log("services.api.metrics", logging.INFO, "outside any request")
+    sink.log("services.api.observability.metrics", logging.INFO, "outside any request")
     first, second = sink.lines()
     assert first["request_id"] == "req-abc" and first["category"] == "model_operations"
     assert first["level"] == "WARNING" and first["logger"] == "services.worker.runner"
@@ -65,11 +65,11 @@ def test_a_record_is_one_json_line_with_request_id_category_and_level(sink):
 @pytest.mark.parametrize(
     ("name", "category"),
     [
-        ("services.api.gateway", "api_requests"),
+        ("services.api.pipeline.gateway", "api_requests"),
         ("gunicorn.access", "api_requests"),
         ("services.worker.engines.openai_http", "model_operations"),
         ("rq.worker", "model_operations"),
-        ("services.api.state_metrics", "system_metrics"),
+        ("services.api.observability.state_metrics", "system_metrics"),
         ("services.stack.respawn", "app"),
         ("respawn", "app"),
         ("httpx", "app"),
@@ -149,7 +149,7 @@ def test_configure_quiets_rq_and_routes_everything_to_root(monkeypatch):
 def test_log_files_one_rotating_file_per_category_and_errors(tmp_path: Path):
     settings = Settings(log_files=True, log_dir=tmp_path, log_format="json")
     handlers = logs.handlers(settings, "worker")
-    for name, level in (("services.worker.slots", logging.ERROR), ("services.api.gateway", logging.INFO)):
+    for name, level in (("services.worker.slots", logging.ERROR), ("services.api.pipeline.gateway", logging.INFO)):
         emit(handlers, name, level, "hello from %s", name)
     for handler in handlers:
         handler.close()
@@ -159,7 +159,7 @@ def test_log_files_one_rotating_file_per_category_and_errors(tmp_path: Path):
 
     assert read("model_operations") == ["services.worker.slots"]
     assert read("errors") == ["services.worker.slots"]
-    assert read("api_requests") == ["services.api.gateway"]
+    assert read("api_requests") == ["services.api.pipeline.gateway"]
     assert read("app") == [] and read("system_metrics") == []
 
 

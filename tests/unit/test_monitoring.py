@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from monitoring import dashboards
-from services.api.metrics import ApiMetrics
-from services.api.state_metrics import StateCollector, Waiting
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.state_metrics import StateCollector, Waiting
 from services.common.registry import WorkerRecord
 from services.common.settings import ROOT, Settings
 from services.stack import prometheus_conf

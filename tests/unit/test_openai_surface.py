@@ -7,10 +7,10 @@ import json
 import pytest
 
 from services.api.app import cors
-from services.api.embeddings import EmbeddingRequest, embedding_list
-from services.api.fanout import IndexedFormat, choice_jobs, merged_usage
-from services.api.responses import ResponseRequest
-from services.api.responses_stream import ResponseOutput
+from services.api.routes.embeddings import EmbeddingRequest, embedding_list
+from services.api.routes.fanout import IndexedFormat, choice_jobs, merged_usage
+from services.api.routes.responses import ResponseRequest
+from services.api.routes.responses_stream import ResponseOutput
 from services.common.errors import InvalidRequest
 from services.common.events import Delta, Usage, pack_vector
 from services.common.jobs import Job, SamplingParams

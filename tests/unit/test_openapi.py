@@ -8,9 +8,9 @@ import pytest
 import redis
 import schemathesis
 
-from services.api import openapi
-from services.api.access import Access, Routes
 from services.api.app import create_app
+from services.api.limits.access import Access, Routes
+from services.api.routes import openapi
 from services.common.catalog import Catalog
 from services.common.schemas import ChatCompletionRequest, ModelCommand
 from services.common.settings import Settings

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import pytest
 from openai._streaming import SSEDecoder
 
-from services.api.fanout import IndexedFormat
-from services.api.leases import Flight
-from services.api.queue_wait import QueueWait
-from services.api.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
+from services.api.pipeline.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
+from services.api.routes.fanout import IndexedFormat
 from services.common.errors import APIError, InvalidRequest, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage
 from services.common.jobs import Job, SamplingParams

@@ -6,7 +6,7 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.api.state_metrics import StateCollector, Waiting
+from services.api.observability.state_metrics import StateCollector, Waiting
 from services.common.registry import WorkerRecord
 
 

@@ -26,7 +26,7 @@ from services.common.events import Usage
 from services.common.jobs import Job
 
 if TYPE_CHECKING:
-    from services.api.admission import Admitted
+    from services.api.pipeline.admission import Admitted
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A key's model allowlist: which canonical model ids its caller may use.
 
-Who may call a route at all is decided before this, on the matched route (services/api/access.py), which
+Who may call a route at all is decided before this, on the matched route (services/api/limits/access.py), which
 leaves the caller's key on `req.context.api_key`.
 """
 

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import redis
 
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.queue_wait import QueueWait
-from services.api.sse import KEEPALIVE, Item, read_head
+from services.api.observability.metrics import ApiMetrics
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
+from services.api.pipeline.sse import KEEPALIVE, Item, read_head
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Failed
 

@@ -19,10 +19,10 @@ import falcon.inspect
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from services.api.access import Access, Routes
-from services.api.embeddings import EmbeddingRequest
-from services.api.responses import ResponseRequest
-from services.api.system import VERSION
+from services.api.limits.access import Access, Routes
+from services.api.routes.embeddings import EmbeddingRequest
+from services.api.routes.responses import ResponseRequest
+from services.api.routes.system import VERSION
 from services.common.schemas import ChatCompletionRequest, CompletionRequest, ModelCommand
 
 REF = "#/components/schemas/{model}"

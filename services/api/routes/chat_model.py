@@ -18,7 +18,7 @@ from typing import Protocol
 
 import falcon
 
-from services.api import auth
+from services.api.limits import auth
 from services.common.catalog import Catalog
 from services.common.errors import ModelNotFound
 

@@ -25,12 +25,12 @@ from collections.abc import Iterator
 
 import redis
 
-from services.api.admission import Admission
-from services.api.jobqueue import JobQueue
-from services.api.leases import Flight, LeaseKeeper
-from services.api.queue_wait import SERVICE_SAMPLES, TICK_S, QueueWait, estimate
-from services.api.stream_reader import StreamReader
-from services.api.traffic import RecentTraffic
+from services.api.observability.traffic import RecentTraffic
+from services.api.pipeline.admission import Admission
+from services.api.pipeline.jobqueue import JobQueue
+from services.api.pipeline.leases import Flight, LeaseKeeper
+from services.api.pipeline.queue_wait import SERVICE_SAMPLES, TICK_S, QueueWait, estimate
+from services.api.pipeline.stream_reader import StreamReader
 from services.common import events, keys
 from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
 from services.common.jobs import MAX_ATTEMPTS, Job

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import falcon
 
-from services.api import auth, shapes
-from services.api.gateway import Gateway
+from services.api.limits import auth
+from services.api.pipeline import shapes
+from services.api.pipeline.gateway import Gateway
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
 

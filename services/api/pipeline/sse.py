@@ -21,12 +21,12 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the 
 import falcon
 import redis
 
-from services.api import shapes
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.overhead import GatewayClock
-from services.api.queue_wait import QueueWait
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.overhead import GatewayClock
+from services.api.pipeline import shapes
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
 from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Event, Failed, Started
 

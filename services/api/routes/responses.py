@@ -19,16 +19,17 @@ from typing import Annotated, Any, Literal
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.api import auth, intake
-from services.api.body import read_json_body
-from services.api.chat_model import ChatModel
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.overhead import GatewayClock
-from services.api.queue_wait import QueueWait
-from services.api.responses_stream import Build, ResponseOutput, final_status, open_response_stream
-from services.api.sse import respond_with
+from services.api.limits import auth
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.overhead import GatewayClock
+from services.api.pipeline import intake
+from services.api.pipeline.body import read_json_body
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
+from services.api.pipeline.sse import respond_with
+from services.api.routes.chat_model import ChatModel
+from services.api.routes.responses_stream import Build, ResponseOutput, final_status, open_response_stream
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Delta, Done, Failed, Usage

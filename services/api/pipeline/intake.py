@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import falcon
 
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.overhead import GatewayClock
-from services.api.queue_wait import QueueWait
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.overhead import GatewayClock
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
 from services.common import tracing
 from services.common.jobs import Job
 

@@ -7,11 +7,11 @@ import time
 import falcon
 import redis
 
-from services.api.admission import Admission
-from services.api.body import read_json_body
-from services.api.gateway import Gateway
-from services.api.queue_view import waiting
-from services.api.traffic import RecentTraffic
+from services.api.observability.queue_view import waiting
+from services.api.observability.traffic import RecentTraffic
+from services.api.pipeline.admission import Admission
+from services.api.pipeline.body import read_json_body
+from services.api.pipeline.gateway import Gateway
 from services.common import commands
 from services.common.catalog import Catalog
 from services.common.commands import ModelCommandConflict

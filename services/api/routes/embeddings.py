@@ -15,13 +15,14 @@ from typing import Annotated, Literal
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.api import auth, intake
-from services.api.body import read_json_body
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.overhead import GatewayClock
-from services.api.queue_wait import QueueWait
+from services.api.limits import auth
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.overhead import GatewayClock
+from services.api.pipeline import intake
+from services.api.pipeline.body import read_json_body
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, InvalidRequest, from_status
 from services.common.events import Done, Embedded, Failed, Usage, unpack_vector

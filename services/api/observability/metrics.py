@@ -29,15 +29,15 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from services.api.overhead import HEADER as OVERHEAD_HEADER
-from services.api.overhead import GatewayClock
-from services.api.traffic import RecentTraffic
+from services.api.observability.overhead import HEADER as OVERHEAD_HEADER
+from services.api.observability.overhead import GatewayClock
+from services.api.observability.traffic import RecentTraffic
 from services.common import buckets
 from services.common.errors import RateLimited
 
 PREFIX = "inference_gateway_"
 ADMISSION_REASONS = ("queue_full", "too_many_requests")
-"""The 429s of services/api/admission.py that every deployment can meet (keyed limits add their own)."""
+"""The 429s of services/api/pipeline/admission.py that every deployment can meet (keyed limits add their own)."""
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 """Methods counted by name; any other is counted as `other`."""
 UNMATCHED = "unmatched"

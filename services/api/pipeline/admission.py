@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import redis
 from redis.client import Pipeline
 
-from services.api.leases import Flight
-from services.api.ratelimit import KeyLimits, Quota, RateLimiter
-from services.api.usage import UsageBook
+from services.api.limits.ratelimit import KeyLimits, Quota, RateLimiter
+from services.api.limits.usage import UsageBook
+from services.api.pipeline.leases import Flight
 from services.common import keys
 from services.common.errors import RateLimited
 from services.common.jobs import Job

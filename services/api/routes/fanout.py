@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import falcon
 
-from services.api import intake
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.overhead import GatewayClock
-from services.api.queue_wait import QueueWait
-from services.api.sse import DONE_LINE, ChunkFormat, Item, read_head, respond_with, sse, stream_events
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.overhead import GatewayClock
+from services.api.pipeline import intake
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
+from services.api.pipeline.sse import DONE_LINE, ChunkFormat, Item, read_head, respond_with, sse, stream_events
 from services.common.errors import InvalidRequest, from_status
 from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import Job
@@ -40,7 +40,7 @@ from services.common.schemas import SEED_MAX, ChatCompletionRequest, CompletionR
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from services.api.completions import CompletionResource
+    from services.api.routes.completions import CompletionResource
 
 Collect = Callable[[Flight, ChunkFormat, GatewayClock], dict]
 

@@ -12,15 +12,17 @@ from typing import Any
 
 import falcon
 
-from services.api import auth, fanout, intake, shapes
-from services.api.body import read_json_body
-from services.api.chat_model import ChatModel
-from services.api.gateway import Gateway
-from services.api.leases import Flight
-from services.api.metrics import ApiMetrics
-from services.api.overhead import GatewayClock
-from services.api.queue_wait import QueueWait
-from services.api.sse import ChunkFormat, open_stream, respond_with
+from services.api.limits import auth
+from services.api.observability.metrics import ApiMetrics
+from services.api.observability.overhead import GatewayClock
+from services.api.pipeline import intake, shapes
+from services.api.pipeline.body import read_json_body
+from services.api.pipeline.gateway import Gateway
+from services.api.pipeline.leases import Flight
+from services.api.pipeline.queue_wait import QueueWait
+from services.api.pipeline.sse import ChunkFormat, open_stream, respond_with
+from services.api.routes import fanout
+from services.api.routes.chat_model import ChatModel
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, from_status
 from services.common.events import Delta, Done, Failed, Usage

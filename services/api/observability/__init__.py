@@ -1,0 +1,1 @@
+"""What the API reports about itself: Prometheus metrics, request ids, overhead, recent traffic, queue views."""
