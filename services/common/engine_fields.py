@@ -12,12 +12,10 @@ a bare JSON schema (`json_schema`, a `schema` in response_format) is a json_sche
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from services.common.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    from services.common.schemas import _SamplingBody
+from services.common.schemas import _SamplingBody, schema_format
 
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
 """vLLM's constrained decoding fields, passed to vLLM as sent (it validates them)."""
@@ -27,8 +25,6 @@ MAX_COMPLETION_LOGPROBS = 5
 
 def sampling(body: _SamplingBody, *, chat: bool) -> dict[str, Any]:
     """SamplingParams keyword arguments for the engine fields `body` carries (none: an empty dict)."""
-    from services.common.schemas import schema_format
-
     out: dict[str, Any] = {}
     response_format = getattr(body, "response_format", None)
     constrained = (response_format is not None and response_format.type != "text") or bool(

@@ -269,12 +269,6 @@ class _SamplingBody(_Body):
             )
         return value
 
-    def engine_fields(self, *, chat: bool) -> dict[str, Any]:
-        """SamplingParams for the engines' own fields (see engine_fields.py)."""
-        from services.common import engine_fields
-
-        return engine_fields.sampling(self, chat=chat)
-
     @field_validator("logit_bias")
     @classmethod
     def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:

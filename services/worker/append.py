@@ -11,11 +11,14 @@ Redis caches the compiled script by its SHA.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.client import Pipeline
 
 from services.common import events
+
+Prelude = Callable[[Pipeline], None]
+"""Adds commands to the round trip that writes an event (a slot's RQ bookkeeping with `started`)."""
 
 SCRIPT = """
 for i = 3, #ARGV, 2 do

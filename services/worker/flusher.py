@@ -19,16 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import redis
 
 from services.common import events
 from services.common.errors import ServiceUnavailable
-from services.worker.append import append
-
-if TYPE_CHECKING:
-    from services.worker.publisher import Prelude, StreamPublisher
+from services.worker.append import Prelude, append
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +47,22 @@ class FlushFailed(ServiceUnavailable):
     """Redis refused a batch: the tokens in it are lost, so their requests must end in an error."""
 
 
+class PendingStream(Protocol):
+    """What the flusher needs of a stream's publisher (publisher.py, which builds on this module): where its
+    events go, the text it left pending, and how its lease checks ride on a batch."""
+
+    key: str
+    lease_key: str
+    ttl: int
+    pending_pieces: list[str]
+    pending_tokens: int
+    failed: FlushFailed | None
+
+    def lease_due(self, now: float, hold: float) -> bool: ...
+
+    def lease_seen(self, alive: bool, at: float) -> None: ...
+
+
 class DeltaFlusher:
     """Shared by the slots of a worker process; its thread starts with the first batched delta."""
 
@@ -63,12 +76,12 @@ class DeltaFlusher:
         """Pipelines written (for tests and benchmarks)."""
         self._lock = threading.Lock()  # pending text of every publisher, and which have some
         self._write = threading.Lock()  # one writer at a time: a stream's events land in order
-        self._dirty: dict[str, StreamPublisher] = {}
+        self._dirty: dict[str, PendingStream] = {}
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def add(self, out: StreamPublisher, text: str, tokens: int, *, wake: bool = True) -> None:
+    def add(self, out: PendingStream, text: str, tokens: int, *, wake: bool = True) -> None:
         """Queue a chunk for the next flush; without `wake` the caller flushes, or kicks, later itself."""
         with self._lock:
             if text:
@@ -88,7 +101,7 @@ class DeltaFlusher:
                 self._wake.set()
 
     def send(
-        self, out: StreamPublisher, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None
+        self, out: PendingStream, event: events.Event, *, check_lease: bool = False, prelude: Prelude | None = None
     ) -> None:
         """Write `event` now, after everything pending (its own stream's deltas first of all);
         `check_lease` reads the stream's lease in the same round trip (a job's `started`), to which
@@ -130,7 +143,7 @@ class DeltaFlusher:
         elif per_stream > 2 * BATCH_TOKENS:
             self.hold = max(self.interval, self.hold / 2)
 
-    def _take(self) -> list[tuple[StreamPublisher, events.Delta]]:
+    def _take(self) -> list[tuple[PendingStream, events.Delta]]:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
             self._wake.clear()
@@ -143,7 +156,7 @@ class DeltaFlusher:
 
     def _flush(
         self,
-        now: tuple[StreamPublisher, events.Event] | None,
+        now: tuple[PendingStream, events.Event] | None,
         *,
         check_lease: bool = False,
         prelude: Prelude | None = None,
@@ -156,7 +169,7 @@ class DeltaFlusher:
         if prelude is not None:
             prelude(pipe)
         checked = time.monotonic()
-        writes: dict[str, tuple[StreamPublisher, list[events.Event], bool]] = {}
+        writes: dict[str, tuple[PendingStream, list[events.Event], bool]] = {}
         tokens = 0
         for out, delta in batch:
             tokens += delta.tokens

@@ -11,7 +11,7 @@ import threading
 
 from services.common import logs
 from services.common.jobs import Job
-from services.worker.publisher import Prelude
+from services.worker.append import Prelude
 from services.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)

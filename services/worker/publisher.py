@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 
 import redis
 
 from services.common import events, keys
-from services.worker.append import append
+from services.worker.append import Prelude, append
 from services.worker.flusher import DeltaFlusher, FlushFailed
-
-Prelude = Callable[[redis.client.Pipeline], None]
-"""Adds commands to the round trip that writes an event (a slot's RQ bookkeeping with `started`)."""
 
 CANCEL_POLL_S = 0.1
 """How stale a lease check may be. The flusher renews it with a batch one hold (at most

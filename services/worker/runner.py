@@ -15,10 +15,11 @@ from services.common import tracing
 from services.common.errors import APIError, InvalidRequest
 from services.common.events import Done, Embedded, Failed, Started, Usage, pack_vector
 from services.common.jobs import Job
+from services.worker.append import Prelude
 from services.worker.engines.base import Embedder, Engine, Finish, GenerationRequest, TokenChunk
 from services.worker.flusher import DeltaFlusher
 from services.worker.metrics import WorkerMetrics
-from services.worker.publisher import NotWanted, Prelude, StreamPublisher
+from services.worker.publisher import NotWanted, StreamPublisher
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from services.common.engine_fields import sampling
 from services.common.errors import InvalidRequest
 from services.common.schemas import ChatCompletionRequest, CompletionRequest, parse
 
@@ -16,18 +17,18 @@ TEXT = {"model": "m", "prompt": "def f():"}
 
 
 def chat(**kw) -> dict:
-    return parse(ChatCompletionRequest, json.dumps(CHAT | kw).encode()).engine_fields(chat=True)
+    return sampling(parse(ChatCompletionRequest, json.dumps(CHAT | kw).encode()), chat=True)
 
 
 def text(**kw) -> dict:
-    return parse(CompletionRequest, json.dumps(TEXT | kw).encode()).engine_fields(chat=False)
+    return sampling(parse(CompletionRequest, json.dumps(TEXT | kw).encode()), chat=False)
 
 
 def refused(schema, **kw) -> InvalidRequest:
     base = CHAT if schema is ChatCompletionRequest else TEXT
     with pytest.raises(InvalidRequest) as err:
         body = parse(schema, json.dumps(base | kw).encode())
-        body.engine_fields(chat=schema is ChatCompletionRequest)
+        sampling(body, chat=schema is ChatCompletionRequest)
     return err.value
 
 
@@ -94,5 +95,5 @@ def test_refused_naming_the_field(schema, fields, param) -> None:
 def test_sixteen_stops_and_a_suffix_are_accepted() -> None:
     body = parse(CompletionRequest, json.dumps(TEXT | {"stop": [f"s{i}" for i in range(16)], "suffix": "x"}).encode())
     assert len(body.stop_sequences()) == 16
-    assert body.engine_fields(chat=False) == {"suffix": "x"}
+    assert sampling(body, chat=False) == {"suffix": "x"}
     assert text(suffix="") == {}  # OpenAI's empty suffix: none

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import redis
 from redis.client import Pipeline
 
 from services.api.limits.ratelimit import KeyLimits, Quota, RateLimiter
 from services.api.limits.usage import UsageBook
-from services.api.pipeline.leases import Flight
+from services.api.pipeline.leases import Admitted, Flight
 from services.common import keys
 from services.common.errors import RateLimited
 from services.common.jobs import Job
@@ -101,16 +100,6 @@ for j = 1, #ids - 1 do
 end
 return {0, count + 1, waiting}
 """
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """What admission gave a request: its key's limits and charge (None when unkeyed) and its place in the
-    queue when enqueued (0 = next to run; jobs ahead may move only if a fairer newcomer passes it)."""
-
-    limits: KeyLimits | None = None
-    quota: Quota | None = None
-    position: int = 0
 
 
 class Admission:

@@ -17,18 +17,26 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import redis
 
+from services.api.limits.ratelimit import KeyLimits, Quota
 from services.common import keys
 from services.common.events import Usage
 from services.common.jobs import Job
 
-if TYPE_CHECKING:
-    from services.api.pipeline.admission import Admitted
-
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What admission (admission.py) gave a request: its key's limits and charge (None when unkeyed) and its
+    place in the queue when enqueued (0 = next to run; jobs ahead may move only if a fairer newcomer passes it).
+    Defined beside the Flight that carries it, so admission and leases do not import each other."""
+
+    limits: KeyLimits | None = None
+    quota: Quota | None = None
+    position: int = 0
 
 
 @dataclass(eq=False)

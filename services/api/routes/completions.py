@@ -23,6 +23,7 @@ from services.api.pipeline.queue_wait import QueueWait
 from services.api.pipeline.sse import ChunkFormat, open_stream, respond_with
 from services.api.routes import fanout
 from services.api.routes.chat_model import ChatModel
+from services.common import engine_fields
 from services.common.catalog import Catalog
 from services.common.errors import ClientGone, from_status
 from services.common.events import Delta, Done, Failed, Usage
@@ -104,7 +105,9 @@ class CompletionResource:
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         if fanout.wanted(body):  # n > 1 or a prompt list: one job per choice, merged
-            return fanout.serve(self, req, resp, body, job, clock)
+            return fanout.serve(
+                req, resp, body, job, clock, self.gateway, self.metrics, self.settings.max_n, self._collect
+            )
         flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",
@@ -178,7 +181,7 @@ def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]
     """What constrains or reports the decoding: logprobs, response_format and tools (chat only)."""
     if isinstance(body, CompletionRequest):
         fields = {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0, "echo": body.echo}
-        return fields | body.engine_fields(chat=False)
+        return fields | engine_fields.sampling(body, chat=False)
     out: dict[str, Any] = {"logprobs": body.logprobs, "top_logprobs": body.top_logprobs or 0}
     if body.response_format is not None:
         out["response_format"] = body.response_format.to_wire()
@@ -186,7 +189,7 @@ def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]
         out["tools"] = tuple(t.model_dump(exclude_none=True) for t in body.tools)
         out["tool_choice"] = body.tool_choice_wire()
         out["parallel_tool_calls"] = body.parallel_tool_calls
-    return out | body.engine_fields(chat=True)  # llama.cpp's and vLLM's own fields (common/engine_fields.py)
+    return out | engine_fields.sampling(body, chat=True)  # llama.cpp's and vLLM's own fields (common/engine_fields.py)
 
 
 class ChatCompletions(CompletionResource):

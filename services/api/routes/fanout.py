@@ -21,7 +21,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING
 
 import falcon
 
@@ -38,9 +37,6 @@ from services.common.jobs import Job
 from services.common.schemas import SEED_MAX, ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from services.api.routes.completions import CompletionResource
 
 Collect = Callable[[Flight, ChunkFormat, GatewayClock], dict]
 
@@ -229,21 +225,23 @@ class MergedStream:
 
 
 def serve(
-    resource: CompletionResource,
     req: falcon.Request,
     resp: falcon.Response,
     body: ChatCompletionRequest | CompletionRequest,
     job: Job,
     clock: GatewayClock,
+    gateway: Gateway,
+    metrics: ApiMetrics,
+    max_n: int,
+    one: Callable[..., dict],
 ) -> None:
-    """completions.CompletionResource's answer for a fanned-out request (`resource` gives its gateway,
-    metrics, settings and single-choice `_collect`)."""
-    gateway, metrics = resource.gateway, resource.metrics
-    jobs = choice_jobs(body, job, resource.settings.max_n)
+    """The answer to a fanned-out request; `one` aggregates a single choice as a plain request would
+    (completions' `_collect`, which takes the queue clock as `wait`)."""
+    jobs = choice_jobs(body, job, max_n)
     flights, wait = intake.enqueue(req, jobs, gateway, metrics, clock)  # x-queue-wait-ms: a stream's first choice's
-    fmt = ChunkFormat(resource.chat, job.request_id, int(job.accepted_at), job.model, body.include_usage())
+    fmt = ChunkFormat(job.kind == "chat", job.request_id, int(job.accepted_at), job.model, body.include_usage())
     if body.stream:
         respond_with(resp, stream(flights, body.n, fmt, gateway, metrics, wait))
         return
-    resp.media = collect(flights, body.n, fmt, clock, functools.partial(resource._collect, wait=wait), gateway)
+    resp.media = collect(flights, body.n, fmt, clock, functools.partial(one, wait=wait), gateway)
     metrics.gateway_overhead(job.model, clock.seconds())
