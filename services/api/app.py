@@ -18,6 +18,7 @@ from services.api.observability.traffic import RecentTraffic
 from services.api.pipeline.admission import Admission
 from services.api.pipeline.gateway import Gateway
 from services.api.pipeline.queue_wait import QueueWaitMiddleware
+from services.api.pipeline.serving import Serving
 from services.api.routes.completions import ChatCompletions, Completions
 from services.api.routes.embeddings import EmbeddingsResource
 from services.api.routes.models import ModelsResource
@@ -102,10 +103,11 @@ def create_app(
     app.add_error_handler(redis.RedisError, handle_redis_down)
 
     models = ModelsResource(catalog, gateway)
-    routes.add("/v1/chat/completions", ChatCompletions(settings, catalog, gateway, metrics), Access.KEY)
-    routes.add("/v1/completions", Completions(settings, catalog, gateway, metrics), Access.KEY)
-    routes.add("/v1/embeddings", EmbeddingsResource(settings, catalog, gateway, metrics), Access.KEY)
-    routes.add("/v1/responses", ResponsesResource(settings, catalog, gateway, metrics), Access.KEY)
+    serving = Serving(gateway, metrics)  # every generating or embedding route's lifecycle
+    routes.add("/v1/chat/completions", ChatCompletions(settings, catalog, serving), Access.KEY)
+    routes.add("/v1/completions", Completions(settings, catalog, serving), Access.KEY)
+    routes.add("/v1/embeddings", EmbeddingsResource(settings, catalog, serving), Access.KEY)
+    routes.add("/v1/responses", ResponsesResource(settings, catalog, serving), Access.KEY)
     routes.add("/v1/models", models, Access.KEY)
     routes.add("/v1/models/load", ModelCommandResource("load", settings, catalog, gateway), Access.ADMIN)
     routes.add("/v1/models/unload", ModelCommandResource("unload", settings, catalog, gateway), Access.ADMIN)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.api.pipeline import shapes
+from services.api.routes import completion_shapes as shapes
 from services.api.routes.completions import _decoding
 from services.common import events
 from services.common.errors import InvalidRequest

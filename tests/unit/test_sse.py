@@ -9,7 +9,9 @@ from openai._streaming import SSEDecoder
 
 from services.api.pipeline.leases import Flight
 from services.api.pipeline.queue_wait import QueueWait
-from services.api.pipeline.sse import DONE_LINE, KEEPALIVE, ChunkFormat, open_stream, sse
+from services.api.pipeline.serving import Serving
+from services.api.pipeline.sse import DONE_LINE, KEEPALIVE, sse
+from services.api.routes.completion_shapes import ChunkFormat, CompletionChunks
 from services.api.routes.fanout import IndexedFormat
 from services.common.errors import APIError, InvalidRequest, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage
@@ -88,7 +90,7 @@ STARTED = ("1-0", Started("w1", 0.0))
 
 def opened(gateway: FakeGateway) -> tuple[Quiet, Iterator[bytes]]:
     metrics = Quiet()
-    return metrics, open_stream(Flight("cmpl-1", job()), FMT, gateway, metrics)
+    return metrics, Serving(gateway, metrics).open_stream(Flight("cmpl-1", job()), CompletionChunks(FMT))
 
 
 def test_error_before_the_first_token_is_its_http_status():

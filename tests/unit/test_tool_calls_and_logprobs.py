@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.api.pipeline import shapes
+from services.api.routes import completion_shapes as shapes
 from services.common import events
 from services.common.errors import InvalidRequest
 from services.common.events import Usage

@@ -13,20 +13,13 @@ from typing import Any
 import falcon
 
 from services.api.limits import auth
-from services.api.observability.metrics import ApiMetrics
-from services.api.observability.overhead import GatewayClock
-from services.api.pipeline import intake, shapes
 from services.api.pipeline.body import read_json_body
-from services.api.pipeline.gateway import Gateway
-from services.api.pipeline.leases import Flight
-from services.api.pipeline.queue_wait import QueueWait
-from services.api.pipeline.sse import ChunkFormat, open_stream, respond_with
+from services.api.pipeline.serving import Serving
 from services.api.routes import fanout
 from services.api.routes.chat_model import ChatModel
+from services.api.routes.completion_shapes import ChunkFormat, CompletionAnswer, CompletionChunks
 from services.common import engine_fields
 from services.common.catalog import Catalog
-from services.common.errors import ClientGone, from_status
-from services.common.events import Delta, Done, Failed, Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.schemas import ChatCompletionRequest, CompletionRequest, keep_alive_seconds, parse
 from services.common.settings import Settings
@@ -37,12 +30,12 @@ log = logging.getLogger(__name__)
 class CompletionResource:
     chat: bool = True
 
-    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, serving: Serving) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.gateway = gateway
-        self.metrics = metrics
-        self.chat_model = ChatModel(settings.chat_model if self.chat else "", catalog, gateway)
+        self.serving = serving
+        self.gateway = serving.gateway
+        self.chat_model = ChatModel(settings.chat_model if self.chat else "", catalog, serving.gateway)
 
     def _job(
         self,
@@ -101,14 +94,12 @@ class CompletionResource:
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
         job = self._job(body, model_id, rid, getattr(req.context, "request_id", None), req.context.get("key_name"))
-        clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
+        clock = self.serving.clock(req)
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)
         if fanout.wanted(body):  # n > 1 or a prompt list: one job per choice, merged
-            return fanout.serve(
-                req, resp, body, job, clock, self.gateway, self.metrics, self.settings.max_n, self._collect
-            )
-        flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
+            return fanout.serve(req, resp, body, job, clock, self.serving, self.settings.max_n)
+        flight, wait = self.serving.submit_one(req, job, clock)
         log.info(
             "request %s (x-request-id %s) model=%s stream=%s",
             rid,
@@ -118,63 +109,9 @@ class CompletionResource:
         )
         fmt = ChunkFormat(self.chat, rid, int(job.accepted_at), model_id, body.include_usage())
         if body.stream:
-            respond_with(resp, open_stream(flight, fmt, self.gateway, self.metrics, clock, wait))  # raises a 4xx/5xx
+            self.serving.stream(resp, flight, CompletionChunks(fmt), clock, wait)  # raises a 4xx/5xx
             return
-        resp.media = self._collect(flight, fmt, clock, wait)
-        self.metrics.gateway_overhead(model_id, clock.seconds())
-
-    def _collect(self, flight: Flight, fmt: ChunkFormat, clock: GatewayClock, wait: QueueWait | None = None) -> dict:
-        """The same events as a stream, aggregated; a client that hangs up meanwhile cancels it (the lease
-        keeper notices, see leases.py)."""
-        job = flight.job
-        parts: list[str] = []
-        calls: list[dict] = []
-        logprobs: list[dict] | None = None
-        finished = False
-        try:
-            for item in self.gateway.events(flight, wait):
-                if item is None:
-                    continue
-                event = item[1]
-                if isinstance(event, Delta):
-                    if not parts:
-                        self.metrics.first_token(job.model, time.time() - job.accepted_at)
-                    parts.append(event.text)
-                    if event.tool_calls:
-                        shapes.merge_tool_calls(calls, event.tool_calls)
-                    if event.logprobs:
-                        logprobs = [*(logprobs or ()), *event.logprobs]
-                elif isinstance(event, Failed):
-                    finished = True
-                    clock.last_event()
-                    raise from_status(event.status, event.message, code=event.code, param=event.param)
-                elif isinstance(event, Done):
-                    clock.last_event()
-                    if flight.gone:  # the worker stopped because the client hung up: nobody to answer
-                        raise ClientGone("The client closed the connection.")
-                    finished = True
-                    self.metrics.finished(
-                        job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at
-                    )
-                    return self._body(fmt, "".join(parts), event.finish_reason, event.usage, calls, logprobs)
-        finally:
-            if not finished:
-                self.metrics.cancelled(job.model, job.deadline)
-            self.gateway.release(flight, finished=finished)
-        raise from_status(500, "The job ended without a result.")
-
-    def _body(
-        self,
-        fmt: ChunkFormat,
-        text: str,
-        finish: str,
-        usage: Usage,
-        calls: list[dict] | None = None,
-        logprobs: list[dict] | None = None,
-    ) -> dict:
-        if self.chat:
-            return shapes.chat_completion(fmt.rid, fmt.created, fmt.model, text, finish, usage, calls, logprobs)
-        return shapes.text_completion(fmt.rid, fmt.created, fmt.model, text, finish, usage, logprobs)
+        self.serving.answer(resp, flight, CompletionAnswer(fmt), clock, wait)
 
 
 def _decoding(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:

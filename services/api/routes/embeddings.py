@@ -16,16 +16,11 @@ import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.api.limits import auth
-from services.api.observability.metrics import ApiMetrics
-from services.api.observability.overhead import GatewayClock
-from services.api.pipeline import intake
 from services.api.pipeline.body import read_json_body
-from services.api.pipeline.gateway import Gateway
-from services.api.pipeline.leases import Flight
-from services.api.pipeline.queue_wait import QueueWait
+from services.api.pipeline.serving import Serving
 from services.common.catalog import Catalog
-from services.common.errors import ClientGone, InvalidRequest, from_status
-from services.common.events import Done, Embedded, Failed, Usage, unpack_vector
+from services.common.errors import InvalidRequest
+from services.common.events import Delta, Done, Embedded, Usage, unpack_vector
 from services.common.jobs import Job, SamplingParams
 from services.common.schemas import KeepAlive, keep_alive_seconds, parse
 from services.common.settings import Settings
@@ -88,11 +83,10 @@ def embedding_list(model: str, vectors: tuple[str, ...], encoding: str, usage: U
 
 
 class EmbeddingsResource:
-    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, serving: Serving) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.gateway = gateway
-        self.metrics = metrics
+        self.serving = serving
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse(EmbeddingRequest, read_json_body(req, self.settings.max_request_bytes))
@@ -104,7 +98,7 @@ class EmbeddingsResource:
                 f"The model '{model_id}' has a fixed number of dimensions; 'dimensions' is not supported.",
                 param="dimensions",
             )
-        self.gateway.require_worker(model_id)
+        self.serving.gateway.require_worker(model_id)
         now = time.time()
         job = Job(
             request_id="embd-" + uuid.uuid4().hex,
@@ -118,36 +112,23 @@ class EmbeddingsResource:
             key_name=req.context.get("key_name"),
             keep_alive=keep_alive_seconds(body.keep_alive),
         )
-        clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
-        flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
+        clock = self.serving.clock(req)
+        flight, wait = self.serving.submit_one(req, job, clock)
         log.info("request %s model=%s inputs=%d", job.request_id, model_id, len(job.inputs))
-        resp.media = self._collect(flight, body.encoding_format, clock, wait)
-        self.metrics.gateway_overhead(model_id, clock.seconds())
+        self.serving.answer(resp, flight, EmbeddingAnswer(model_id, body.encoding_format), clock, wait)
 
-    def _collect(self, flight: Flight, encoding: str, clock: GatewayClock, wait: QueueWait) -> dict:
-        job = flight.job
-        vectors: tuple[str, ...] = ()
-        finished = False
-        try:
-            for item in self.gateway.events(flight, wait):
-                if item is None:
-                    continue
-                event = item[1]
-                if isinstance(event, Embedded):
-                    vectors = event.vectors
-                elif isinstance(event, Failed):
-                    finished = True
-                    clock.last_event()
-                    raise from_status(event.status, event.message, code=event.code, param=event.param)
-                elif isinstance(event, Done):
-                    clock.last_event()
-                    if flight.gone:
-                        raise ClientGone("The client closed the connection.")
-                    finished = True
-                    self.metrics.finished(job.model, 0, event.finish_reason, job.accepted_at)
-                    return embedding_list(job.model, vectors, encoding, event.usage)
-        finally:
-            if not finished:
-                self.metrics.cancelled(job.model, job.deadline)
-            self.gateway.release(flight, finished=finished)
-        raise from_status(500, "The job ended without a result.")
+
+class EmbeddingAnswer:
+    """The embeddings' JSON body (serving.Answer): the vectors of the job's one `embedded` event."""
+
+    def __init__(self, model: str, encoding: str) -> None:
+        self.model = model
+        self.encoding = encoding
+        self.vectors: tuple[str, ...] = ()
+
+    def take(self, event: Delta | Embedded) -> None:
+        if isinstance(event, Embedded):
+            self.vectors = event.vectors
+
+    def body(self, done: Done) -> dict:
+        return embedding_list(self.model, self.vectors, self.encoding, done.usage)

@@ -15,8 +15,6 @@ OpenAI's do), then one usage chunk and one `[DONE]` for the whole stream.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import logging
 import queue
 import threading
@@ -24,21 +22,20 @@ from collections.abc import Callable, Generator, Iterator
 
 import falcon
 
-from services.api.observability.metrics import ApiMetrics
 from services.api.observability.overhead import GatewayClock
-from services.api.pipeline import intake
-from services.api.pipeline.gateway import Gateway
 from services.api.pipeline.leases import Flight
 from services.api.pipeline.queue_wait import QueueWait
-from services.api.pipeline.sse import DONE_LINE, ChunkFormat, Item, read_head, respond_with, sse, stream_events
-from services.common.errors import InvalidRequest, from_status
-from services.common.events import Delta, Done, Failed, Usage
+from services.api.pipeline.serving import Item, Serving
+from services.api.pipeline.sse import DONE_LINE, respond_with, sse
+from services.api.routes.completion_shapes import ChunkFormat, CompletionAnswer, CompletionChunks
+from services.common.errors import InvalidRequest
+from services.common.events import Delta, Done, Usage
 from services.common.jobs import Job
 from services.common.schemas import SEED_MAX, ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger(__name__)
 
-Collect = Callable[[Flight, ChunkFormat, GatewayClock], dict]
+Collect = Callable[[Flight], dict]
 
 
 def wanted(body: ChatCompletionRequest | CompletionRequest) -> bool:
@@ -77,17 +74,15 @@ def merged_usage(usages: list[Usage], n: int) -> Usage:
     return Usage(prompt, sum(u.completion_tokens for u in usages))
 
 
-def collect(
-    flights: list[Flight], n: int, fmt: ChunkFormat, clock: GatewayClock, one: Collect, gateway: Gateway
-) -> dict:
+def collect(flights: list[Flight], n: int, one: Collect, serving: Serving) -> dict:
     """Each choice aggregated as a single request would be (`one`), then merged into one body."""
     bodies: list[dict] = []
     try:
         for flight in flights:
-            bodies.append(one(flight, fmt, clock))
+            bodies.append(one(flight))
     finally:
         for flight in flights[len(bodies) + 1 :]:  # after a failure: the choices nobody read yet
-            gateway.release(flight, finished=False)
+            serving.gateway.release(flight, finished=False)
     merged = dict(bodies[0])
     merged["choices"] = [body["choices"][0] | {"index": k} for k, body in enumerate(bodies)]
     usages = [Usage(b["usage"]["prompt_tokens"], b["usage"]["completion_tokens"]) for b in bodies]
@@ -120,21 +115,16 @@ class IndexedFormat(ChunkFormat):
 
 
 def stream(
-    flights: list[Flight],
-    n: int,
-    fmt: ChunkFormat,
-    gateway: Gateway,
-    metrics: ApiMetrics,
-    wait: QueueWait | None = None,
+    flights: list[Flight], n: int, fmt: ChunkFormat, serving: Serving, wait: QueueWait | None = None
 ) -> Iterator[bytes]:
     """The merged SSE body, or (decided by the first choice, before any byte) the HTTP error instead."""
-    merge = MergedStream(flights, n, fmt, gateway, metrics)
+    merge = MergedStream(flights, n, fmt, serving)
     merge.wait = wait
     try:
         merge.first = merge.open_first()
     except BaseException:
-        for flight in flights:
-            gateway.release(flight, finished=False)  # a second release of the first one is a no-op
+        for flight in flights[1:]:  # the first one's was released by the pipeline
+            serving.gateway.release(flight, finished=False)
         raise
     return merge.chunks()
 
@@ -147,8 +137,8 @@ class MergedStream:
     """The choices' streams at once, each pumped by its own thread into one queue, so chunks interleave as
     they are generated (each with its index); one usage chunk and one [DONE] end the whole."""
 
-    def __init__(self, flights: list[Flight], n: int, fmt: ChunkFormat, gateway: Gateway, metrics: ApiMetrics):
-        self.flights, self.n, self.fmt, self.gateway, self.metrics = flights, n, fmt, gateway, metrics
+    def __init__(self, flights: list[Flight], n: int, fmt: ChunkFormat, serving: Serving):
+        self.flights, self.n, self.fmt, self.serving = flights, n, fmt, serving
         self.usages: dict[int, Usage] = {}
         self.first: Generator[bytes] = iter_nothing()
         self.handed = 0
@@ -156,26 +146,22 @@ class MergedStream:
         self.wait: QueueWait | None = None
         """The first choice's queue clock, for x-queue-wait-ms (queue_wait.py)."""
 
-    def _format(self, k: int) -> ChunkFormat:
+    def _chunks(self, k: int) -> CompletionChunks:
+        """A choice's chunks: its index on every chunk, no usage chunk and no [DONE] of its own."""
         f = self.fmt
-        return IndexedFormat(f.chat, f.rid, f.created, f.model, with_usage=False, index=k)
+        return CompletionChunks(IndexedFormat(f.chat, f.rid, f.created, f.model, with_usage=False, index=k), last=b"")
 
     def _tapped(self, flight: Flight, k: int) -> Iterator[Item]:
-        for item in self.gateway.events(flight, self.wait if k == 0 else None):
+        for item in self.serving.gateway.events(flight, self.wait if k == 0 else None):
             if item is not None and isinstance(item[1], Done):
                 self.usages[k] = item[1].usage
             yield item
 
     def open_first(self) -> Generator[bytes]:
-        """As sse.open_stream: an error before the first token is the HTTP status."""
-        items = self._tapped(self.flights[0], 0)
-        head = read_head(items)
-        last = head[-1] if head else None
-        if last is not None and isinstance(last[1], Failed):
-            failed = last[1]
-            raise from_status(failed.status, failed.message, code=failed.code, param=failed.param)
+        """As Serving.open_stream: an error before the first token is the HTTP status."""
+        first = self.serving.open_stream(self.flights[0], self._chunks(0), items=self._tapped(self.flights[0], 0))
         self.handed = 1
-        return stream_events(self.flights[0], self._format(0), itertools.chain(head, items), self.gateway, self.metrics)
+        return first
 
     def _pump(self, k: int, body: Generator[bytes], out: queue.Queue, stop: threading.Event) -> None:
         """One choice's chunks into `out`, then (k, None); stops at the next chunk once `stop` is set (a
@@ -192,15 +178,14 @@ class MergedStream:
         finally:
             body.close()
             if not started:  # a generator closed before it ran has no finally to run: release here
-                self.gateway.release(self.flights[k], finished=False)
+                self.serving.gateway.release(self.flights[k], finished=False)
             out.put((k, None))
 
     def chunks(self) -> Iterator[bytes]:
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
         bodies = [self.first]
-        bodies += [stream_events(f, self._format(k), self._tapped(f, k), self.gateway, self.metrics)
-                   for k, f in enumerate(self.flights) if k]  # fmt: skip
+        bodies += [self.serving.relay(f, self._chunks(k), self._tapped(f, k)) for k, f in enumerate(self.flights) if k]
         try:
             for k, body in enumerate(bodies):
                 threading.Thread(target=self._pump, args=(k, body, out, stop), name=f"choice-{k}", daemon=True).start()
@@ -212,7 +197,7 @@ class MergedStream:
                     running -= 1
                     if k not in self.usages:  # this choice failed and said so: the others will not be answered
                         break
-                elif chunk != DONE_LINE:
+                else:
                     yield chunk
             if self.fmt.with_usage and len(self.usages) == len(self.flights):
                 usages = [self.usages[k] for k in range(len(self.flights))]
@@ -221,7 +206,7 @@ class MergedStream:
         finally:
             stop.set()
             for flight in self.flights[self.handed :]:  # never handed to a pump (a failure while starting them)
-                self.gateway.release(flight, finished=False)
+                self.serving.gateway.release(flight, finished=False)
 
 
 def serve(
@@ -230,18 +215,17 @@ def serve(
     body: ChatCompletionRequest | CompletionRequest,
     job: Job,
     clock: GatewayClock,
-    gateway: Gateway,
-    metrics: ApiMetrics,
+    serving: Serving,
     max_n: int,
-    one: Callable[..., dict],
 ) -> None:
-    """The answer to a fanned-out request; `one` aggregates a single choice as a plain request would
-    (completions' `_collect`, which takes the queue clock as `wait`)."""
+    """The answer to a fanned-out request: each choice a job of its own through the serving pipeline."""
     jobs = choice_jobs(body, job, max_n)
-    flights, wait = intake.enqueue(req, jobs, gateway, metrics, clock)  # x-queue-wait-ms: a stream's first choice's
+    flights, wait = serving.submit(req, jobs, clock)  # x-queue-wait-ms: a stream's first choice's
     fmt = ChunkFormat(job.kind == "chat", job.request_id, int(job.accepted_at), job.model, body.include_usage())
     if body.stream:
-        respond_with(resp, stream(flights, body.n, fmt, gateway, metrics, wait))
+        respond_with(resp, stream(flights, body.n, fmt, serving, wait))
         return
-    resp.media = collect(flights, body.n, fmt, clock, functools.partial(one, wait=wait), gateway)
-    metrics.gateway_overhead(job.model, clock.seconds())
+    resp.media = collect(
+        flights, body.n, lambda flight: serving.collect(flight, CompletionAnswer(fmt), clock, wait), serving
+    )
+    serving.metrics.gateway_overhead(job.model, clock.seconds())

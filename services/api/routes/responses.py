@@ -20,19 +20,13 @@ import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.api.limits import auth
-from services.api.observability.metrics import ApiMetrics
-from services.api.observability.overhead import GatewayClock
-from services.api.pipeline import intake
 from services.api.pipeline.body import read_json_body
-from services.api.pipeline.gateway import Gateway
-from services.api.pipeline.leases import Flight
-from services.api.pipeline.queue_wait import QueueWait
-from services.api.pipeline.sse import respond_with
+from services.api.pipeline.serving import Serving
 from services.api.routes.chat_model import ChatModel
-from services.api.routes.responses_stream import Build, ResponseOutput, final_status, open_response_stream
+from services.api.routes.responses_stream import ResponseAnswer, ResponseChunks
 from services.common.catalog import Catalog
-from services.common.errors import ClientGone, InvalidRequest, from_status
-from services.common.events import Delta, Done, Failed, Usage
+from services.common.errors import InvalidRequest
+from services.common.events import Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.schemas import FunctionName, TokenCount, parse
 from services.common.settings import Settings
@@ -284,12 +278,11 @@ def response_object(
 
 
 class ResponsesResource:
-    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, serving: Serving) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.gateway = gateway
-        self.metrics = metrics
-        self.chat_model = ChatModel(settings.chat_model, catalog, gateway)
+        self.serving = serving
+        self.chat_model = ChatModel(settings.chat_model, catalog, serving.gateway)
 
     def _job(self, body: ResponseRequest, model_id: str, rid: str, req: falcon.Request) -> Job:
         params = SamplingParams(
@@ -319,13 +312,13 @@ class ResponsesResource:
         auth.require_model(req, model_id, self.catalog)
         self.catalog.require_kind(model_id, "generate", "/v1/responses")
         refuse_unsupported(body)
-        self.gateway.require_worker(model_id)
+        self.serving.gateway.require_worker(model_id)
         rid = "resp_" + uuid.uuid4().hex
         job = self._job(body, model_id, rid, req)
-        clock: GatewayClock = getattr(req.context, "gateway", None) or GatewayClock()
+        clock = self.serving.clock(req)
         if self.settings.log_prompts:
             log.info("request %s input: %s", rid, job.messages)
-        flight, wait = intake.enqueue_one(req, job, self.gateway, self.metrics, clock)
+        flight, wait = self.serving.submit_one(req, job, clock)
         log.info("request %s model=%s stream=%s", rid, model_id, body.stream)
 
         def build(status: str, output: list[dict], usage: Usage | None = None) -> dict:
@@ -334,45 +327,6 @@ class ResponsesResource:
             )
 
         if body.stream:
-            respond_with(resp, open_response_stream(flight, build, self.gateway, self.metrics, wait))
+            self.serving.stream(resp, flight, ResponseChunks(rid, build), clock, wait)
             return
-        resp.media = self._collect(flight, build, clock, wait)
-        self.metrics.gateway_overhead(model_id, clock.seconds())
-
-    def _collect(self, flight: Flight, build: Build, clock: GatewayClock, wait: QueueWait) -> dict:
-        job = flight.job
-        output = ResponseOutput(job.request_id)
-        first_token = True
-        finished = False
-        try:
-            for item in self.gateway.events(flight, wait):
-                if item is None:
-                    continue
-                event = item[1]
-                if isinstance(event, Delta):
-                    if first_token:
-                        first_token = False
-                        self.metrics.first_token(job.model, time.time() - job.accepted_at)
-                    for _ in output.feed(event):
-                        pass
-                elif isinstance(event, Failed):
-                    finished = True
-                    clock.last_event()
-                    raise from_status(event.status, event.message, code=event.code, param=event.param)
-                elif isinstance(event, Done):
-                    clock.last_event()
-                    if flight.gone:
-                        raise ClientGone("The client closed the connection.")
-                    finished = True
-                    self.metrics.finished(
-                        job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at
-                    )
-                    status = final_status(event)
-                    for _ in output.close(status):
-                        pass
-                    return build(status, output.items(status), event.usage)
-        finally:
-            if not finished:
-                self.metrics.cancelled(job.model, job.deadline)
-            self.gateway.release(flight, finished=finished)
-        raise from_status(500, "The job ended without a result.")
+        self.serving.answer(resp, flight, ResponseAnswer(rid, build), clock, wait)

@@ -8,28 +8,17 @@ at the end response.output_text.done, response.content_part.done, response.funct
 and response.output_item.done per item, then response.completed (response.incomplete when
 max_output_tokens cut it). An error after the 200 is an `error` event; there is no `[DONE]` line in
 this API. As for chat, the 200 waits for the first token or a quiet tick, so an error known before it
-is an HTTP status.
+is an HTTP status (serving.py, which runs the stream; this module only spells it).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
-import redis
+from services.common.events import Delta, Done, Embedded
 
-from services.api.observability.metrics import ApiMetrics
-from services.api.pipeline.gateway import Gateway
-from services.api.pipeline.leases import Flight
-from services.api.pipeline.queue_wait import QueueWait
-from services.api.pipeline.sse import KEEPALIVE, Item, read_head
-from services.common.errors import APIError, InternalError, ServiceUnavailable, from_status
-from services.common.events import Delta, Done, Failed
-
-log = logging.getLogger(__name__)
 Build = Callable[..., dict]
 """build(status, output, usage=None) -> the Response object (responses.response_object, bound)."""
 
@@ -147,73 +136,50 @@ def final_status(done: Done) -> str:
     return "incomplete" if done.finish_reason == "length" else "completed"
 
 
-def _release(flight: Flight, gateway: Gateway, metrics: ApiMetrics, *, finished: bool) -> None:
-    if not finished:
-        metrics.cancelled(flight.job.model, flight.job.deadline)
-    gateway.release(flight, finished=finished)
+class ResponseChunks:
+    """The Responses API's event stream (serving.Chunks): created and in_progress, the items' events as the
+    deltas arrive, then every item done and completed (or incomplete); no [DONE] line in this API."""
+
+    def __init__(self, rid: str, build: Build) -> None:
+        self.build = build
+        self.emit = EventWriter()
+        self.output = ResponseOutput(rid, self.emit)
+
+    def opening(self) -> bytes:
+        created = self.emit("response.created", response=self.build("in_progress", []))
+        return created + self.emit("response.in_progress", response=self.build("in_progress", []))
+
+    def delta(self, event: Delta, event_id: str) -> bytes:
+        return b"".join(self.output.feed(event))
+
+    def done(self, event: Done, event_id: str) -> bytes:
+        status = final_status(event)
+        items = b"".join(self.output.close(status))
+        return items + self.emit(
+            f"response.{status}", response=self.build(status, self.output.items(status), event.usage)
+        )
+
+    def error(self, error: dict, event_id: str | None = None) -> bytes:
+        return self.emit("error", code=error["code"], message=error["message"], param=error["param"])
+
+    def closing(self) -> bytes:
+        return b""
 
 
-def open_response_stream(
-    flight: Flight, build: Build, gateway: Gateway, metrics: ApiMetrics, wait: QueueWait | None = None
-) -> Iterator[bytes]:
-    """The event stream, or the HTTP error that answers instead of it (see sse.open_stream); `wait`
-    learns when the job started, for x-queue-wait-ms."""
-    items = gateway.events(flight, wait)
-    try:
-        head = read_head(items)
-    except BaseException:
-        _release(flight, gateway, metrics, finished=False)
-        raise
-    last = head[-1] if head else None
-    if last is not None and isinstance(last[1], Failed):
-        _release(flight, gateway, metrics, finished=True)
-        failed = last[1]
-        raise from_status(failed.status, failed.message, code=failed.code, param=failed.param)
-    return response_events(flight, build, itertools.chain(head, items), gateway, metrics)
+class ResponseAnswer:
+    """The Response object as one JSON body (serving.Answer): the same items, no events written."""
 
+    def __init__(self, rid: str, build: Build) -> None:
+        self.build = build
+        self.output = ResponseOutput(rid)
 
-def response_events(
-    flight: Flight, build: Build, items: Iterable[Item], gateway: Gateway, metrics: ApiMetrics
-) -> Iterator[bytes]:
-    job = flight.job
-    emit = EventWriter()
-    output = ResponseOutput(job.request_id, emit)
-    first_token = True
-    finished = False
-    try:
-        yield emit("response.created", response=build("in_progress", []))
-        yield emit("response.in_progress", response=build("in_progress", []))
-        try:
-            for item in items:
-                if item is None:
-                    yield KEEPALIVE
-                    continue
-                event = item[1]
-                if isinstance(event, Delta):
-                    if first_token:
-                        first_token = False
-                        metrics.first_token(job.model, time.time() - job.accepted_at)
-                    chunk = b"".join(output.feed(event))
-                    if chunk:
-                        yield chunk
-                elif isinstance(event, Done):
-                    finished = True
-                    metrics.finished(job.model, event.usage.completion_tokens, event.finish_reason, job.accepted_at)
-                    status = final_status(event)
-                    yield b"".join(output.close(status))
-                    yield emit(f"response.{status}", response=build(status, output.items(status), event.usage))
-                elif isinstance(event, Failed):
-                    finished = True
-                    yield emit("error", code=event.code, message=event.message, param=event.param)
-        except APIError as exc:
-            yield emit("error", code=exc.code, message=exc.message, param=exc.param)
-        except redis.RedisError as exc:
-            log.warning("response stream %s lost Redis: %s", job.request_id, exc)
-            err = ServiceUnavailable("The queue (Redis) became unavailable; please retry.")
-            yield emit("error", code=err.code, message=err.message, param=None)
-        except Exception:
-            log.exception("response stream %s broke", job.request_id)
-            err = InternalError("The server had an error while streaming.")
-            yield emit("error", code=err.code, message=err.message, param=None)
-    finally:
-        _release(flight, gateway, metrics, finished=finished)
+    def take(self, event: Delta | Embedded) -> None:
+        if isinstance(event, Delta):
+            for _ in self.output.feed(event):
+                pass
+
+    def body(self, done: Done) -> dict:
+        status = final_status(done)
+        for _ in self.output.close(status):
+            pass
+        return self.build(status, self.output.items(status), done.usage)
