@@ -51,7 +51,7 @@ def parse_expiry(text: str) -> datetime:
 
 class ApiKey(BaseModel):
     """One key's record. rpm, tpm, concurrency: its limits (None = the KEY_DEFAULT_* settings; see
-    services/api/limits/ratelimit.py); priority: its weight in fair share (2 gets two turns for every one of a 1)."""
+    services/api/limits/key_limits.py); priority: its weight in fair share (2 gets two turns for every one of a 1)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")

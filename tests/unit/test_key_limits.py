@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from services.api.limits.ratelimit import KeyLimits, _wait_for, duration, estimate_tokens
+from services.api.limits.key_limits import KeyLimits
+from services.api.limits.ratelimit import _wait_for, duration, estimate_tokens
 from services.common.jobs import ChatMessage, Job, SamplingParams
 from services.common.settings import Settings
 from services.keys import __main__ as cli

@@ -6,7 +6,8 @@ is corrected to the tokens the worker reported, so a key pays for what it used. 
 window the estimate was charged to, which by then may be the previous one: booked into the current window,
 a refund started the next minute in credit, and a key passed its TPM across the boundary. A request refused
 by one limit gives back what the other already took. Concurrency per key is not here: it is counted atomically
-with admission (admission.py), scored by lease expiry like the global in-flight set.
+with admission (admission.py), scored by lease expiry like the global in-flight set. What each limit of a key
+is, and where its value comes from: key_limits.py.
 
 Headers follow OpenAI's: `x-ratelimit-limit-requests`, `-remaining-requests`, `-reset-requests` (time until
 the window is empty again, as "1m0s", "1.5s", "20ms") and the same for `-tokens`, on every response to a
@@ -28,6 +29,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
+from services.api.limits.key_limits import KeyLimits
 from services.common import keys
 from services.common.errors import RateLimited
 from services.common.jobs import Job
@@ -42,27 +44,6 @@ CHARS_PER_TOKEN = 4
 """A prompt's token estimate at admission; the real count corrects it at the end."""
 TOKENS_PER_MESSAGE = 4
 """A chat template's tokens around each message."""
-
-
-@dataclass(frozen=True)
-class KeyLimits:
-    """A key's limits in force (its own, else the defaults); 0 = unlimited."""
-
-    name: str
-    rpm: int = 0
-    tpm: int = 0
-    concurrency: int = 0
-    priority: int = 1
-
-    @classmethod
-    def of(cls, key: ApiKey, settings: Settings) -> KeyLimits:
-        return cls(
-            name=key.name,
-            rpm=key.rpm or settings.key_default_rpm,
-            tpm=key.tpm or settings.key_default_tpm,
-            concurrency=key.concurrency or settings.key_default_concurrency,
-            priority=key.priority,
-        )
 
 
 @dataclass(frozen=True)

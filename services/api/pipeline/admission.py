@@ -26,7 +26,8 @@ import time
 import redis
 from redis.client import Pipeline
 
-from services.api.limits.ratelimit import KeyLimits, Quota, RateLimiter
+from services.api.limits.key_limits import KeyLimits
+from services.api.limits.ratelimit import Quota, RateLimiter
 from services.api.limits.usage import UsageBook
 from services.api.pipeline.leases import Admitted, Flight
 from services.common import keys
@@ -135,7 +136,7 @@ class Admission:
         A keyed caller's RPM/TPM are charged first (one round trip per limit it has) and given back on a 429."""
         limits = self.limiter.limits_of(key) if self.limiter is not None else None
         if limits is None and key is not None:
-            limits = KeyLimits(name=key.name, concurrency=key.concurrency or 0, priority=key.priority)
+            limits = KeyLimits.of(key)  # no limiter: the key's own concurrency and priority still hold
         quota = self.limiter.charge(limits, job) if limits is not None and self.limiter is not None else None
         now = time.time()
         group = job.key_name or ""

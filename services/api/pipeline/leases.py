@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import redis
 
-from services.api.limits.ratelimit import KeyLimits, Quota
+from services.api.limits.key_limits import KeyLimits
+from services.api.limits.ratelimit import Quota
 from services.common import keys
 from services.common.events import Usage
 from services.common.jobs import Job

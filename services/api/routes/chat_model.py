@@ -18,7 +18,7 @@ from typing import Protocol
 
 import falcon
 
-from services.api.limits import auth
+from services.api.limits import key_limits
 from services.common.catalog import Catalog
 from services.common.errors import ModelNotFound
 
@@ -42,6 +42,6 @@ class ChatModel:
             chat = self.catalog.resolve(self.name)
         except ModelNotFound:  # CHAT_MODEL names no model of this catalog (one reloaded since, say)
             return model_id
-        if chat != model_id and self.gateway.serving().get(chat) and auth.may_use(req, chat, self.catalog):
+        if chat != model_id and self.gateway.serving().get(chat) and key_limits.may_use(req, chat, self.catalog):
             return chat
         return model_id

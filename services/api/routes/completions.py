@@ -12,7 +12,7 @@ from typing import Any
 
 import falcon
 
-from services.api.limits import auth
+from services.api.limits import key_limits
 from services.api.pipeline.body import read_json_body
 from services.api.pipeline.serving import Serving
 from services.api.routes import fanout
@@ -89,7 +89,7 @@ class CompletionResource:
         body = parse(schema, read_json_body(req, self.settings.max_request_bytes))
         model_id = self.chat_model.resolve(req, body.model)  # an OpenAI name chats with CHAT_MODEL
         req.context.model_name = model_id  # the requests counter's model label
-        auth.require_model(req, model_id, self.catalog)
+        key_limits.require_model(req, model_id, self.catalog)
         self.catalog.require_kind(model_id, "generate", req.path)
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.api.limits import auth
+from services.api.limits import key_limits
 from services.api.pipeline.body import read_json_body
 from services.api.pipeline.serving import Serving
 from services.common.catalog import Catalog
@@ -91,7 +91,7 @@ class EmbeddingsResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse(EmbeddingRequest, read_json_body(req, self.settings.max_request_bytes))
         model_id = self.catalog.resolve(body.model)
-        auth.require_model(req, model_id, self.catalog)
+        key_limits.require_model(req, model_id, self.catalog)
         self.catalog.require_kind(model_id, "embedding", "/v1/embeddings")
         if body.dimensions is not None:
             raise InvalidRequest(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import falcon
 
-from services.api.limits import auth
+from services.api.limits import key_limits
 from services.api.pipeline.gateway import Gateway
 from services.common.catalog import Catalog
 from services.common.errors import ServiceUnavailable
@@ -27,12 +27,12 @@ class ModelsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         offered = self._offered()
-        cards = [self._card(m, ws) for m, ws in sorted(offered.items()) if auth.may_use(req, m, self.catalog)]
+        cards = [self._card(m, ws) for m, ws in sorted(offered.items()) if key_limits.may_use(req, m, self.catalog)]
         resp.media = {"object": "list", "data": cards}
 
     def on_get_one(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
         canonical = self.catalog.resolve(model_id)
-        auth.require_model(req, canonical, self.catalog)
+        key_limits.require_model(req, canonical, self.catalog)
         workers = self._offered().get(canonical)
         if not workers:
             raise ServiceUnavailable(

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.api.limits import auth
+from services.api.limits import key_limits
 from services.api.pipeline.body import read_json_body
 from services.api.pipeline.serving import Serving
 from services.api.routes.chat_model import ChatModel
@@ -309,7 +309,7 @@ class ResponsesResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = parse(ResponseRequest, read_json_body(req, self.settings.max_request_bytes))
         model_id = self.chat_model.resolve(req, body.model)  # an OpenAI name chats with CHAT_MODEL
-        auth.require_model(req, model_id, self.catalog)
+        key_limits.require_model(req, model_id, self.catalog)
         self.catalog.require_kind(model_id, "generate", "/v1/responses")
         refuse_unsupported(body)
         self.serving.gateway.require_worker(model_id)
