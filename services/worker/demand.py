@@ -3,7 +3,7 @@ models it could load and no live worker serves, and loads one as soon as a reque
 
 The request itself only waits in the model's RQ queue, as any queued request does (position comments,
 `x-queue-wait-ms`): the API lets it wait MODEL_LOAD_WAIT_S when some live on-demand worker lists the model in
-`can_serve` (services/api/gateway.py). Of several such workers one loads it: the one that takes the model's
+`can_serve` (services/api/pipeline/gateway.py). Of several such workers one loads it: the one that takes the model's
 `loading` key first (SET NX, renewed while the load runs). A load that fails leaves its reason under
 `load_failed` for a short while, where the waiting requests read it and end at once.
 
