@@ -103,7 +103,7 @@ def create_app(
     app.add_error_handler(redis.RedisError, handle_redis_down)
 
     models = ModelsResource(catalog, gateway)
-    serving = Serving(gateway, metrics)  # every generating or embedding route's lifecycle
+    serving = Serving(settings, catalog, gateway, metrics)  # every generating or embedding route's lifecycle
     routes.add("/v1/chat/completions", ChatCompletions(settings, catalog, serving), Access.KEY)
     routes.add("/v1/completions", Completions(settings, catalog, serving), Access.KEY)
     routes.add("/v1/embeddings", EmbeddingsResource(settings, catalog, serving), Access.KEY)

@@ -9,13 +9,12 @@ import pytest
 
 from services.api.observability.overhead import GatewayClock
 from services.api.pipeline.leases import Flight
-from services.api.pipeline.serving import Serving
 from services.api.routes.completion_shapes import ChunkFormat, CompletionAnswer
 from services.api.routes.embeddings import EmbeddingAnswer
 from services.api.routes.responses_stream import ResponseAnswer, ResponseChunks
 from services.common.errors import ClientGone, InternalError, InvalidRequest, ServiceUnavailable
 from services.common.events import Delta, Done, Embedded, Failed, Usage, pack_vector
-from tests.unit.test_sse import STARTED, FakeGateway, Quiet, job
+from tests.unit.test_sse import STARTED, FakeGateway, Quiet, job, serving
 
 CHAT = ChunkFormat(chat=True, rid="chatcmpl-1", created=1, model="m", with_usage=False)
 
@@ -23,7 +22,7 @@ CHAT = ChunkFormat(chat=True, rid="chatcmpl-1", created=1, model="m", with_usage
 def collect(gateway: FakeGateway, answer, *, gone: bool = False) -> tuple[Quiet, dict]:
     metrics = Quiet()
     flight = Flight("r-1", job(), gone=gone)
-    return metrics, Serving(gateway, metrics).collect(flight, answer, GatewayClock())
+    return metrics, serving(gateway, metrics).collect(flight, answer, GatewayClock())
 
 
 def test_a_body_gathers_every_delta_and_releases_the_finished_job():
@@ -81,7 +80,7 @@ def events_of(raw: bytes) -> list[tuple[str, dict]]:
 
 def test_a_response_stream_spells_openai_events_in_order_and_ends_without_done():
     gateway = FakeGateway(STARTED, ("2-0", Delta("Hi", 1)), ("3-0", Done("length", Usage(1, 1))))
-    stream = Serving(gateway, Quiet()).open_stream(Flight("r-1", job()), ResponseChunks("resp_1", build))
+    stream = serving(gateway, Quiet()).open_stream(Flight("r-1", job()), ResponseChunks("resp_1", build))
     raw = b"".join(stream)
     kinds = [kind for kind, _ in events_of(raw)]
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.incomplete"
@@ -92,7 +91,7 @@ def test_a_response_stream_spells_openai_events_in_order_and_ends_without_done()
 
 def test_a_response_stream_that_loses_its_worker_after_the_200_says_so_in_an_error_event():
     gateway = FakeGateway(STARTED, ("2-0", Delta("Hi", 1)), error=ServiceUnavailable("gone", code="worker_lost"))
-    stream = Serving(gateway, Quiet()).open_stream(Flight("r-1", job()), ResponseChunks("resp_1", build))
+    stream = serving(gateway, Quiet()).open_stream(Flight("r-1", job()), ResponseChunks("resp_1", build))
     kind, body = events_of(b"".join(stream))[-1]
     assert kind == "error" and body["code"] == "worker_lost" and body["message"] == "gone"
     assert gateway.calls == ["cancel"]

@@ -16,6 +16,7 @@ from services.api.routes.fanout import IndexedFormat
 from services.common.errors import APIError, InvalidRequest, ServiceUnavailable
 from services.common.events import Delta, Done, Failed, Started, Usage
 from services.common.jobs import Job, SamplingParams
+from services.common.settings import Settings
 
 
 def decoded(raw: bytes) -> list[str]:
@@ -88,9 +89,14 @@ FMT = ChunkFormat(chat=False, rid="cmpl-1", created=1, model="m", with_usage=Fal
 STARTED = ("1-0", Started("w1", 0.0))
 
 
+def serving(gateway: FakeGateway, metrics: Quiet) -> Serving:
+    """The pipeline over the fake gateway (no catalog: these requests are past their checks)."""
+    return Serving(Settings(), None, gateway, metrics)  # type: ignore[arg-type]
+
+
 def opened(gateway: FakeGateway) -> tuple[Quiet, Iterator[bytes]]:
     metrics = Quiet()
-    return metrics, Serving(gateway, metrics).open_stream(Flight("cmpl-1", job()), CompletionChunks(FMT))
+    return metrics, serving(gateway, metrics).open_stream(Flight("cmpl-1", job()), CompletionChunks(FMT))
 
 
 def test_error_before_the_first_token_is_its_http_status():

@@ -1,11 +1,13 @@
-"""One serving pipeline: a request's life from the moment its route has validated it and built its jobs.
+"""One serving pipeline: a request's life, from its body to its accounting, for every route that queues work.
 
 Chat and text completions, their fanned-out choices (n > 1, prompt lists), /v1/responses and /v1/embeddings
-all hand their jobs to `Serving`, which admits and enqueues them (charged to the key's limits, joined to the
-request's trace, the x-ratelimit-* and x-queue-wait-ms headers set), relays the job's events as one JSON body
-or as one event stream, cancels what a departed client leaves behind, releases what the request held and
-accounts for it (metrics, the gateway's overhead). A route only says how its events read: an `Answer` gathers
-its JSON body, a `Chunks` spells its stream, as vLLM's OpenAIServing holds the lifecycle and each endpoint its
+all go through `Serving`: it reads and validates the body (`read`), checks the key's allowlist and the model's
+kind (`authorize`), stamps the job (`job`), admits and enqueues it (`submit`: charged to the key's limits,
+joined to the request's trace, the x-ratelimit-* and x-queue-wait-ms headers set), relays the job's events as
+one JSON body (`answer`) or one event stream (`stream`), cancels what a departed client leaves behind,
+releases what the request held and accounts for it (metrics, the gateway's overhead). A route says only what
+is its own: its schema and refusals, what its job asks for, and how its events read (an `Answer` gathers its
+JSON body, a `Chunks` spells its stream), as vLLM's OpenAIServing holds the lifecycle and each endpoint its
 shapes. Errors leave by one path: before the reply commits, as the HTTP status (what OpenAI's SDKs raise as
 BadRequestError and the like); after it, as the stream's own error event.
 
@@ -21,24 +23,31 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import falcon
 import redis
+from pydantic import BaseModel
 
+from services.api.limits import key_limits
 from services.api.observability.metrics import ApiMetrics
 from services.api.observability.overhead import GatewayClock
+from services.api.pipeline.body import read_json_body
 from services.api.pipeline.gateway import Gateway
 from services.api.pipeline.leases import Flight
 from services.api.pipeline.queue_wait import QueueWait
 from services.api.pipeline.sse import KEEPALIVE, respond_with
 from services.common import tracing
+from services.common.catalog import Catalog
 from services.common.errors import APIError, ClientGone, InternalError, ServiceUnavailable, from_status
 from services.common.events import Delta, Done, Embedded, Event, Failed, Started
 from services.common.jobs import Job
+from services.common.schemas import parse
+from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
+Body = TypeVar("Body", bound=BaseModel)
 Item = tuple[str, Event] | None
 """What the gateway's event iterator yields: (stream id, event), or None for a quiet tick."""
 
@@ -86,9 +95,33 @@ def failure(event: Failed) -> APIError:
 class Serving:
     """Owns every generating or embedding request's lifecycle; one per app, shared by its routes."""
 
-    def __init__(self, gateway: Gateway, metrics: ApiMetrics) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, gateway: Gateway, metrics: ApiMetrics) -> None:
+        self.settings = settings
+        self.catalog = catalog
         self.gateway = gateway
         self.metrics = metrics
+
+    def read(self, req: falcon.Request, schema: type[Body]) -> Body:
+        """The request's body, read within MAX_REQUEST_BYTES and validated once, here at the boundary."""
+        return parse(schema, read_json_body(req, self.settings.max_request_bytes))
+
+    def authorize(self, req: falcon.Request, model_id: str, kind: str, route: str) -> None:
+        """403 for a model outside the key's allowlist, 400 for a model of the wrong kind for `route`."""
+        key_limits.require_model(req, model_id, self.catalog)
+        self.catalog.require_kind(model_id, kind, route)
+
+    def job(self, req: falcon.Request, rid: str, model_id: str, **fields: Any) -> Job:
+        """A job with what every request's job carries (ids, times, key); `fields` say what it asks for."""
+        now = time.time()
+        return Job(
+            request_id=rid,
+            model=model_id,
+            accepted_at=now,
+            deadline=now + self.settings.request_timeout,
+            client_request_id=getattr(req.context, "request_id", None),
+            key_name=req.context.get("key_name"),
+            **fields,
+        )
 
     @staticmethod
     def clock(req: falcon.Request) -> GatewayClock:

@@ -6,14 +6,11 @@ Both endpoints share one path; they differ only in schema, id prefix, prompt fie
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Any
 
 import falcon
 
-from services.api.limits import key_limits
-from services.api.pipeline.body import read_json_body
 from services.api.pipeline.serving import Serving
 from services.api.routes import fanout
 from services.api.routes.chat_model import ChatModel
@@ -21,7 +18,7 @@ from services.api.routes.completion_shapes import ChunkFormat, CompletionAnswer,
 from services.common import engine_fields
 from services.common.catalog import Catalog
 from services.common.jobs import ChatMessage, Job, SamplingParams
-from services.common.schemas import ChatCompletionRequest, CompletionRequest, keep_alive_seconds, parse
+from services.common.schemas import ChatCompletionRequest, CompletionRequest, keep_alive_seconds
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,12 +35,7 @@ class CompletionResource:
         self.chat_model = ChatModel(settings.chat_model if self.chat else "", catalog, serving.gateway)
 
     def _job(
-        self,
-        body: ChatCompletionRequest | CompletionRequest,
-        model_id: str,
-        rid: str,
-        client_rid: str | None = None,
-        key_name: str | None = None,
+        self, req: falcon.Request, body: ChatCompletionRequest | CompletionRequest, model_id: str, rid: str
     ) -> Job:
         requested = body.requested_max_tokens()
         params = SamplingParams(
@@ -60,17 +52,7 @@ class CompletionResource:
             repetition_penalty=body.repetition_penalty,
             **_decoding(body),
         )
-        now = time.time()
-        common = {
-            "request_id": rid,
-            "model": model_id,
-            "params": params,
-            "accepted_at": now,
-            "deadline": now + self.settings.request_timeout,
-            "client_request_id": client_rid,
-            "key_name": key_name,
-            "keep_alive": keep_alive_seconds(body.keep_alive),
-        }
+        common = {"params": params, "keep_alive": keep_alive_seconds(body.keep_alive)}
         if isinstance(body, ChatCompletionRequest):
             messages = tuple(
                 ChatMessage(
@@ -81,19 +63,18 @@ class CompletionResource:
                 )
                 for m in body.messages
             )
-            return Job(kind="chat", messages=messages, **common)
-        return Job(kind="completion", prompt=body.prompt_text(), **common)
+            return self.serving.job(req, rid, model_id, kind="chat", messages=messages, **common)
+        return self.serving.job(req, rid, model_id, kind="completion", prompt=body.prompt_text(), **common)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         schema = ChatCompletionRequest if self.chat else CompletionRequest
-        body = parse(schema, read_json_body(req, self.settings.max_request_bytes))
+        body = self.serving.read(req, schema)
         model_id = self.chat_model.resolve(req, body.model)  # an OpenAI name chats with CHAT_MODEL
         req.context.model_name = model_id  # the requests counter's model label
-        key_limits.require_model(req, model_id, self.catalog)
-        self.catalog.require_kind(model_id, "generate", req.path)
+        self.serving.authorize(req, model_id, "generate", req.path)
         self.gateway.require_worker(model_id)
         rid = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
-        job = self._job(body, model_id, rid, getattr(req.context, "request_id", None), req.context.get("key_name"))
+        job = self._job(req, body, model_id, rid)
         clock = self.serving.clock(req)
         if self.settings.log_prompts:
             log.info("request %s prompt: %s", rid, job.messages or job.prompt)

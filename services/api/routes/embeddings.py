@@ -8,21 +8,18 @@ vectors as base64 float32, which is OpenAI's `encoding_format=base64` as is, and
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Annotated, Literal
 
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.api.limits import key_limits
-from services.api.pipeline.body import read_json_body
 from services.api.pipeline.serving import Serving
 from services.common.catalog import Catalog
 from services.common.errors import InvalidRequest
 from services.common.events import Delta, Done, Embedded, Usage, unpack_vector
-from services.common.jobs import Job, SamplingParams
-from services.common.schemas import KeepAlive, keep_alive_seconds, parse
+from services.common.jobs import SamplingParams
+from services.common.schemas import KeepAlive, keep_alive_seconds
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,27 +86,22 @@ class EmbeddingsResource:
         self.serving = serving
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = parse(EmbeddingRequest, read_json_body(req, self.settings.max_request_bytes))
+        body = self.serving.read(req, EmbeddingRequest)
         model_id = self.catalog.resolve(body.model)
-        key_limits.require_model(req, model_id, self.catalog)
-        self.catalog.require_kind(model_id, "embedding", "/v1/embeddings")
+        self.serving.authorize(req, model_id, "embedding", "/v1/embeddings")
         if body.dimensions is not None:
             raise InvalidRequest(
                 f"The model '{model_id}' has a fixed number of dimensions; 'dimensions' is not supported.",
                 param="dimensions",
             )
         self.serving.gateway.require_worker(model_id)
-        now = time.time()
-        job = Job(
-            request_id="embd-" + uuid.uuid4().hex,
-            model=model_id,
+        job = self.serving.job(
+            req,
+            "embd-" + uuid.uuid4().hex,
+            model_id,
             kind="embedding",
             inputs=body.inputs(),
             params=SamplingParams(max_tokens=1, max_tokens_explicit=False),
-            accepted_at=now,
-            deadline=now + self.settings.request_timeout,
-            client_request_id=getattr(req.context, "request_id", None),
-            key_name=req.context.get("key_name"),
             keep_alive=keep_alive_seconds(body.keep_alive),
         )
         clock = self.serving.clock(req)

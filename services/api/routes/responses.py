@@ -12,15 +12,12 @@ Streaming sends OpenAI's typed events (responses_stream.py).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Annotated, Any, Literal
 
 import falcon
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.api.limits import key_limits
-from services.api.pipeline.body import read_json_body
 from services.api.pipeline.serving import Serving
 from services.api.routes.chat_model import ChatModel
 from services.api.routes.responses_stream import ResponseAnswer, ResponseChunks
@@ -28,7 +25,7 @@ from services.common.catalog import Catalog
 from services.common.errors import InvalidRequest
 from services.common.events import Usage
 from services.common.jobs import ChatMessage, Job, SamplingParams
-from services.common.schemas import FunctionName, TokenCount, parse
+from services.common.schemas import FunctionName, TokenCount
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -293,24 +290,12 @@ class ResponsesResource:
             response_format=body.response_format(),
             **body.tool_params(),
         )
-        now = time.time()
-        return Job(
-            request_id=rid,
-            model=model_id,
-            kind="chat",
-            messages=body.messages(),
-            params=params,
-            accepted_at=now,
-            deadline=now + self.settings.request_timeout,
-            client_request_id=getattr(req.context, "request_id", None),
-            key_name=req.context.get("key_name"),
-        )
+        return self.serving.job(req, rid, model_id, kind="chat", messages=body.messages(), params=params)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = parse(ResponseRequest, read_json_body(req, self.settings.max_request_bytes))
+        body = self.serving.read(req, ResponseRequest)
         model_id = self.chat_model.resolve(req, body.model)  # an OpenAI name chats with CHAT_MODEL
-        key_limits.require_model(req, model_id, self.catalog)
-        self.catalog.require_kind(model_id, "generate", "/v1/responses")
+        self.serving.authorize(req, model_id, "generate", "/v1/responses")
         refuse_unsupported(body)
         self.serving.gateway.require_worker(model_id)
         rid = "resp_" + uuid.uuid4().hex
