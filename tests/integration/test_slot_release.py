@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from services.api.jobqueue import JobQueue
+from services.api.pipeline.jobqueue import JobQueue
 from services.common.jobs import Job, SamplingParams
 from services.worker.slots import DEQUEUE_TIMEOUT, Slots
 
