@@ -41,7 +41,7 @@ E2E_SETTINGS: dict[str, object] = {
     "log_level": "INFO",
     "embedding_model": "",  # no embedding worker unless a test asks for one (tests/e2e/surface)
     "chat_model": "",  # no chat worker either, chats stay on Gemma (tests/e2e/stack/test_chat_model.py asks for one)
-    "load_on_demand": False,  # workers serve their start models only; tests/e2e/stack/test_on_demand.py loads on request
+    "load_on_demand": False,  # start models only; tests/e2e/stack/test_on_demand.py loads models on request
 }
 
 
