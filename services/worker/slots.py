@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 import redis
 from rq import Queue, SimpleWorker
@@ -61,8 +62,10 @@ class SlotWorker(SimpleWorker):
 
     death_penalty_class = LeaseBound
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, released: Callable[[], bool] = lambda: False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.released = released
+        """Whether the model's engine is gone (Slots.release): a job dequeued now goes back to its queue."""
         self._beat_at = -HEARTBEAT_EVERY_S
         self._unsuspended_at = -SUSPENSION_CHECK_S
 
@@ -102,6 +105,9 @@ class SlotWorker(SimpleWorker):
         round trip of the job's own `started` (our job function takes it as `prelude`; another RQ job gets
         a MULTI of its own), then the job, then what handle_job_success and cleanup write for a job
         without a kept result (result_ttl=0) or dependents, as ours are."""
+        if self.released():
+            self.hand_back(job, queue)
+            return
         start = _Start(self, job, queue)
         job.started_at = now()
         try:
@@ -131,6 +137,15 @@ class SlotWorker(SimpleWorker):
             self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             self.heartbeat(pipeline=pipe)  # back to the idle TTL
             pipe.execute()
+
+    def hand_back(self, job: RQJob, queue: Queue) -> None:
+        """Put a job this slot dequeued after its model was unloaded back at the head of its queue, as it was
+        (nothing of its start was written): the worker that loads the model next takes it, at once."""
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipe.lpush(queue.key, job.id)
+            pipe.execute()
+        log.info("job %s handed back to its queue: %s was unloaded", job.id, queue.name)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
         """RQ's loop only looks at the stop flag between jobs; an idle slot re-checks it every timeout."""
@@ -208,7 +223,12 @@ class Slots:
         queue = Queue(keys.queue_name(self.model_id), connection=self._client, serializer=JSONSerializer)
         name = f"{self._worker_id}.{self.model_id}.{index}.{time.monotonic_ns() % 10**9}"
         return SlotWorker(
-            [queue], connection=self._client, serializer=JSONSerializer, name=name, worker_ttl=DEQUEUE_TIMEOUT + 15
+            [queue],
+            connection=self._client,
+            serializer=JSONSerializer,
+            name=name,
+            worker_ttl=DEQUEUE_TIMEOUT + 15,
+            released=lambda: self._released,
         )
 
     def _work(self, index: int) -> None:
@@ -237,9 +257,10 @@ class Slots:
 
     def release(self, drain_timeout: float) -> None:
         """Stop taking jobs and let the ones in flight finish, then give the engine up at once: an idle slot
-        blocked in its dequeue (up to DEQUEUE_TIMEOUT) ends in the background, and a job it takes meanwhile
-        fails before it starts (RQ marks it failed; the API enqueues it again, services/api's lost-job check),
-        so a model swap does not wait seconds for idle slots."""
+        blocked in its dequeue (up to DEQUEUE_TIMEOUT) ends in the background, and a job it takes meanwhile goes
+        back to the head of its queue untouched (SlotWorker.hand_back), so a model swap does not wait seconds
+        for idle slots. (A job that slips between that check and the release fails before it starts, and the
+        API's lost-job check enqueues it again.)"""
         self.close()
         deadline = time.monotonic() + drain_timeout
         while time.monotonic() < deadline:
