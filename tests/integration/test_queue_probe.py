@@ -9,22 +9,9 @@ import redis
 
 from services.api.observability.state_metrics import QueueProbe
 from services.api.pipeline.jobqueue import JobQueue
-from services.common.jobs import Job, SamplingParams
+from tests.support.queued_jobs import completion_job as job
 
 pytestmark = pytest.mark.integration
-
-
-def job(rid: str, model: str) -> Job:
-    now = time.time()
-    return Job(
-        request_id=rid,
-        model=model,
-        kind="completion",
-        prompt="p",
-        params=SamplingParams(max_tokens=4),
-        accepted_at=now,
-        deadline=now + 60,
-    )
 
 
 def test_depth_and_oldest_age_per_model(redis_client: redis.Redis) -> None:

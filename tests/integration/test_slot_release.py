@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from services.api.pipeline.jobqueue import JobQueue
-from services.common.jobs import Job, SamplingParams
+from services.common.jobs import Job
 from services.worker.slots import DEQUEUE_TIMEOUT, Slots
+from tests.support.queued_jobs import enqueue
 
 pytestmark = pytest.mark.integration
 MODEL = "release-test"
@@ -30,23 +31,6 @@ class Recorder:
         self.hold.wait(10)
 
 
-def enqueue(client: redis.Redis, request_id: str) -> Job:
-    now = time.time()
-    job = Job(
-        request_id=request_id,
-        model=MODEL,
-        kind="completion",
-        prompt="x",
-        params=SamplingParams(max_tokens=1),
-        accepted_at=now,
-        deadline=now + 60,
-    )
-    pipe = client.pipeline()
-    JobQueue(client, stream_ttl=60).enqueue(job, pipe)
-    pipe.execute()
-    return job
-
-
 def wait_for(check, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -62,7 +46,7 @@ def test_release_waits_for_the_job_in_flight_only_and_hands_back_what_a_closing_
     recorder = Recorder()
     slots = Slots(quiet_redis_client, MODEL, recorder, count=2, worker_id="w-release")  # type: ignore[arg-type]
     slots.start()
-    enqueue(quiet_redis_client, "req-in-flight")
+    enqueue(quiet_redis_client, "req-in-flight", MODEL)
     assert wait_for(lambda: slots.busy == 1, 10), "a slot took the first job; the other waits in its dequeue"
 
     released = threading.Event()
@@ -76,7 +60,7 @@ def test_release_waits_for_the_job_in_flight_only_and_hands_back_what_a_closing_
     # the idle slot is still blocked in its dequeue (it sees the stop only after it): what it takes now goes
     # back to the head of the queue as it was, for whoever loads the model next
     assert any(t.is_alive() for t in slots.threads), "an idle slot still waits in its dequeue"
-    second = enqueue(quiet_redis_client, "req-after-release")
+    second = enqueue(quiet_redis_client, "req-after-release", MODEL)
     jobs = JobQueue(quiet_redis_client, stream_ttl=60)
     queue = jobs.queue(MODEL)
     for thread in slots.threads:
