@@ -177,7 +177,8 @@ class WorkerProcess:
         """What the model will take here, at the context the budget allows; None when its engine runs
         elsewhere. Refused when it cannot fit even alone."""
         engine = self._engine_for(model_id)
-        if engine == "vllm" or (engine == "llama_server" and self.spawner is None):
+        local = engine in ("llama_cpp", "mlx") or (engine == "llama_server" and self.spawner is not None)
+        if not local:  # a sidecar at a URL (its memory is its own) or an engine with no weights (bench's instant)
             return None
         path = model_path(self.catalog, model_id, engine, self.settings.models_dir)
         spec = self.catalog.models[model_id]
