@@ -21,8 +21,12 @@ _draw = random.SystemRandom()  # unaffected by a test that seeds `random`
 _given: set[int] = set()
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, *, reuse_address: bool = False) -> bool:
+    """Whether a listener could bind `port` on loopback now. `reuse_address`: check as a server that sets
+    SO_REUSEADDR binds (llama-server does), which TIME_WAIT sockets a killed one left do not stop."""
     with socket.socket() as sock:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

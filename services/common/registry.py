@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import redis
@@ -117,10 +118,17 @@ class Registry:
 
     def serving(self) -> dict[str, list[WorkerRecord]]:
         """model id -> live workers taking new requests for it (draining ones excluded)."""
-        out: dict[str, list[WorkerRecord]] = {}
-        for rec in self.live():
-            if rec.draining:
-                continue
-            for model in rec.models:
-                out.setdefault(model, []).append(rec)
-        return out
+        return by_model(self.live(), lambda rec: rec.models)
+
+
+def by_model(
+    records: list[WorkerRecord], models: Callable[[WorkerRecord], Iterable[str]]
+) -> dict[str, list[WorkerRecord]]:
+    """model id -> the records not draining that `models` names it for (what they serve, or could load)."""
+    out: dict[str, list[WorkerRecord]] = {}
+    for rec in records:
+        if rec.draining:
+            continue
+        for model in models(rec):
+            out.setdefault(model, []).append(rec)
+    return out

@@ -10,13 +10,12 @@ Prometheus scrapes with that key, and the others a free port each.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.catalog import Catalog
-from services.common.ports import free_port
+from services.common.ports import free_port, port_is_free
 from services.common.settings import Settings
 from services.common.supervisor import Supervisor
 from services.worker import sidecar
@@ -95,14 +94,4 @@ class LlamaServers:
         worker's llama-server left there, which moved a restarted worker's server off the port Prometheus scrapes."""
         taken = {s.command.port for s in self.running.values()}
         first = self.settings.llama_server_port
-        return first if first not in taken and _bindable(first) else free_port()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+        return first if first not in taken and port_is_free(first, reuse_address=True) else free_port()

@@ -34,7 +34,7 @@ from services.api.pipeline.stream_reader import StreamReader
 from services.common import events, keys
 from services.common.errors import ClientGone, GatewayTimeout, ServiceUnavailable
 from services.common.jobs import MAX_ATTEMPTS, Job
-from services.common.registry import Registry
+from services.common.registry import Registry, by_model
 from services.keys.store import ApiKey
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,10 @@ class Gateway:
         """model id -> live workers, cached for a second so a burst of requests costs one read."""
         now = time.monotonic()
         if fresh or now - self._serving_at > self._cache_s:
-            serving: dict[str, list] = {}
-            loaders: dict[str, list] = {}
-            for rec in self.registry.live():
-                if rec.draining:
-                    continue
-                for model in rec.models:
-                    serving.setdefault(model, []).append(rec)
-                for model in rec.can_serve if rec.on_demand else ():
-                    loaders.setdefault(model, []).append(rec)
-            self._serving, self._loaders, self._serving_at = serving, loaders, now
+            live = self.registry.live()  # one read for both maps
+            self._serving = by_model(live, lambda rec: rec.models)
+            self._loaders = by_model(live, lambda rec: rec.can_serve if rec.on_demand else ())
+            self._serving_at = now
         return self._serving
 
     def loadable(self, fresh: bool = False) -> dict[str, list]:
