@@ -171,6 +171,7 @@ def test_a_model_larger_than_the_budget_fails_its_request_with_the_reason(stack:
     with stack.settings.models_file.open("a") as f:
         f.write("  huge:\n    sources:\n      llama_server: {path: huge.gguf}\n")
     wait_until(lambda: "huge" in status(stack)["can_serve"], 15, "the worker to see the new catalog entry")
+    time.sleep(1.5)  # each API replica re-reads the catalog at most once a second (the worker may see it first)
     loaded = set(status(stack)["loaded"])
     started = time.monotonic()
     response = chat(stack, "huge")
